@@ -1,0 +1,3 @@
+"""sparseforge: make neural networks sparse and keep them accurate."""
+
+__version__ = "0.1.0"

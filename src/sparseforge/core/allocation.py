@@ -1,0 +1,167 @@
+"""Layer-wise allocation: split one global sparsity budget into per-layer sparsities.
+
+All allocations take the canonical weight shapes (``[out, in, *kernel]``) of the masked
+layers, in model order, and the global sparsity ``S``; they return one sparsity per layer such
+that the total number of kept weights matches the uniform budget ``sum_l (1 - S) n_l`` (up to
+per-layer rounding).
+
+* :class:`Uniform`: every layer at ``S``.
+* :class:`ER` (Mocanu et al. 2018, SET): density proportional to
+  ``(n_in + n_out) / (n_in * n_out)``, using the first two dims (kernel ignored).
+* :class:`ERK` (Evci et al. 2020, RigL): density proportional to ``(sum(dims) / prod(dims))**p``
+  over all dims, ``p = power_scale`` (default 1; 0 gives uniform). Layers whose density would
+  exceed 1 are made dense and their excess is redistributed over the rest, iterating as in
+  RigL's ``get_sparsities_erdos_renyi``.
+* :class:`Global`: no fixed split; one threshold over the pooled scores of all layers (the
+  per-layer sparsities follow from the scores; see :func:`global_sparsities`).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..errors import ConfigError, check_sparsity
+from .patterns import num_pruned, topk_mask
+
+__all__ = ["Allocation", "Uniform", "ER", "ERK", "Global", "global_sparsities", "allocation_from_spec"]
+
+
+class Allocation(ABC):
+    """Turns a global sparsity into per-layer sparsities."""
+
+    name: str = "allocation"
+    #: True if the split depends on scores (computed by the caller via :func:`global_sparsities`).
+    needs_scores: bool = False
+
+    @abstractmethod
+    def sparsities(self, shapes: Sequence[tuple[int, ...]], sparsity: float) -> list[float]:
+        """Per-layer sparsities for ``shapes`` at global ``sparsity``."""
+
+
+@dataclass(frozen=True)
+class Uniform(Allocation):
+    """Every layer gets the global sparsity."""
+
+    name: str = "uniform"
+
+    def sparsities(self, shapes: Sequence[tuple[int, ...]], sparsity: float) -> list[float]:
+        """``[S] * len(shapes)``."""
+        return [check_sparsity(sparsity)] * len(shapes)
+
+
+def _erdos_renyi(raw: list[float], sizes: list[int], sparsity: float) -> list[float]:
+    """RigL's iterative solve for ``eps`` with dense-layer redistribution.
+
+    ``density_l = eps * raw_l``; layers whose density would exceed 1 become dense and the
+    budget they overspend is taken from the others, until no layer exceeds 1.
+    """
+    density = 1.0 - sparsity
+    dense: set[int] = set()
+    while True:
+        rhs = 0.0
+        divisor = 0.0
+        for i, (r, n) in enumerate(zip(raw, sizes)):
+            if i in dense:
+                rhs -= n * sparsity  # a dense layer keeps n*(1-d) more than its uniform share
+            else:
+                rhs += n * density
+                divisor += r * n
+        if divisor <= 0:
+            raise ConfigError(f"sparsity {sparsity} cannot be met: every layer would have to be dense")
+        eps = rhs / divisor
+        free = [i for i in range(len(raw)) if i not in dense]
+        max_raw = max(raw[i] for i in free)
+        if eps * max_raw > 1.0:
+            # every layer tied at the maximum becomes dense together (RigL does the same)
+            dense.update(i for i in free if math.isclose(raw[i], max_raw, rel_tol=1e-12))
+            if len(dense) == len(raw):
+                raise ConfigError(f"sparsity {sparsity} too low for ERK: every layer would be dense")
+            continue
+        break
+    return [0.0 if i in dense else 1.0 - eps * raw[i] for i in range(len(raw))]
+
+
+@dataclass(frozen=True)
+class ER(Allocation):
+    """Erdős–Rényi: density ∝ ``(n_in + n_out) / (n_in n_out)`` (first two dims)."""
+
+    name: str = "er"
+
+    def sparsities(self, shapes: Sequence[tuple[int, ...]], sparsity: float) -> list[float]:
+        """Per-layer sparsities with the ER rule and dense-layer redistribution."""
+        sparsity = check_sparsity(sparsity)
+        raw = [(s[0] + s[1]) / (s[0] * s[1]) for s in shapes]
+        return _erdos_renyi(raw, [math.prod(s) for s in shapes], sparsity)
+
+
+@dataclass(frozen=True)
+class ERK(Allocation):
+    """Erdős–Rényi-Kernel: density ∝ ``(sum(dims) / prod(dims)) ** power_scale``."""
+
+    power_scale: float = 1.0
+    name: str = "erk"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.power_scale, bool) or not isinstance(self.power_scale, (int, float)) or self.power_scale < 0:
+            raise ConfigError(f"ERK power_scale must be a number >= 0; got {self.power_scale!r}")
+
+    def sparsities(self, shapes: Sequence[tuple[int, ...]], sparsity: float) -> list[float]:
+        """Per-layer sparsities with the ERK rule and dense-layer redistribution."""
+        sparsity = check_sparsity(sparsity)
+        raw = [(sum(s) / math.prod(s)) ** self.power_scale for s in shapes]
+        return _erdos_renyi(raw, [math.prod(s) for s in shapes], sparsity)
+
+
+@dataclass(frozen=True)
+class Global(Allocation):
+    """One magnitude (or score) threshold over all layers pooled together."""
+
+    name: str = "global"
+    needs_scores: bool = True
+
+    def sparsities(self, shapes: Sequence[tuple[int, ...]], sparsity: float) -> list[float]:
+        """Global allocation depends on scores; use :func:`global_sparsities`."""
+        raise ConfigError("Global allocation needs scores: use global_sparsities(scores, sparsity)")
+
+
+def global_sparsities(scores: Sequence[torch.Tensor], sparsity: float) -> list[float]:
+    """Per-layer sparsities that result from pruning the pooled ``scores`` at ``sparsity``.
+
+    Exactly ``round(S * N_total)`` weights are pruned overall (ties: lower layer, then lower
+    index, pruned first). Each returned value is ``zeros_l / n_l`` for that layer, so feeding
+    it back through :class:`~sparseforge.core.patterns.Unstructured` reproduces the same count.
+    """
+    sparsity = check_sparsity(sparsity)
+    flat = torch.cat([s.detach().reshape(-1).float().cpu() for s in scores])
+    n = flat.numel()
+    keep = topk_mask(flat, n - num_pruned(sparsity, n))
+    out, start = [], 0
+    for s in scores:
+        k = s.numel()
+        out.append(float((~keep[start : start + k]).sum()) / k)
+        start += k
+    return out
+
+
+def allocation_from_spec(spec: str | Allocation | None) -> Allocation:
+    """Build an allocation from a recipe value (``"uniform"``, ``"er"``, ``"erk"``, ``"global"``)."""
+    if spec is None:
+        return Uniform()
+    if isinstance(spec, Allocation):
+        return spec
+    table = {"uniform": Uniform, "er": ER, "erk": ERK, "global": Global}
+    if isinstance(spec, str) and spec.lower() in table:
+        return table[spec.lower()]()
+    if isinstance(spec, dict) and spec.get("type") in table:
+        d = dict(spec)
+        kind = d.pop("type")
+        try:
+            return table[kind](**d)
+        except TypeError as e:
+            raise ConfigError(f"allocation {kind}: {e}") from None
+    raise ConfigError(f"allocation must be one of {sorted(table)}; got {spec!r}")

@@ -1,0 +1,328 @@
+"""Sparsity patterns: turn a score tensor into a boolean mask (``True`` = kept).
+
+Every pattern works on weights in the *canonical layout* ``[out, in, *kernel]`` (``nn.Linear``
+and ``nn.ConvNd`` already use it; Hugging Face ``Conv1D`` stores ``[in, out]`` and is
+transposed by :mod:`sparseforge.masking` before it reaches a pattern).
+
+Counting rule, shared by all patterns: at sparsity ``s`` over ``n`` units (weights, blocks or
+channels) exactly :func:`num_pruned` ``= floor(s * n + 1/2)`` units are zero. Ties in the
+score are broken by position: among equal scores the unit with the lower flat index is
+pruned first (so constant weights at ``s = 0.5`` give exactly half zeros, deterministically,
+on every rank). A sparsity that would remove every unit of a layer is an error, never a
+silent empty layer.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError, LayerError, check_sparsity
+
+__all__ = [
+    "Pattern",
+    "Unstructured",
+    "NM",
+    "Block",
+    "Channel",
+    "num_pruned",
+    "topk_mask",
+    "is_valid_nm",
+    "nm_groups_view",
+]
+
+
+def num_pruned(sparsity: float, n: int) -> int:
+    """Number of zeros at ``sparsity`` over ``n`` units: ``floor(s * n + 1/2)``.
+
+    Half-up rounding (not Python's banker's rounding) so the count is monotone in ``s``.
+    A tiny epsilon absorbs binary noise such as ``0.9 * 10 = 9.000000000000002``.
+    """
+    return int(math.floor(sparsity * n + 0.5 + 1e-9))
+
+
+def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean mask of the ``k`` largest ``scores`` (restricted to ``eligible`` if given).
+
+    Deterministic: among equal scores the lower flat index wins, whatever the device or
+    thread count (a stable sort over the flattened tensor). ``k`` may be 0.
+    """
+    flat = scores.detach().reshape(-1).float()
+    if torch.isnan(flat).any():
+        raise LayerError("scores contain NaN; cannot rank weights (check the weights or gradients)")
+    n = flat.numel()
+    if eligible is not None:
+        elig = eligible.reshape(-1)
+        n_elig = int(elig.sum())
+        if k > n_elig:
+            raise LayerError(f"cannot select k={k} of only {n_elig} eligible positions")
+        flat = torch.where(elig, flat, torch.full_like(flat, -math.inf))
+    if not 0 <= k <= n:
+        raise LayerError(f"k must be in [0, {n}]; got {k}")
+    mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if k:
+        # stable descending sort keeps the original order among ties -> lower index first
+        order = torch.sort(flat, descending=True, stable=True).indices
+        mask[order[:k]] = True
+    return mask.reshape(scores.shape)
+
+
+def _check_not_empty(n_prune: int, n: int, sparsity: float, unit: str, layer: str) -> None:
+    if n_prune >= n:
+        raise LayerError(
+            f"sparsity {sparsity} would remove all {n} {unit} of {layer}; "
+            f"the largest sparsity that keeps one is {(n - 1) / n:.6g} (allowed: < {(n - 0.5) / n:.6g})"
+        )
+
+
+class Pattern(ABC):
+    """A rule that turns scores into a mask with an exact number of zeros.
+
+    Subclasses implement :meth:`mask`; :meth:`check` raises early for weights the pattern
+    cannot handle (e.g. a reduction dimension not divisible by M).
+    """
+
+    #: Name used in reports, recipes and the CLI.
+    name: str = "pattern"
+
+    def check(self, shape: tuple[int, ...], layer: str = "weight") -> None:
+        """Raise :class:`LayerError` if a weight of this canonical ``shape`` is unsupported."""
+        if len(shape) < 2:
+            raise LayerError(f"{layer}: pattern {self.name} needs a weight with >= 2 dims; got shape {tuple(shape)}")
+
+    @abstractmethod
+    def mask(self, scores: torch.Tensor, sparsity: float, layer: str = "weight") -> torch.Tensor:
+        """Boolean mask (``True`` = kept) of the same shape as ``scores``."""
+
+    def units(self, shape: tuple[int, ...]) -> int:
+        """Number of units the pattern counts (weights, blocks or channels)."""
+        return math.prod(shape)
+
+
+@dataclass(frozen=True)
+class Unstructured(Pattern):
+    """Element-wise sparsity: the ``round(s * n)`` lowest-scoring weights are zero."""
+
+    name: str = "unstructured"
+
+    def check(self, shape: tuple[int, ...], layer: str = "weight") -> None:
+        """Any shape with at least one element is supported."""
+        if math.prod(shape) == 0:
+            raise LayerError(f"{layer}: weight is empty (shape {tuple(shape)})")
+
+    def mask(self, scores: torch.Tensor, sparsity: float, layer: str = "weight") -> torch.Tensor:
+        """Keep the ``n - round(s * n)`` highest scores."""
+        sparsity = check_sparsity(sparsity)
+        n = scores.numel()
+        k_prune = num_pruned(sparsity, n)
+        _check_not_empty(k_prune, n, sparsity, "weights", layer)
+        return topk_mask(scores, n - k_prune)
+
+
+def nm_groups_view(t: torch.Tensor, m: int) -> torch.Tensor:
+    """View a canonical ``[out, in, *kernel]`` tensor as ``[groups, m]`` N:M groups.
+
+    Groups run over ``m`` consecutive input channels at each (output, kernel position), the
+    convention of NVIDIA's sparse tensor cores and of the SR-STE code (which permutes conv
+    weights to ``[out, *kernel, in]``). Returns a copy in that order; invert with
+    :func:`_nm_groups_unview`.
+    """
+    if t.dim() == 2:
+        return t.reshape(-1, m)
+    perm = [0, *range(2, t.dim()), 1]
+    return t.permute(perm).reshape(-1, m)
+
+
+def _nm_groups_unview(g: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    if len(shape) == 2:
+        return g.reshape(shape)
+    out, cin, *kernel = shape
+    inv = [0, len(shape) - 1, *range(1, len(shape) - 1)]
+    return g.reshape(out, *kernel, cin).permute(inv).contiguous()
+
+
+def is_valid_nm(mask: torch.Tensor, n: int, m: int) -> bool:
+    """True if every group of ``m`` consecutive inputs of canonical ``mask`` keeps at most ``n``."""
+    if mask.dim() < 2 or mask.shape[1] % m:
+        return False
+    return bool((nm_groups_view(mask.to(torch.int32), m).sum(dim=1) <= n).all())
+
+
+@dataclass(frozen=True)
+class NM(Pattern):
+    """N:M semi-structured sparsity: keep ``n`` of every ``m`` consecutive input weights.
+
+    NVIDIA's convention (``NM(2, 4)`` keeps 2 of 4 = 50 % sparse; ``NM(1, 8)`` = 87.5 %).
+    Wanda/SparseGPT name patterns by the number *pruned*; convert at the boundary.
+    The sparsity is fixed by ``n/m``; :meth:`mask` ignores its ``sparsity`` argument
+    unless it disagrees with ``1 - n/m``, which is an error.
+    """
+
+    n: int = 2
+    m: int = 4
+    name: str = "nm"
+
+    def __post_init__(self) -> None:
+        for field, v in (("n", self.n), ("m", self.m)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"N:M pattern: {field} must be an integer >= 1; got {v!r}")
+        if self.n > self.m:
+            raise ConfigError(f"N:M pattern: N (kept) must be <= M; got N={self.n}, M={self.m}")
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zeros implied by the pattern: ``1 - n/m``."""
+        return 1.0 - self.n / self.m
+
+    def check(self, shape: tuple[int, ...], layer: str = "weight") -> None:
+        """The reduction (input) dimension must be divisible by ``m``."""
+        super().check(shape, layer)
+        if shape[1] % self.m:
+            raise LayerError(
+                f"{layer}: input dimension {shape[1]} (shape {tuple(shape)}) is not divisible by M={self.m} "
+                f"for N:M {self.n}:{self.m}; choose an M that divides it or exclude the layer"
+            )
+
+    def mask(self, scores: torch.Tensor, sparsity: float | None = None, layer: str = "weight") -> torch.Tensor:
+        """Keep the ``n`` highest scores in every group (lower index first among ties)."""
+        if sparsity is not None and abs(sparsity - self.sparsity) > 1e-9:
+            raise ConfigError(
+                f"{layer}: N:M {self.n}:{self.m} fixes sparsity at {self.sparsity}; got sparsity={sparsity}"
+            )
+        self.check(tuple(scores.shape), layer)
+        g = nm_groups_view(scores.detach().float(), self.m)
+        if torch.isnan(g).any():
+            raise LayerError(f"{layer}: scores contain NaN")
+        order = torch.sort(g, dim=1, descending=True, stable=True).indices[:, : self.n]
+        keep = torch.zeros_like(g, dtype=torch.bool).scatter_(1, order, True)
+        return _nm_groups_unview(keep, tuple(scores.shape))
+
+    def units(self, shape: tuple[int, ...]) -> int:
+        """Weights are the unit of an N:M pattern."""
+        return math.prod(shape)
+
+
+@dataclass(frozen=True)
+class Block(Pattern):
+    """Block sparsity: whole ``rows x cols`` tiles of the 2-D weight are kept or zeroed.
+
+    A block's score is the sum of its element scores (the L1 norm for magnitude scores).
+    Weights with more than two dims are viewed as ``[out, in * prod(kernel)]``. Both dims
+    must be divisible by the block shape. Exactly ``round(s * n_blocks)`` blocks are zero.
+    """
+
+    rows: int = 1
+    cols: int = 4
+    name: str = "block"
+
+    def __post_init__(self) -> None:
+        for field, v in (("rows", self.rows), ("cols", self.cols)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"Block pattern: {field} must be an integer >= 1; got {v!r}")
+
+    def _2d(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        return shape[0], math.prod(shape[1:])
+
+    def check(self, shape: tuple[int, ...], layer: str = "weight") -> None:
+        """Both dims of the 2-D view must be divisible by the block shape."""
+        super().check(shape, layer)
+        r, c = self._2d(shape)
+        if r % self.rows or c % self.cols:
+            raise LayerError(
+                f"{layer}: 2-D view {r}x{c} of shape {tuple(shape)} is not divisible by block "
+                f"{self.rows}x{self.cols}; pick a block shape that divides it or exclude the layer"
+            )
+
+    def units(self, shape: tuple[int, ...]) -> int:
+        """Number of blocks."""
+        r, c = self._2d(shape)
+        return (r // self.rows) * (c // self.cols)
+
+    def mask(self, scores: torch.Tensor, sparsity: float, layer: str = "weight") -> torch.Tensor:
+        """Zero the ``round(s * n_blocks)`` blocks with the lowest summed score."""
+        sparsity = check_sparsity(sparsity)
+        shape = tuple(scores.shape)
+        self.check(shape, layer)
+        r, c = self._2d(shape)
+        br, bc = r // self.rows, c // self.cols
+        s2 = scores.detach().float().reshape(br, self.rows, bc, self.cols)
+        block_scores = s2.sum(dim=(1, 3))
+        n = block_scores.numel()
+        k_prune = num_pruned(sparsity, n)
+        _check_not_empty(k_prune, n, sparsity, f"{self.rows}x{self.cols} blocks", layer)
+        keep = topk_mask(block_scores, n - k_prune)
+        full = keep[:, None, :, None].expand(br, self.rows, bc, self.cols)
+        return full.reshape(shape)
+
+
+@dataclass(frozen=True)
+class Channel(Pattern):
+    """Channel (row) sparsity: whole output channels (``dim=0``) or input channels (``dim=1``).
+
+    A channel's score is the sum of its element scores. Exactly ``round(s * channels)``
+    channels are zero. This is a mask-level pattern (simulated); physically removing the
+    channels and their dependants is the job of :mod:`sparseforge.structured`.
+    """
+
+    dim: int = 0
+    name: str = "channel"
+
+    def __post_init__(self) -> None:
+        if self.dim not in (0, 1):
+            raise ConfigError(f"Channel pattern: dim must be 0 (output) or 1 (input); got {self.dim!r}")
+
+    def units(self, shape: tuple[int, ...]) -> int:
+        """Number of channels along ``dim``."""
+        return shape[self.dim]
+
+    def mask(self, scores: torch.Tensor, sparsity: float, layer: str = "weight") -> torch.Tensor:
+        """Zero the ``round(s * channels)`` channels with the lowest summed score."""
+        sparsity = check_sparsity(sparsity)
+        self.check(tuple(scores.shape), layer)
+        s = scores.detach().float().transpose(0, self.dim)
+        ch = s.reshape(s.shape[0], -1).sum(dim=1)
+        n = ch.numel()
+        k_prune = num_pruned(sparsity, n)
+        _check_not_empty(k_prune, n, sparsity, "channels", layer)
+        keep = topk_mask(ch, n - k_prune)
+        view = [1] * scores.dim()
+        view[self.dim] = n
+        return keep.reshape(view).expand(scores.shape).clone()
+
+
+def pattern_from_spec(spec: str | Pattern | dict | None) -> Pattern:
+    """Build a pattern from a recipe value: ``"unstructured"``, ``"2:4"``, ``"block:1x4"``,
+    ``"channel"``, a dict ``{"type": "nm", "n": 2, "m": 4}``, or a :class:`Pattern`."""
+    if spec is None:
+        return Unstructured()
+    if isinstance(spec, Pattern):
+        return spec
+    if isinstance(spec, dict):
+        d = dict(spec)
+        kind = d.pop("type", None)
+        table = {"unstructured": Unstructured, "nm": NM, "block": Block, "channel": Channel}
+        if kind not in table:
+            raise ConfigError(f"pattern.type must be one of {sorted(table)}; got {kind!r}")
+        try:
+            return table[kind](**d)
+        except TypeError as e:
+            raise ConfigError(f"pattern {kind}: {e}") from None
+    if isinstance(spec, str):
+        s = spec.strip().lower()
+        if s == "unstructured":
+            return Unstructured()
+        if s == "channel":
+            return Channel()
+        if ":" in s and s.replace(":", "").isdigit():
+            n, m = s.split(":")
+            return NM(int(n), int(m))
+        if s.startswith("block:") and "x" in s:
+            r, c = s[6:].split("x")
+            if r.isdigit() and c.isdigit():
+                return Block(int(r), int(c))
+    raise ConfigError(
+        f"pattern must be 'unstructured', 'N:M' (e.g. '2:4'), 'block:RxC' (e.g. 'block:1x4') or 'channel'; got {spec!r}"
+    )

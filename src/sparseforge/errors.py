@@ -1,0 +1,60 @@
+"""Errors raised by sparseforge.
+
+Every error names the parameter or layer, the value it got and what is allowed, so a user
+can fix the call without reading the source. All of them subclass :class:`ValueError`, so
+code that already catches ``ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SparseforgeError(ValueError):
+    """Base class of every validation error sparseforge raises."""
+
+
+class ConfigError(SparseforgeError):
+    """A parameter, recipe key or method name is invalid."""
+
+
+class LayerError(SparseforgeError):
+    """A layer cannot take the requested sparsity or pattern."""
+
+
+class CheckpointError(SparseforgeError):
+    """A checkpoint does not match the model it is loaded into."""
+
+
+def check_sparsity(value: Any, name: str = "sparsity") -> float:
+    """Return ``value`` as a float if it is a valid sparsity (fraction of zeros, 0 <= s < 1).
+
+    Raises :class:`ConfigError` naming ``name`` otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number in [0, 1) (fraction of zeros); got {value!r}")
+    v = float(value)
+    if not (0.0 <= v < 1.0):
+        raise ConfigError(f"{name} must be in [0, 1) (fraction of zeros); got {v}")
+    return v
+
+
+def check_fraction(value: Any, name: str, *, allow_one: bool = True) -> float:
+    """Return ``value`` as a float in [0, 1] (or [0, 1) if ``allow_one`` is False)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number in [0, 1]; got {value!r}")
+    v = float(value)
+    ok = 0.0 <= v <= 1.0 if allow_one else 0.0 <= v < 1.0
+    if not ok:
+        rng = "[0, 1]" if allow_one else "[0, 1)"
+        raise ConfigError(f"{name} must be in {rng}; got {v}")
+    return v
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """Return ``value`` if it is an int (not bool) and at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer; got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}; got {value}")
+    return value

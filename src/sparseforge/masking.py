@@ -1,0 +1,463 @@
+"""Attach masks to any ``nn.Module`` and keep them enforced through training.
+
+Design (see DESIGN.md, "Contracts"):
+
+* A mask is a bool buffer ``<param>_mask`` (``True`` = kept) registered on the module that
+  owns the parameter, so it lives in ``state_dict``, survives ``deepcopy``/pickling and moves
+  with ``.to(device)``. No parametrization, no forward hooks: the forward pass runs on the
+  plain weight, which holds exact zeros at pruned positions, so ``torch.compile`` sees an
+  ordinary module and inference costs nothing extra.
+* Enforcement uses the optimizer's public hook API (``register_step_pre_hook`` /
+  ``register_step_post_hook``), never a patched ``step``: before each step the gradients of
+  pruned positions are zeroed (so SGD momentum and Adam moments never accumulate there and
+  weight decay acts on a zero weight), after each step the weights are multiplied by their
+  masks (a guarantee that holds for any optimizer). Gradient accumulation (several
+  ``backward`` per step) and ``GradScaler`` skipped steps (no ``step`` call at all) need
+  nothing special.
+* Whenever a mask changes, optimizer state tensors shaped like the parameter are zeroed at
+  every position that is not kept, so a weight that is regrown later starts with fresh state.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError, LayerError
+
+__all__ = [
+    "MaskedLayer",
+    "Targets",
+    "Masking",
+    "is_hf_conv1d",
+    "find_masked_layers",
+    "apply_masks",
+    "finalize",
+    "load_masked_state_dict",
+    "MASK_SUFFIX",
+]
+
+MASK_SUFFIX = "_mask"
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """True for Hugging Face ``transformers`` ``Conv1D`` (GPT-2 style, weight stored ``[in, out]``)."""
+    t = type(module)
+    return t.__name__ == "Conv1D" and t.__module__.startswith("transformers")
+
+
+DEFAULT_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _is_default_target(module: nn.Module) -> bool:
+    return isinstance(module, DEFAULT_TYPES) or is_hf_conv1d(module)
+
+
+@dataclass
+class MaskedLayer:
+    """One masked parameter: the module, its qualified name and the parameter name.
+
+    ``transposed`` is True when the stored weight is ``[in, out]`` (HF ``Conv1D``); patterns
+    always see the canonical ``[out, in, *kernel]`` layout through :meth:`canonical`.
+    """
+
+    name: str
+    module: nn.Module
+    param_name: str = "weight"
+    transposed: bool = False
+
+    @property
+    def qualname(self) -> str:
+        """``module.param`` name as in ``state_dict``."""
+        return f"{self.name}.{self.param_name}" if self.name else self.param_name
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """The masked parameter."""
+        return getattr(self.module, self.param_name)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The bool mask buffer (same layout as the stored weight)."""
+        return getattr(self.module, self.param_name + MASK_SUFFIX)
+
+    def canonical(self, t: torch.Tensor) -> torch.Tensor:
+        """View ``t`` (stored layout) in the canonical ``[out, in, *kernel]`` layout."""
+        return t.t() if self.transposed else t
+
+    def from_canonical(self, t: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`canonical`."""
+        return t.t() if self.transposed else t
+
+    @property
+    def canonical_shape(self) -> tuple[int, ...]:
+        """Weight shape in canonical layout."""
+        return tuple(self.canonical(self.weight).shape)
+
+
+def _matches(pattern: str, name: str) -> bool:
+    return name == pattern or re.fullmatch(pattern, name) is not None
+
+
+@dataclass
+class Targets:
+    """Which parameters get masks.
+
+    Args:
+        types: module types whose ``weight`` is masked. Default: ``nn.Linear``,
+            ``nn.Conv1d/2d/3d`` and Hugging Face ``Conv1D``.
+        include: module names or regular expressions (full match); if given, only
+            matching modules of the selected types are masked.
+        exclude: module names or regular expressions (full match) never masked.
+        first_layer / last_layer: ``"sparse"`` (default) or ``"dense"``; the first and last
+            selected modules in ``named_modules()`` order.
+        strict_patterns: every include/exclude entry must match at least one module (default
+            True), so a typo fails loudly instead of silently masking everything.
+    """
+
+    types: tuple[type, ...] | None = None
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    first_layer: str = "sparse"
+    last_layer: str = "sparse"
+    strict_patterns: bool = True
+
+    def __post_init__(self) -> None:
+        for f in ("first_layer", "last_layer"):
+            v = getattr(self, f)
+            if v not in ("sparse", "dense"):
+                raise ConfigError(f"targets.{f} must be 'sparse' or 'dense'; got {v!r}")
+        for f in ("include", "exclude"):
+            v = getattr(self, f)
+            if isinstance(v, str):
+                setattr(self, f, (v,))
+            for p in getattr(self, f):
+                try:
+                    re.compile(p)
+                except re.error as e:
+                    raise ConfigError(f"targets.{f}: {p!r} is not a valid regular expression ({e})") from None
+
+    def _type_ok(self, module: nn.Module) -> bool:
+        if self.types is None:
+            return _is_default_target(module)
+        return isinstance(module, self.types) or (is_hf_conv1d(module) and any(t.__name__ == "Conv1D" for t in self.types))
+
+    def select(self, model: nn.Module) -> list[MaskedLayer]:
+        """Return the masked layers of ``model`` in module order; raise if none or a pattern misses."""
+        candidates = [(n, m) for n, m in model.named_modules() if self._type_ok(m) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+        names = [n for n, _ in model.named_modules()]
+        if self.strict_patterns:
+            for f in ("include", "exclude"):
+                for p in getattr(self, f):
+                    if not any(_matches(p, n) for n in names):
+                        raise ConfigError(
+                            f"targets.{f} entry {p!r} matches no module of {type(model).__name__}; "
+                            f"module names look like {names[1:6]}"
+                        )
+        chosen = [
+            (n, m)
+            for n, m in candidates
+            if (not self.include or any(_matches(p, n) for p in self.include))
+            and not any(_matches(p, n) for p in self.exclude)
+        ]
+        if chosen and self.first_layer == "dense" and chosen[0][0] == candidates[0][0]:
+            chosen = chosen[1:]
+        if chosen and self.last_layer == "dense" and chosen[-1][0] == candidates[-1][0]:
+            chosen = chosen[:-1]
+        if not chosen:
+            raise ConfigError(
+                f"no prunable layers in {type(model).__name__}: found {len(candidates)} candidate modules "
+                f"(types {self._type_names()}), include={list(self.include)}, exclude={list(self.exclude)}, "
+                f"first_layer={self.first_layer!r}, last_layer={self.last_layer!r}"
+            )
+        return [MaskedLayer(n, m, "weight", is_hf_conv1d(m)) for n, m in chosen]
+
+    def _type_names(self) -> list[str]:
+        types = self.types or DEFAULT_TYPES
+        return [t.__name__ for t in types] + ([] if self.types else ["transformers Conv1D"])
+
+    @classmethod
+    def from_spec(cls, spec: "Targets | dict | None") -> "Targets":
+        """Build from a recipe dict (keys: include, exclude, first_layer, last_layer)."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, Targets):
+            return spec
+        if not isinstance(spec, dict):
+            raise ConfigError(f"targets must be a mapping; got {type(spec).__name__}")
+        allowed = {"include", "exclude", "first_layer", "last_layer"}
+        unknown = set(spec) - allowed
+        if unknown:
+            raise ConfigError(f"unknown targets key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        return cls(**spec)
+
+
+def find_masked_layers(model: nn.Module) -> list[MaskedLayer]:
+    """Every parameter of ``model`` that has a ``<param>_mask`` buffer, in module order."""
+    out = []
+    for name, module in model.named_modules():
+        for bname, buf in module.named_buffers(recurse=False):
+            if bname.endswith(MASK_SUFFIX):
+                pname = bname[: -len(MASK_SUFFIX)]
+                if isinstance(getattr(module, pname, None), nn.Parameter):
+                    out.append(MaskedLayer(name, module, pname, is_hf_conv1d(module) and pname == "weight"))
+    return out
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module) -> None:
+    """Multiply every masked parameter of ``model`` by its mask (in place)."""
+    for layer in find_masked_layers(model):
+        layer.weight.mul_(layer.mask)
+
+
+@torch.no_grad()
+def finalize(model: nn.Module) -> nn.Module:
+    """Fold the masks into the weights and remove them: a plain model with exact zeros.
+
+    Returns ``model`` (modified in place). Any :class:`Masking` still attached to an
+    optimizer should be detached first (``method.finalize()`` does both).
+    """
+    for layer in find_masked_layers(model):
+        layer.weight.mul_(layer.mask)
+        delattr(layer.module, layer.param_name + MASK_SUFFIX)
+    return model
+
+
+def load_masked_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True) -> list[MaskedLayer]:
+    """Load a ``state_dict`` that contains masks into a model that may not have them yet.
+
+    Mask buffers named in ``state_dict`` are registered first (checking that each belongs to
+    an existing parameter of the same shape), then the whole dict is loaded. Nothing is
+    modified if a check fails.
+    """
+    modules = dict(model.named_modules())
+    todo = []
+    for key, value in state_dict.items():
+        if not key.endswith(MASK_SUFFIX):
+            continue
+        mod_name, _, bname = key.rpartition(".")
+        pname = bname[: -len(MASK_SUFFIX)]
+        module = modules.get(mod_name)
+        param = getattr(module, pname, None) if module is not None else None
+        if not isinstance(param, nn.Parameter):
+            raise CheckpointError(f"checkpoint has mask {key!r} but the model has no parameter {mod_name}.{pname}")
+        if tuple(value.shape) != tuple(param.shape):
+            raise CheckpointError(
+                f"mask {key!r} has shape {tuple(value.shape)} but parameter {mod_name}.{pname} has shape {tuple(param.shape)}"
+            )
+        if value.dtype != torch.bool:
+            raise CheckpointError(f"mask {key!r} must be bool; got {value.dtype}")
+        todo.append((module, bname, value))
+    own = set(model.state_dict().keys())
+    if strict:
+        missing = [k for k in own if k not in state_dict]
+        if missing:
+            raise CheckpointError(f"checkpoint is missing {len(missing)} key(s) of the model, e.g. {missing[:5]}")
+    for module, bname, value in todo:
+        if bname not in module._buffers:
+            module.register_buffer(bname, torch.ones_like(value, dtype=torch.bool, device=getattr(module, bname[: -len(MASK_SUFFIX)]).device))
+    try:
+        model.load_state_dict(state_dict, strict=strict)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint does not match the model: {e}") from None
+    return find_masked_layers(model)
+
+
+class Masking:
+    """Runtime that owns the masks of one model and enforces them on one optimizer.
+
+    Args:
+        model: any ``nn.Module``.
+        targets: which parameters to mask (default :class:`Targets`). Ignored when the model
+            already carries masks (e.g. loaded from a checkpoint): those are reused.
+        optimizer: if given, :meth:`attach` is called.
+
+    Typical use without a sparsity method (keep an existing sparsity fixed while fine-tuning)::
+
+        masking = Masking(model)           # masks start all-True
+        masking.set_masks_from_zeros()     # or set_mask(layer, mask)
+        masking.attach(optimizer)          # enforced after every step from now on
+    """
+
+    def __init__(self, model: nn.Module, targets: Targets | None = None, optimizer: torch.optim.Optimizer | None = None):
+        self.model = model
+        existing = find_masked_layers(model)
+        if existing:
+            self.layers = existing
+        else:
+            self.layers = (targets or Targets()).select(model)
+            for layer in self.layers:
+                layer.module.register_buffer(
+                    layer.param_name + MASK_SUFFIX, torch.ones_like(layer.weight, dtype=torch.bool)
+                )
+        self._handles: list[Any] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._before: list[Callable[[], None]] = []
+        self._after: list[Callable[[], None]] = []
+        self._cache: tuple | None = None
+        if optimizer is not None:
+            self.attach(optimizer)
+
+    # ----------------------------------------------------------------------------- access
+    def __iter__(self) -> Iterator[MaskedLayer]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def layer(self, name: str) -> MaskedLayer:
+        """The masked layer with module name ``name``."""
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ConfigError(f"no masked layer named {name!r}; masked layers: {[l.name for l in self.layers]}")
+
+    # ----------------------------------------------------------------------------- masks
+    @torch.no_grad()
+    def set_mask(self, layer: MaskedLayer, mask: torch.Tensor, *, canonical: bool = False) -> None:
+        """Replace ``layer``'s mask, zero the newly pruned weights and their optimizer state.
+
+        ``mask`` is in the stored layout unless ``canonical`` is True.
+        """
+        if canonical:
+            mask = layer.from_canonical(mask)
+        if tuple(mask.shape) != tuple(layer.weight.shape):
+            raise LayerError(f"{layer.qualname}: mask shape {tuple(mask.shape)} != weight shape {tuple(layer.weight.shape)}")
+        buf = layer.mask
+        buf.copy_(mask.to(device=buf.device, dtype=torch.bool))
+        layer.weight.mul_(buf)
+        self._zero_state(layer)
+        self._cache = None
+
+    @torch.no_grad()
+    def set_masks_from_zeros(self) -> None:
+        """Mask exactly the positions whose weight is zero (adopt an already-sparse model)."""
+        for layer in self.layers:
+            self.set_mask(layer, layer.weight != 0)
+
+    @torch.no_grad()
+    def _zero_state(self, layer: MaskedLayer) -> None:
+        if self.optimizer is None:
+            return
+        state = self.optimizer.state.get(layer.weight)
+        if not state:
+            return
+        for v in state.values():
+            if torch.is_tensor(v) and v.shape == layer.weight.shape:
+                v.mul_(layer.mask)
+
+    @torch.no_grad()
+    def reset_state(self, layer: MaskedLayer, positions: torch.Tensor) -> None:
+        """Zero optimizer state at ``positions`` (bool, stored layout), e.g. for regrown weights."""
+        if self.optimizer is None:
+            return
+        state = self.optimizer.state.get(layer.weight)
+        for v in (state or {}).values():
+            if torch.is_tensor(v) and v.shape == layer.weight.shape:
+                v.masked_fill_(positions, 0)
+
+    def _tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        # float copies of the masks, cached until a mask changes or the weights change dtype
+        weights = [l.weight for l in self.layers]
+        key = tuple((w.dtype, w.device) for w in weights)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, [l.mask.to(l.weight.dtype) for l in self.layers])
+        return weights, self._cache[1]
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Multiply every masked weight by its mask (what runs after each optimizer step)."""
+        weights, masks = self._tensors()
+        torch._foreach_mul_(weights, masks)
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        """Zero the gradients of pruned positions (what runs before each optimizer step)."""
+        weights, masks = self._tensors()
+        pairs = [(w.grad, m) for w, m in zip(weights, masks) if w.grad is not None]
+        if pairs:
+            grads, ms = zip(*pairs)
+            torch._foreach_mul_(list(grads), [m.to(g.dtype) if m.dtype != g.dtype else m for g, m in zip(grads, ms)])
+
+    # ----------------------------------------------------------------------------- optimizer
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Enforce the masks on every ``optimizer.step()`` from now on."""
+        if self.optimizer is not None:
+            raise ConfigError("this Masking is already attached to an optimizer; call detach() first")
+        params = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        missing = [l.qualname for l in self.layers if id(l.weight) not in params]
+        if missing:
+            raise ConfigError(f"optimizer does not hold the masked parameter(s) {missing[:5]}; build it from model.parameters()")
+        self.optimizer = optimizer
+        self._handles = [
+            optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._pre_step()),
+            optimizer.register_step_post_hook(lambda opt, args, kwargs: self._post_step()),
+        ]
+        for layer in self.layers:
+            self._zero_state(layer)
+
+    def detach(self) -> None:
+        """Stop enforcing masks on the optimizer (the masks stay on the model)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.optimizer = None
+
+    def add_callbacks(self, before: Callable[[], None] | None = None, after: Callable[[], None] | None = None) -> None:
+        """Run ``before`` ahead of the gradient masking and ``after`` after the weight masking of every step."""
+        if before is not None:
+            self._before.append(before)
+        if after is not None:
+            self._after.append(after)
+
+    def _pre_step(self) -> None:
+        for cb in self._before:
+            cb()
+        self.mask_grads()
+
+    def _post_step(self) -> None:
+        self.apply()
+        for cb in self._after:
+            cb()
+
+    # ----------------------------------------------------------------------------- misc
+    def broadcast(self, src: int = 0) -> None:
+        """Copy rank ``src``'s masks to every rank (no-op without ``torch.distributed``)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        with torch.no_grad():
+            for layer in self.layers:
+                m = layer.mask.to(torch.uint8)
+                torch.distributed.broadcast(m, src)
+                layer.mask.copy_(m.bool())
+                layer.weight.mul_(layer.mask)
+                self._zero_state(layer)
+        self._cache = None
+
+    def finalize(self) -> nn.Module:
+        """Detach from the optimizer, fold masks into weights and remove them."""
+        self.detach()
+        return finalize(self.model)
+
+    def nonzeros(self) -> dict[str, int]:
+        """Kept positions per masked parameter (computed from the masks)."""
+        return {l.qualname: int(l.mask.sum()) for l in self.layers}
+
+    def __getstate__(self) -> dict:
+        # hook handles and the optimizer are process-local; the masks themselves live on the model
+        state = self.__dict__.copy()
+        state["_handles"] = []
+        state["optimizer"] = None
+        state["_cache"] = None
+        return state
+
+
+def iter_parameters_with_masks(model: nn.Module) -> Iterable[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Yield ``(qualname, weight, mask)`` for every masked parameter."""
+    for layer in find_masked_layers(model):
+        yield layer.qualname, layer.weight, layer.mask
