@@ -1,0 +1,222 @@
+"""Base class of training-time sparsity methods.
+
+A method owns a :class:`~sparseforge.masking.Masking` (the masks and their enforcement) and
+decides *which* weights are kept and *when* that changes, by overriding a few hooks, in the
+spirit of JaxPruner's ``BaseUpdater``:
+
+* :meth:`SparsityMethod.init_masks` — masks at construction (default: all kept);
+* :meth:`SparsityMethod.needs_grads` — whether the step about to run must keep a copy of the
+  dense gradients (RigL's grow criterion) before they are masked;
+* :meth:`SparsityMethod.update` — called after optimizer step ``t`` (0-based) has been
+  applied and the masks re-enforced; may change masks.
+
+The user's loop stays a plain PyTorch loop::
+
+    method = RigL(model, optimizer, sparsity=0.9, total_steps=T)
+    for x, y in loader:
+        optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
+    method.finalize()     # plain model with exact zeros, no masks
+
+Everything runs inside the optimizer's step hooks: nothing to call per step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..core.allocation import Allocation, allocation_from_spec, global_sparsities
+from ..core.patterns import NM, Pattern, Unstructured, num_pruned, pattern_from_spec
+from ..errors import ConfigError, LayerError, check_sparsity
+from ..masking import MaskedLayer, Masking, Targets
+
+__all__ = ["SparsityMethod"]
+
+
+class SparsityMethod:
+    """Common machinery: targets, per-layer sparsity, masks, step counting, checkpoints.
+
+    Args:
+        model: the model to sparsify (masks are registered on its modules).
+        optimizer: optimizer over ``model.parameters()``; may be attached later with :meth:`attach`.
+        sparsity: global target sparsity (fraction of zeros) in [0, 1).
+        pattern: :class:`~sparseforge.core.patterns.Pattern` or spec (``"unstructured"``,
+            ``"2:4"``, ``"block:1x4"``, ``"channel"``).
+        allocation: ``"uniform"``, ``"er"``, ``"erk"``, ``"global"`` or an Allocation.
+        targets: :class:`~sparseforge.masking.Targets` or a dict of its fields.
+        seed: seed of the method's own random generator (random masks, random regrowth).
+    """
+
+    name = "base"
+    #: patterns the method supports (checked at construction)
+    supported_patterns: tuple[type, ...] = (Pattern,)
+    default_allocation = "uniform"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        sparsity: float,
+        pattern: Pattern | str | dict | None = None,
+        allocation: Allocation | str | dict | None = None,
+        targets: Targets | dict | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.pattern = pattern_from_spec(pattern)
+        if not isinstance(self.pattern, self.supported_patterns):
+            allowed = ", ".join(t.__name__ for t in self.supported_patterns)
+            raise ConfigError(f"{type(self).__name__} does not support pattern {self.pattern.name!r}; allowed: {allowed}")
+        if isinstance(self.pattern, NM):
+            if sparsity is not None and abs(float(sparsity) - self.pattern.sparsity) > 1e-9:
+                raise ConfigError(
+                    f"sparsity={sparsity} conflicts with N:M {self.pattern.n}:{self.pattern.m} (= {self.pattern.sparsity})"
+                )
+            sparsity = self.pattern.sparsity
+        self.sparsity = check_sparsity(sparsity)
+        self.allocation = allocation_from_spec(allocation if allocation is not None else self.default_allocation)
+        if self.allocation.needs_scores and not isinstance(self.pattern, Unstructured):
+            raise ConfigError(f"global allocation supports only the unstructured pattern; got {self.pattern.name!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"seed must be an integer; got {seed!r}")
+        self.model = model
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.masking = Masking(model, Targets.from_spec(targets))
+        self.step = 0
+        self._dense_grads: dict[str, torch.Tensor] | None = None
+        for layer in self.masking:
+            self.pattern.check(layer.canonical_shape, layer.qualname)
+        self.layer_sparsity: list[float] = self._allocate()
+        self.init_masks()
+        if optimizer is not None:
+            self.attach(optimizer)
+
+    # ------------------------------------------------------------------ allocation & masks
+    @property
+    def layers(self) -> list[MaskedLayer]:
+        """The masked layers, in model order."""
+        return self.masking.layers
+
+    def _allocate(self) -> list[float]:
+        shapes = [l.canonical_shape for l in self.layers]
+        if isinstance(self.pattern, NM):
+            return [self.pattern.sparsity] * len(shapes)
+        if self.allocation.needs_scores:
+            # placeholder until scores exist; each mask computation re-derives the split
+            return [self.sparsity] * len(shapes)
+        out = self.allocation.sparsities(shapes, self.sparsity)
+        for layer, s in zip(self.layers, out):
+            n = self.pattern.units(layer.canonical_shape)
+            if num_pruned(s, n) >= n:
+                raise LayerError(
+                    f"{layer.qualname}: {self.allocation.name} allocation at sparsity {self.sparsity} "
+                    f"gives this layer sparsity {s:.6g}, which would remove all {n} units"
+                )
+        return out
+
+    def masks_from_scores(self, scores: Sequence[torch.Tensor], sparsities: Sequence[float] | None = None,
+                          eligible_only: bool = False) -> list[torch.Tensor]:
+        """Masks (canonical layout) for ``scores`` at this method's per-layer sparsities.
+
+        With a global allocation the split is recomputed from the pooled scores. If
+        ``eligible_only``, positions pruned now get score ``-inf`` so they stay pruned.
+        """
+        scores = [s.float() for s in scores]
+        if eligible_only:
+            scores = [torch.where(l.canonical(l.mask), s, torch.full_like(s, -math.inf)) for l, s in zip(self.layers, scores)]
+        if sparsities is None:
+            if self.allocation.needs_scores:
+                sparsities = global_sparsities(scores, self.sparsity)
+                self.layer_sparsity = list(sparsities)
+            else:
+                sparsities = self.layer_sparsity
+        masks = []
+        for layer, s, sp in zip(self.layers, scores, sparsities):
+            if isinstance(self.pattern, NM):
+                masks.append(self.pattern.mask(s, None, layer.qualname))
+            else:
+                masks.append(self.pattern.mask(s, sp, layer.qualname))
+        return masks
+
+    def set_masks(self, masks: Sequence[torch.Tensor]) -> None:
+        """Install canonical-layout ``masks`` on every layer (zeroing pruned weights and state)."""
+        for layer, m in zip(self.layers, masks):
+            self.masking.set_mask(layer, m, canonical=True)
+        self.masking.broadcast()
+
+    def init_masks(self) -> None:
+        """Hook: initial masks (default: dense, all kept)."""
+
+    def needs_grads(self, t: int) -> bool:
+        """Hook: True if optimizer step ``t`` must stash dense gradients for :meth:`update`."""
+        return False
+
+    def update(self, t: int) -> None:
+        """Hook: called after optimizer step ``t`` (0-based) has been applied."""
+
+    # ------------------------------------------------------------------ optimizer plumbing
+    def attach(self, optimizer: torch.optim.Optimizer) -> "SparsityMethod":
+        """Enforce masks and run this method's updates on every ``optimizer.step()``."""
+        self.masking.attach(optimizer)
+        self.masking.add_callbacks(before=self._before_step, after=self._after_step)
+        return self
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The attached optimizer, if any."""
+        return self.masking.optimizer
+
+    def _before_step(self) -> None:
+        if self.needs_grads(self.step):
+            self._dense_grads = {
+                l.qualname: (l.weight.grad.detach().clone() if l.weight.grad is not None else torch.zeros_like(l.weight))
+                for l in self.layers
+            }
+
+    def _after_step(self) -> None:
+        t = self.step
+        self.step += 1
+        try:
+            self.update(t)
+        finally:
+            self._dense_grads = None
+
+    def dense_grad(self, layer: MaskedLayer) -> torch.Tensor:
+        """Dense gradient of ``layer`` (canonical layout) stashed before the current step."""
+        if self._dense_grads is None:
+            raise ConfigError(f"{type(self).__name__}: no dense gradient stashed for step {self.step - 1}")
+        return layer.canonical(self._dense_grads[layer.qualname])
+
+    def finalize(self) -> nn.Module:
+        """Fold the masks into the weights, drop them and detach from the optimizer."""
+        return self.masking.finalize()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Method state for resuming (masks themselves are in the model's ``state_dict``)."""
+        return {"name": self.name, "step": self.step, "generator": self.generator.get_state(),
+                "layer_sparsity": list(self.layer_sparsity), **self.extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        if state.get("name") != self.name:
+            raise ConfigError(f"method state is for {state.get('name')!r}, not {self.name!r}")
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+        self.layer_sparsity = list(state["layer_sparsity"])
+        self.load_extra_state(state)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Hook: subclass state to checkpoint."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Hook: restore subclass state."""
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(sparsity={self.sparsity}, pattern={self.pattern.name}, "
+                f"allocation={self.allocation.name}, layers={len(self.layers)}, step={self.step})")

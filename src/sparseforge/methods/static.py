@@ -1,0 +1,99 @@
+"""Static sparse training: a mask chosen once at initialisation and kept fixed.
+
+* Random masks with a layer-wise allocation (uniform, ER or ERK). Counts are exact per layer
+  (RigL's convention: ``round(s n)`` zeros placed uniformly at random), not Bernoulli.
+  Reference for random + ERK at init: Liu et al. 2022, "The Unreasonable Effectiveness of
+  Random Pruning: Return of the Most Naive Baseline for Sparse Training".
+* SNIP (Lee et al. 2019, "SNIP: Single-shot Network Pruning based on Connection
+  Sensitivity"): on one batch at initialisation, score each weight by ``|w * dL/dw|`` and keep
+  the top ``(1 - S)`` fraction *globally* (the paper normalises by the sum over all weights,
+  which does not change the ranking). Default allocation for SNIP is therefore ``global``.
+* ``magnitude`` at init: keep the largest initial weights (a baseline).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.scores import GRADIENT_SCORES, get_score
+from ..errors import ConfigError
+from .base import SparsityMethod
+
+__all__ = ["Dense", "StaticSparse"]
+
+
+class Dense(SparsityMethod):
+    """The dense baseline: masks exist (all kept) so reports and checkpoints look the same."""
+
+    name = "dense"
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float = 0.0,
+                 **kwargs: Any) -> None:
+        if sparsity != 0.0:
+            raise ConfigError(f"Dense takes sparsity 0; got {sparsity}")
+        super().__init__(model, optimizer, sparsity=0.0, **kwargs)
+
+
+class StaticSparse(SparsityMethod):
+    """Fixed mask from initialisation.
+
+    Args:
+        score: ``"random"`` (default), ``"magnitude"``, ``"snip"`` (or any score from
+            :mod:`sparseforge.core.scores`).
+        allocation: default ``"erk"`` for random/magnitude, ``"global"`` for gradient scores.
+        data: one batch ``(inputs, targets)`` for gradient scores (SNIP).
+        loss_fn: loss for gradient scores (default cross-entropy).
+    Other arguments as :class:`~sparseforge.methods.base.SparsityMethod`.
+    """
+
+    name = "static"
+    default_allocation = "erk"
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
+                 score: str = "random", data: tuple[Any, Any] | None = None,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 allocation: Any = None, **kwargs: Any) -> None:
+        self.score_name = score
+        self.score_fn = get_score(score)
+        if score in GRADIENT_SCORES and data is None:
+            raise ConfigError(f"StaticSparse(score={score!r}) needs data=(inputs, targets): one batch to compute gradients")
+        self._data = data
+        self._loss_fn = loss_fn or F.cross_entropy
+        if allocation is None and score in GRADIENT_SCORES:
+            allocation = "global"
+        super().__init__(model, optimizer, sparsity=sparsity, allocation=allocation, **kwargs)
+        self._data = None  # do not keep the batch alive
+
+    def _gradients(self) -> list[torch.Tensor]:
+        model = self.model
+        params = [l.weight for l in self.layers]
+        was_training = model.training
+        model.train()
+        x, y = self._data
+        try:
+            with torch.enable_grad():
+                out = model(x)
+                loss = self._loss_fn(out, y)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+        finally:
+            model.train(was_training)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    @torch.no_grad()
+    def init_masks(self) -> None:
+        """Score every masked weight once and install the masks."""
+        grads = self._gradients() if self.score_name in GRADIENT_SCORES else [None] * len(self.layers)
+        scores = [
+            l.canonical(self.score_fn(l.weight, g, self.generator)) if g is not None or self.score_name not in GRADIENT_SCORES
+            else None
+            for l, g in zip(self.layers, grads)
+        ]
+        self.set_masks(self.masks_from_scores(scores))
+
+    def extra_state(self) -> dict[str, Any]:
+        """Score name, for reports."""
+        return {"score": self.score_name}
