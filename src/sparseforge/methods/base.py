@@ -158,6 +158,9 @@ class SparsityMethod:
     def update(self, t: int) -> None:
         """Hook: called after optimizer step ``t`` (0-based) has been applied."""
 
+    def before(self, t: int) -> None:
+        """Hook: called before optimizer step ``t`` reads the gradients (after any LR scheduler step)."""
+
     # ------------------------------------------------------------------ optimizer plumbing
     def attach(self, optimizer: torch.optim.Optimizer) -> "SparsityMethod":
         """Enforce masks and run this method's updates on every ``optimizer.step()``."""
@@ -171,6 +174,7 @@ class SparsityMethod:
         return self.masking.optimizer
 
     def _before_step(self) -> None:
+        self.before(self.step)
         if self.needs_grads(self.step):
             self._dense_grads = {
                 l.qualname: (l.weight.grad.detach().clone() if l.weight.grad is not None else torch.zeros_like(l.weight))

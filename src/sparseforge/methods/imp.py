@@ -71,8 +71,7 @@ class IMP(SparsityMethod):
         self._sched_state: dict[str, Any] | None = None
         super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
         self.rounds = self.num_rounds(self.sparsity, self.fraction)
-        if rewind_step == 0:
-            self._snapshot()
+        self._pending_sched_restore = False
 
     @staticmethod
     def num_rounds(sparsity: float, fraction: float) -> int:
@@ -98,6 +97,20 @@ class IMP(SparsityMethod):
         self._rewind_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.lr_scheduler is not None:
             self._sched_state = copy.deepcopy(self.lr_scheduler.state_dict())
+
+    def before(self, t: int) -> None:
+        """Snapshot ``theta_k`` just before step ``k``; re-apply the LR schedule after a rewind.
+
+        Both happen before the step reads the learning rate, so the scheduler state is the
+        one that step ``k`` used, whether or not the caller steps a scheduler after each step.
+        """
+        if t == self.rewind_step and self.round == 0 and self._rewind_state is None:
+            self._snapshot()
+        if self._pending_sched_restore:
+            self._pending_sched_restore = False
+            self.lr_scheduler.load_state_dict(copy.deepcopy(self._sched_state))
+            for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+                group["lr"] = lr
 
     @torch.no_grad()
     def _prune_round(self) -> None:
@@ -126,25 +139,23 @@ class IMP(SparsityMethod):
         self.masking.apply()
         if self.optimizer is not None:
             self.optimizer.state.clear()  # a fresh optimizer per round, as open_lth builds one per level
-        if self.lr_scheduler is not None and self._sched_state is not None:
-            self.lr_scheduler.load_state_dict(copy.deepcopy(self._sched_state))
-            for group, lr in zip(self.optimizer.param_groups if self.optimizer else [], self.lr_scheduler.get_last_lr()):
-                group["lr"] = lr
+        # the caller may still step its scheduler after this step: restore just before the next one
+        self._pending_sched_restore = self.lr_scheduler is not None and self._sched_state is not None
 
     def update(self, t: int) -> None:
-        """Snapshot at the rewind step; prune and rewind at the end of each round."""
+        """Prune and rewind at the end of each round."""
         done = t + 1  # steps completed
-        if self.rewind_step > 0 and done == self.rewind_step and self.round == 0:
-            self._snapshot()
         if self.round < self.rounds and done == self.round_end(self.round):
             self._prune_round()
 
     def extra_state(self) -> dict[str, Any]:
         """Round counter and rewind snapshot (needed to resume)."""
-        return {"round": self.round, "rewind_state": self._rewind_state, "sched_state": self._sched_state}
+        return {"round": self.round, "rewind_state": self._rewind_state, "sched_state": self._sched_state,
+                "pending_sched_restore": self._pending_sched_restore}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore round counter and rewind snapshot."""
         self.round = int(state["round"])
         self._rewind_state = state["rewind_state"]
         self._sched_state = state["sched_state"]
+        self._pending_sched_restore = bool(state["pending_sched_restore"])
