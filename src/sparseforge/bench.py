@@ -1,0 +1,140 @@
+"""Benchmark harness: find suites, time things honestly, write results with their provenance.
+
+A suite is a file ``benchmarks/<name>.py`` with a module docstring (its description) and a
+``main(argv) -> None`` function. ``sparseforge bench NAME [args]`` runs it. Results go to
+``benchmarks/results/<name>.json`` and ``.md``, each stamped with the exact command, the
+machine (CPU model, cores, torch version and threads) and the date, via :func:`write_results`.
+
+Timing rules (the machine is noisy): warm up first, report medians over repeats, and compare
+methods as ratios measured side by side in the same process (:func:`median_time`,
+:func:`interleaved_medians`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["benchmarks_dir", "list_suites", "run_suite", "machine_info", "provenance", "write_results",
+           "median_time", "interleaved_medians"]
+
+
+def benchmarks_dir() -> Path:
+    """The ``benchmarks/`` folder: ``$SPARSEFORGE_BENCHMARKS``, ``./benchmarks`` or the repo checkout's."""
+    candidates = []
+    if os.environ.get("SPARSEFORGE_BENCHMARKS"):
+        candidates.append(Path(os.environ["SPARSEFORGE_BENCHMARKS"]))
+    candidates += [Path.cwd() / "benchmarks", Path(__file__).resolve().parents[2] / "benchmarks"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise ConfigError("no benchmarks/ folder found: run from a sparseforge checkout or set SPARSEFORGE_BENCHMARKS")
+
+
+def list_suites() -> dict[str, str]:
+    """Suite name -> first line of its docstring."""
+    out = {}
+    for f in sorted(benchmarks_dir().glob("*.py")):
+        if f.name.startswith("_"):
+            continue
+        doc = ""
+        text = f.read_text()
+        if text.lstrip().startswith('"""'):
+            doc = text.lstrip()[3:].split("\n", 1)[0].strip().rstrip('"')
+        out[f.stem] = doc
+    return out
+
+
+def run_suite(name: str, argv: Sequence[str]) -> None:
+    """Import ``benchmarks/<name>.py`` and call its ``main(argv)``."""
+    suites = list_suites()
+    if name not in suites:
+        raise ConfigError(f"unknown benchmark suite {name!r}; available: {sorted(suites)}")
+    path = benchmarks_dir() / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"sparseforge_bench_{name}", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(list(argv))
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, torch version and threads, Python version, OS."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "os": f"{platform.system()} {platform.release()}"}
+
+
+def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command, machine and UTC date to store beside every result."""
+    cmd = "sparseforge bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    return {"command": cmd, "machine": machine_info(),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def write_results(name: str, data: dict[str, Any], markdown: str, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Write ``<name>.json`` (``data`` + provenance) and ``<name>.md`` (provenance + ``markdown``)."""
+    out_dir = out_dir or benchmarks_dir() / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prov = data.setdefault("provenance", provenance())
+    jp, mp = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    jp.write_text(json.dumps(data, indent=2) + "\n")
+    m = prov["machine"]
+    head = (f"# Benchmark `{name}`\n\n- command: `{prov['command']}`\n- date: {prov['date']}\n"
+            f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+            f"Python {m['python']}, {m['os']}\n\n")
+    mp.write_text(head + markdown.rstrip() + "\n")
+    return jp, mp
+
+
+def median_time(fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], *, rounds: int = 7, calls: int = 20,
+                        warmup: int = 5) -> dict[str, float]:
+    """Median per-call time of each ``fns`` entry, measured in interleaved rounds.
+
+    Each round times ``calls`` consecutive calls of every function in turn, so slow drifts of
+    the machine (another process, frequency changes) hit all candidates alike; the result is
+    the median over rounds of the per-call mean.
+    """
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                f()
+            per[k].append((time.perf_counter() - t0) / calls)
+    return {k: statistics.median(v) for k, v in per.items()}

@@ -1,0 +1,326 @@
+"""Run a recipe: build data, model, optimizer and method, train with checkpoints, write results.
+
+A run folder holds::
+
+    checkpoint.pt    model (with masks), optimizer, LR schedule, method state, position, history
+    metrics.jsonl    one JSON line per epoch (loss, test accuracy, sparsity, time)
+    report.json      per-layer sparsity / FLOPs report of the final model (and report.txt)
+    recipe.yaml      the validated recipe
+    result.json      final summary
+
+Checkpoints are written atomically (temp file + rename) at the end of every epoch, every
+``checkpoint_every_steps`` steps if set, and when the run is interrupted (Ctrl-C). Running the
+same recipe into the same folder resumes from the last checkpoint: the data order of every
+epoch depends only on ``(seed, epoch)``, so a resumed run follows the same trajectory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from .data import load_dataset
+from .errors import CheckpointError, ConfigError
+from .masking import load_masked_state_dict
+from .methods import IMP, build_method
+from .methods.base import SparsityMethod
+from .models import build_model, example_input
+from .recipes import STEP_KEYS, Recipe, resolve_steps
+
+__all__ = ["Trainer", "RunResult", "iterate_batches", "evaluate", "atomic_save"]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int | None = None,
+                    start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield mini-batches; shuffled by a permutation drawn from ``seed`` (None = in order).
+
+    Slicing whole tensors avoids DataLoader's per-sample collation, which dominates the step
+    time of small models. ``start`` skips the first batches (mid-epoch resume).
+    """
+    n = x.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if seed is not None else None
+    for i in range(start * batch_size, n, batch_size):
+        idx = order[i : i + batch_size] if order is not None else slice(i, i + batch_size)
+        yield x[idx], y[idx]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)`` in eval mode."""
+    was = model.training
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    for xb, yb in iterate_batches(x, y, batch_size):
+        out = model(xb)
+        loss += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+        n += yb.numel()
+    model.train(was)
+    return {"accuracy": correct / n, "loss": loss / n}
+
+
+def _build_optimizer(model: nn.Module, spec: dict[str, Any]) -> torch.optim.Optimizer:
+    kw = {k: v for k, v in spec.items() if k != "name"}
+    if "betas" in kw:
+        kw["betas"] = tuple(kw["betas"])
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[spec["name"]]
+    return cls(model.parameters(), **kw)
+
+
+def _lr_lambda(spec: dict[str, Any], horizon: int, steps_per_epoch: int) -> Callable[[int], float]:
+    name = spec["name"]
+    warm = resolve_steps("warmup_steps", spec.get("warmup_steps", 0), total_steps=horizon, steps_per_epoch=steps_per_epoch)
+    milestones = [resolve_steps("milestones", m, total_steps=horizon, steps_per_epoch=steps_per_epoch)
+                  for m in spec.get("milestones", [])]
+    gamma = float(spec.get("gamma", 0.1))
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if name == "cosine":
+            p = min(max(step - warm, 0) / max(horizon - warm, 1), 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * p))
+        if name == "step":
+            return gamma ** sum(step >= m for m in milestones)
+        return 1.0
+
+    return f
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    history: list[dict[str, Any]]
+    final: dict[str, Any]
+    model: nn.Module
+    method: SparsityMethod
+    run_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Train one recipe, optionally with a run folder for checkpoints and results.
+
+    Args:
+        recipe: a validated :class:`~sparseforge.recipes.Recipe`.
+        run_dir: folder for checkpoints and results (None = in memory only, no resume).
+        progress: show a progress bar.
+        max_steps: stop (with a checkpoint) after this many optimizer steps in this call;
+            running again resumes. None = run to the end.
+        dataset: a preloaded dataset (benchmarks reuse one across runs).
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool = True,
+                 max_steps: int | None = None, dataset: Any = None, log: Callable[[str], None] | None = None) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
+        self.max_steps = max_steps
+        self.log = log or (lambda s: None)
+        r = recipe
+        torch.manual_seed(r.seed)
+        data_kw = {k: v for k, v in r.data.items() if k not in ("name", "batch_size")}
+        self.dataset = dataset if dataset is not None else load_dataset(r.data["name"], **data_kw)
+        self.batch_size = int(r.data["batch_size"])
+        model_kw = {k: v for k, v in r.model.items() if k != "name"}
+        self.model = build_model(r.model["name"], self.dataset, **model_kw)
+        self.x_train, self.y_train = self.dataset.x_train, self.dataset.y_train
+        self.steps_per_epoch = math.ceil(self.x_train.shape[0] / self.batch_size)
+        train_steps = r.epochs * self.steps_per_epoch
+        self.optimizer = _build_optimizer(self.model, r.optimizer)
+        mparams = self._method_params(train_steps)
+        horizon = mparams.get("steps_per_round", train_steps) if r.method["name"] == "imp" else train_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(r.lr_schedule, horizon, self.steps_per_epoch))
+        name = r.method["name"]
+        if name == "imp":
+            mparams["lr_scheduler"] = self.scheduler
+        if name == "snip" or (name == "static" and mparams.get("score") in ("snip", "taylor", "gradient")):
+            xb, yb = next(iterate_batches(self.x_train, self.y_train, self.batch_size, seed=r.seed))
+            mparams["data"] = (xb, yb)
+        self.method = build_method(name, self.model, self.optimizer, targets=r.targets or None, **mparams)
+        self.total_steps = self.method.total_steps if isinstance(self.method, IMP) else train_steps
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+
+    def _method_params(self, train_steps: int) -> dict[str, Any]:
+        r = self.recipe
+        p = {k: v for k, v in r.method.items() if k != "name"}
+        name = r.method["name"]
+        p.setdefault("seed", r.seed)
+        # defaults that depend on the run length; explicit recipe values always win
+        if name == "rigl":
+            p.setdefault("total_steps", train_steps)
+        elif name == "set":
+            p.setdefault("update_interval", self.steps_per_epoch)  # official SET: once per epoch
+        elif name == "gmp":
+            p.setdefault("begin", 0)
+            p.setdefault("end", "75%")
+        elif name == "imp":
+            p.setdefault("steps_per_round", train_steps)
+        for k in list(p):
+            if k in STEP_KEYS:
+                p[k] = resolve_steps(k, p[k], total_steps=train_steps, steps_per_epoch=self.steps_per_epoch)
+        return p
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """``run_dir/checkpoint.pt``."""
+        return self.run_dir / "checkpoint.pt" if self.run_dir else None
+
+    def save_checkpoint(self) -> None:
+        """Write everything needed to resume, atomically."""
+        if self.checkpoint_path is None:
+            return
+        atomic_save({
+            "format": "sparseforge-checkpoint-v1",
+            "recipe": self.recipe.to_dict(),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "method": self.method.state_dict(),
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+        }, self.checkpoint_path)
+
+    def try_resume(self) -> bool:
+        """Load ``run_dir/checkpoint.pt`` if it exists; True if the run resumed."""
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated or foreign file must not be half-loaded
+            raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from None
+        if not isinstance(ck, dict) or ck.get("format") != "sparseforge-checkpoint-v1":
+            raise CheckpointError(f"{str(path)!r} is not a sparseforge training checkpoint")
+        if ck["recipe"] != self.recipe.to_dict():
+            raise CheckpointError(
+                f"run folder {str(self.run_dir)!r} holds a run of a different recipe; "
+                "use another --run-dir or pass --restart to start over"
+            )
+        load_masked_state_dict(self.model, ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.method.load_state_dict(ck["method"])
+        self.masking_refresh()
+        self.step = int(ck["step"])
+        self.history = list(ck["history"])
+        torch.set_rng_state(ck["torch_rng"])
+        self.log(f"resuming {self.run_dir} from step {self.step}/{self.total_steps}")
+        return True
+
+    def masking_refresh(self) -> None:
+        """Drop cached float masks after masks were replaced by a load."""
+        self.method.masking._cache = None
+
+    # ------------------------------------------------------------------ training
+    def fit(self) -> RunResult:
+        """Train to the end (or ``max_steps``), evaluating after every epoch."""
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
+            self.try_resume()
+        stop_at = self.total_steps if self.max_steps is None else min(self.total_steps, self.step + self.max_steps)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=self.recipe.name, unit="step", leave=False)
+        model, opt, sched = self.model, self.optimizer, self.scheduler
+        model.train()
+        every = self.recipe.checkpoint_every_steps
+        try:
+            while self.step < stop_at:
+                epoch, start = divmod(self.step, self.steps_per_epoch)
+                t0 = time.perf_counter()
+                loss_sum, seen = 0.0, 0
+                for xb, yb in iterate_batches(self.x_train, self.y_train, self.batch_size,
+                                              seed=self.recipe.seed * 100_003 + epoch, start=start):
+                    opt.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(model(xb), yb)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    self.step += 1
+                    loss_sum += loss.item() * yb.shape[0]
+                    seen += yb.shape[0]
+                    if bar is not None:
+                        bar.update(1)
+                    if every and self.step % every == 0:
+                        self.save_checkpoint()
+                    if self.step >= stop_at:
+                        break
+                if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+                    self._end_epoch(epoch, loss_sum / max(seen, 1), time.perf_counter() - t0, bar)
+                elif self.step >= stop_at:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            if bar is not None:
+                bar.close()
+            self.log(f"interrupted at step {self.step}; checkpoint saved, run again to resume")
+            raise
+        if bar is not None:
+            bar.close()
+        final = self.history[-1] if self.history else {}
+        if self.step >= self.total_steps:
+            self._write_results(final)
+        return RunResult(self.history, final, model, self.method, self.run_dir)
+
+    def _end_epoch(self, epoch: int, train_loss: float, seconds: float, bar: Any) -> None:
+        ev = evaluate(self.model, self.dataset.x_test, self.dataset.y_test)
+        masks = [l.mask for l in self.method.layers]
+        kept = sum(int(m.sum()) for m in masks)
+        total = sum(m.numel() for m in masks)
+        rec = {"epoch": epoch + 1, "step": self.step, "train_loss": train_loss, "test_accuracy": ev["accuracy"],
+               "test_loss": ev["loss"], "sparsity": 1.0 - kept / total if total else 0.0, "seconds": seconds}
+        self.history.append(rec)
+        if bar is not None:
+            bar.set_postfix(acc=f"{ev['accuracy']:.4f}", loss=f"{train_loss:.3f}")
+        if self.run_dir is not None:
+            # rewritten whole from the history so a crash between writes never duplicates an epoch
+            _atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+        self.save_checkpoint()
+
+    def report(self) -> Any:
+        """Sparsity report of the current model with FLOPs per sample."""
+        from .report import sparsity_report
+
+        return sparsity_report(self.model, example_input(self.recipe.model["name"], self.dataset, batch=1))
+
+    def _write_results(self, final: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        rep = self.report()
+        rep.to_json(self.run_dir / "report.json")
+        _atomic_write_text(self.run_dir / "report.txt", rep.table() + "\n")
+        summary = {"recipe": self.recipe.name, "method": self.recipe.method["name"], "steps": self.step,
+                   "final": final, "totals": rep.to_dict()["totals"], "dataset": self.dataset.name}
+        _atomic_write_text(self.run_dir / "result.json", json.dumps(summary, indent=2) + "\n")
