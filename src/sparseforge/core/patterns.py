@@ -47,8 +47,9 @@ def num_pruned(sparsity: float, n: int) -> int:
 def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean mask of the ``k`` largest ``scores`` (restricted to ``eligible`` if given).
 
-    Deterministic: among equal scores the lower flat index wins, whatever the device or
-    thread count (a stable sort over the flattened tensor). ``k`` may be 0.
+    Deterministic: among equal scores the *higher* flat index is kept, i.e. the lower flat
+    index is pruned first (the module's counting rule), whatever the device or thread count
+    (a stable sort over the flattened tensor). ``k`` may be 0.
     """
     flat = scores.detach().reshape(-1).float()
     if torch.isnan(flat).any():
@@ -59,14 +60,17 @@ def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None
         n_elig = int(elig.sum())
         if k > n_elig:
             raise LayerError(f"cannot select k={k} of only {n_elig} eligible positions")
-        flat = torch.where(elig, flat, torch.full_like(flat, -math.inf))
     if not 0 <= k <= n:
         raise LayerError(f"k must be in [0, {n}]; got {k}")
     mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
     if k:
-        # stable descending sort keeps the original order among ties -> lower index first
-        order = torch.sort(flat, descending=True, stable=True).indices
-        mask[order[:k]] = True
+        # stable ascending sort keeps the original order among ties, so the lower index comes
+        # first (= pruned first); the kept ones are the last k
+        order = torch.sort(flat, stable=True).indices
+        if eligible is not None:
+            # ineligible positions go first whatever their score (stable: score order kept)
+            order = order[torch.sort(elig[order].to(torch.uint8), stable=True).indices]
+        mask[order[n - k :]] = True
     return mask.reshape(scores.shape)
 
 
@@ -187,7 +191,7 @@ class NM(Pattern):
             )
 
     def mask(self, scores: torch.Tensor, sparsity: float | None = None, layer: str = "weight") -> torch.Tensor:
-        """Keep the ``n`` highest scores in every group (lower index first among ties)."""
+        """Keep the ``n`` highest scores in every group (among ties the lower index is pruned first)."""
         if sparsity is not None and abs(sparsity - self.sparsity) > 1e-9:
             raise ConfigError(
                 f"{layer}: N:M {self.n}:{self.m} fixes sparsity at {self.sparsity}; got sparsity={sparsity}"
@@ -196,7 +200,7 @@ class NM(Pattern):
         g = nm_groups_view(scores.detach().float(), self.m)
         if torch.isnan(g).any():
             raise LayerError(f"{layer}: scores contain NaN")
-        order = torch.sort(g, dim=1, descending=True, stable=True).indices[:, : self.n]
+        order = torch.sort(g, dim=1, stable=True).indices[:, self.m - self.n :]
         keep = torch.zeros_like(g, dtype=torch.bool).scatter_(1, order, True)
         return _nm_groups_unview(keep, tuple(scores.shape))
 
@@ -316,13 +320,13 @@ def pattern_from_spec(spec: str | Pattern | dict | None) -> Pattern:
             return Unstructured()
         if s == "channel":
             return Channel()
-        if ":" in s and s.replace(":", "").isdigit():
-            n, m = s.split(":")
-            return NM(int(n), int(m))
-        if s.startswith("block:") and "x" in s:
-            r, c = s[6:].split("x")
-            if r.isdigit() and c.isdigit():
-                return Block(int(r), int(c))
+        parts = s.split(":")
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            return NM(int(parts[0]), int(parts[1]))
+        if s.startswith("block:"):
+            dims = s[6:].split("x")
+            if len(dims) == 2 and all(d.isdigit() for d in dims):
+                return Block(int(dims[0]), int(dims[1]))
     raise ConfigError(
         f"pattern must be 'unstructured', 'N:M' (e.g. '2:4'), 'block:RxC' (e.g. 'block:1x4') or 'channel'; got {spec!r}"
     )
