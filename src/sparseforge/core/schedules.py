@@ -7,7 +7,7 @@ construction.
 * :class:`Cubic` — the gradual pruning schedule of Zhu & Gupta 2017 ("To prune, or not to
   prune"): ``s(t) = s_f + (s_i - s_f) * (1 - p)**exponent``, ``p = clip((t - begin) / (end - begin), 0, 1)``,
   ``exponent = 3``; the value only changes on steps that are multiples of ``frequency`` after
-  ``begin`` (TF ``model_pruning`` default frequency 10).
+  ``begin`` (TF ``model_pruning`` default frequency 10), and at ``end``, where it is ``final``.
 * :class:`CosineDecay` — RigL's drop fraction (Evci et al. 2020): ``f(t) = alpha/2 * (1 + cos(pi * min(t - begin, T) / T))``,
   ``T = end - begin``; 0 after ``end``.
 * :class:`LinearDecay`, :class:`ExponentialDecay` — ``max(0, v0 - c t)`` and ``v0 exp(-c t)``
@@ -81,6 +81,10 @@ class Cubic(Schedule):
         """Value at step ``t``, frozen between pruning steps."""
         if t < self.begin:
             return float(self.initial)
+        if t >= self.end:
+            # the final value is reached at ``end`` even when ``end - begin`` is not a
+            # multiple of ``frequency``
+            return float(self.final)
         # hold the value between pruning steps so the schedule matches the masks actually applied
         t_eff = min(self.begin + ((t - self.begin) // self.frequency) * self.frequency, self.end)
         p = (t_eff - self.begin) / (self.end - self.begin)

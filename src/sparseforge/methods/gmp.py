@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.patterns import NM
+from ..core.patterns import NM, pattern_from_spec
 from ..core.schedules import Cubic
 from ..core.scores import get_score
-from ..errors import ConfigError, check_int
+from ..errors import ConfigError, check_int, check_sparsity
 from .base import SparsityMethod
 
 __all__ = ["GMP"]
@@ -53,8 +53,9 @@ class GMP(SparsityMethod):
         if score not in ("magnitude", "random"):
             raise ConfigError(f"GMP score must be 'magnitude' or 'random'; got {score!r}")
         self.score_fn = get_score(score)
-        if "pattern" in kwargs and isinstance(kwargs["pattern"], NM):
+        if isinstance(pattern_from_spec(kwargs.get("pattern")), NM):  # before any mask is registered
             raise ConfigError("GMP ramps sparsity gradually; use the N:M training methods for N:M patterns")
+        check_sparsity(sparsity)  # named error before the schedule converts it
         self.schedule = Cubic(initial=initial_sparsity, final=float(sparsity), begin=begin, end=end,
                               frequency=frequency, exponent=exponent)
         super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
@@ -89,7 +90,9 @@ class GMP(SparsityMethod):
     def is_pruning_step(self, t: int) -> bool:
         """True if the masks are recomputed after optimizer step ``t``."""
         s = self.schedule
-        return s.begin <= t <= s.end and (t - s.begin) % s.frequency == 0
+        # also at ``end`` itself, where the schedule reaches the final sparsity even when
+        # ``end - begin`` is not a multiple of ``frequency``
+        return s.begin <= t <= s.end and ((t - s.begin) % s.frequency == 0 or t == s.end)
 
     def update(self, t: int) -> None:
         """Recompute masks at the schedule's sparsity on pruning steps."""
