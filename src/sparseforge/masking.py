@@ -253,17 +253,36 @@ def load_masked_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]
         if value.dtype != torch.bool:
             raise CheckpointError(f"mask {key!r} must be bool; got {value.dtype}")
         todo.append((module, bname, value))
-    own = set(model.state_dict().keys())
+    own_sd = model.state_dict()
+    own = set(own_sd.keys())
     if strict:
         missing = [k for k in own if k not in state_dict]
         if missing:
             raise CheckpointError(f"checkpoint is missing {len(missing)} key(s) of the model, e.g. {missing[:5]}")
+    # check shapes (and, if strict, unexpected keys) up front: torch's load_state_dict copies
+    # every matching tensor before it reports a mismatch, which would leave a half-loaded model
+    for key, value in state_dict.items():
+        if key.endswith(MASK_SUFFIX) and key not in own:
+            continue  # a mask checked above, registered below
+        if key in own_sd:
+            ref = own_sd[key]
+            if torch.is_tensor(value) and torch.is_tensor(ref) and tuple(value.shape) != tuple(ref.shape):
+                raise CheckpointError(
+                    f"checkpoint does not match the model: {key!r} has shape {tuple(value.shape)} "
+                    f"but the model's has shape {tuple(ref.shape)}"
+                )
+        elif strict:
+            raise CheckpointError(f"checkpoint does not match the model: unexpected key {key!r}")
+    registered = []
     for module, bname, value in todo:
         if bname not in module._buffers:
             module.register_buffer(bname, torch.ones_like(value, dtype=torch.bool, device=getattr(module, bname[: -len(MASK_SUFFIX)]).device))
+            registered.append((module, bname))
     try:
         model.load_state_dict(state_dict, strict=strict)
     except RuntimeError as e:
+        for module, bname in registered:
+            delattr(module, bname)
         raise CheckpointError(f"checkpoint does not match the model: {e}") from None
     return find_masked_layers(model)
 
@@ -287,6 +306,8 @@ class Masking:
     def __init__(self, model: nn.Module, targets: Targets | None = None, optimizer: torch.optim.Optimizer | None = None):
         self.model = model
         existing = find_masked_layers(model)
+        #: True if this object registered the mask buffers (False: reused from the model)
+        self.registered_masks = not existing
         if existing:
             self.layers = existing
         else:
@@ -362,9 +383,11 @@ class Masking:
                 v.masked_fill_(positions, 0)
 
     def _tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        # float copies of the masks, cached until a mask changes or the weights change dtype
+        # float copies of the masks, cached until a mask changes or the weights change dtype/device
         weights = [l.weight for l in self.layers]
-        key = tuple((w.dtype, w.device) for w in weights)
+        # a mask changed in place behind our back (model.load_state_dict, a copy_ by the user)
+        # bumps its version counter: the cached copy must follow it
+        key = tuple((w.dtype, w.device, id(l.mask), l.mask._version) for w, l in zip(weights, self.layers))
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, [l.mask.to(l.weight.dtype) for l in self.layers])
         return weights, self._cache[1]
@@ -385,14 +408,18 @@ class Masking:
             torch._foreach_mul_(list(grads), [m.to(g.dtype) if m.dtype != g.dtype else m for g, m in zip(grads, ms)])
 
     # ----------------------------------------------------------------------------- optimizer
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Enforce the masks on every ``optimizer.step()`` from now on."""
-        if self.optimizer is not None:
-            raise ConfigError("this Masking is already attached to an optimizer; call detach() first")
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Raise :class:`ConfigError` unless ``optimizer`` holds every masked parameter."""
         params = {id(p) for g in optimizer.param_groups for p in g["params"]}
         missing = [l.qualname for l in self.layers if id(l.weight) not in params]
         if missing:
             raise ConfigError(f"optimizer does not hold the masked parameter(s) {missing[:5]}; build it from model.parameters()")
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Enforce the masks on every ``optimizer.step()`` from now on."""
+        if self.optimizer is not None:
+            raise ConfigError("this Masking is already attached to an optimizer; call detach() first")
+        self.check_optimizer(optimizer)
         self.optimizer = optimizer
         self._handles = [
             optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._pre_step()),
@@ -409,10 +436,14 @@ class Masking:
         self.optimizer = None
 
     def add_callbacks(self, before: Callable[[], None] | None = None, after: Callable[[], None] | None = None) -> None:
-        """Run ``before`` ahead of the gradient masking and ``after`` after the weight masking of every step."""
-        if before is not None:
+        """Run ``before`` ahead of the gradient masking and ``after`` after the weight masking of every step.
+
+        A callback that is already registered is not added again, so detaching and re-attaching
+        a method (or attaching an unpickled copy) still runs it once per step.
+        """
+        if before is not None and before not in self._before:
             self._before.append(before)
-        if after is not None:
+        if after is not None and after not in self._after:
             self._after.append(after)
 
     def _pre_step(self) -> None:
@@ -437,6 +468,16 @@ class Masking:
                 layer.mask.copy_(m.bool())
                 layer.weight.mul_(layer.mask)
                 self._zero_state(layer)
+        self._cache = None
+
+    def unregister(self) -> None:
+        """Remove the mask buffers this object registered (used when a method's construction fails)."""
+        self.detach()
+        if self.registered_masks:
+            for layer in self.layers:
+                name = layer.param_name + MASK_SUFFIX
+                if name in layer.module._buffers:
+                    delattr(layer.module, name)
         self._cache = None
 
     def finalize(self) -> nn.Module:

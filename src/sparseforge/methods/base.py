@@ -88,12 +88,20 @@ class SparsityMethod:
         self.masking = Masking(model, Targets.from_spec(targets))
         self.step = 0
         self._dense_grads: dict[str, torch.Tensor] | None = None
-        for layer in self.masking:
-            self.pattern.check(layer.canonical_shape, layer.qualname)
-        self.layer_sparsity: list[float] = self._allocate()
-        self.init_masks()
-        if optimizer is not None:
-            self.attach(optimizer)
+        try:
+            if optimizer is not None:
+                self.masking.check_optimizer(optimizer)  # before init_masks touches the weights
+            for layer in self.masking:
+                self.pattern.check(layer.canonical_shape, layer.qualname)
+            self.layer_sparsity: list[float] = self._allocate()
+            self.init_masks()
+            if optimizer is not None:
+                self.attach(optimizer)
+        except BaseException:
+            # a failed construction must not leave mask buffers behind: a retry (with other
+            # targets, say) would silently reuse them
+            self.masking.unregister()
+            raise
 
     # ------------------------------------------------------------------ allocation & masks
     @property
