@@ -567,3 +567,39 @@ def test_pickle_of_masked_model_and_masking() -> None:
     buf.seek(0)
     loaded = torch.load(buf, weights_only=False)
     assert torch.equal(loaded(x), model(x)) and hasattr(loaded[0], "weight_mask")
+
+
+class _NoisySGD(torch.optim.SGD):
+    """An optimizer outside EXACT_OPTIMIZERS that moves every weight, zero or not."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        out = super().step(closure)
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.add_(1e-3)
+        return out
+
+
+def test_unknown_optimizers_get_weights_remasked_after_each_step() -> None:
+    from sparseforge.masking import EXACT_OPTIMIZERS
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    masking = Masking(model)
+    for layer in masking:
+        masking.set_mask(layer, torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(0)) < 0.3)
+    opt = _NoisySGD(model.parameters(), lr=0.1)
+    assert type(opt) not in EXACT_OPTIMIZERS
+    masking.attach(opt)
+    assert masking.remask_weights
+    for _ in range(5):
+        opt.zero_grad()
+        model(torch.randn(4, 8)).sum().backward()
+        opt.step()
+    for layer in masking:
+        assert not layer.weight[~layer.mask].any()
+    masking.detach()
+    masking.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert not masking.remask_weights  # exact optimizer: the post-step pass is skipped
+    with pytest.raises(ConfigError, match="remask_weights"):
+        masking.detach() or masking.attach(opt, remask_weights="sometimes")

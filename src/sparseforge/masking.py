@@ -10,8 +10,9 @@ Design (see DESIGN.md, "Contracts"):
 * Enforcement uses the optimizer's public hook API (``register_step_pre_hook`` /
   ``register_step_post_hook``), never a patched ``step``: before each step the gradients of
   pruned positions are zeroed (so SGD momentum and Adam moments never accumulate there and
-  weight decay acts on a zero weight), after each step the weights are multiplied by their
-  masks (a guarantee that holds for any optimizer). Gradient accumulation (several
+  weight decay acts on a zero weight); after each step the weights are multiplied by their
+  masks, unless the optimizer is one of :data:`EXACT_OPTIMIZERS`, for which that pass is
+  provably a no-op and is skipped to save a pass over the weights. Gradient accumulation (several
   ``backward`` per step) and ``GradScaler`` skipped steps (no ``step`` call at all) need
   nothing special.
 * Whenever a mask changes, optimizer state tensors shaped like the parameter are zeroed at
@@ -287,6 +288,15 @@ def load_masked_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]
     return find_masked_layers(model)
 
 
+#: Optimizers whose update of a position with zero weight, zero gradient and zero state is
+#: exactly zero (momentum, Adam moments, L2 and decoupled weight decay all act on zeros), so
+#: masking the gradients before the step keeps pruned weights at exactly 0.
+EXACT_OPTIMIZERS: frozenset[type] = frozenset({
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
+    torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta,
+})
+
+
 class Masking:
     """Runtime that owns the masks of one model and enforces them on one optimizer.
 
@@ -318,6 +328,8 @@ class Masking:
                 )
         self._handles: list[Any] = []
         self.optimizer: torch.optim.Optimizer | None = None
+        self.remask_weights = True
+        self._stale = True
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
         self._cache: tuple | None = None
@@ -390,6 +402,7 @@ class Masking:
         key = tuple((w.dtype, w.device, id(l.mask), l.mask._version) for w, l in zip(weights, self.layers))
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, [l.mask.to(l.weight.dtype) for l in self.layers])
+            self._stale = True
         return weights, self._cache[1]
 
     @torch.no_grad()
@@ -415,12 +428,24 @@ class Masking:
         if missing:
             raise ConfigError(f"optimizer does not hold the masked parameter(s) {missing[:5]}; build it from model.parameters()")
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Enforce the masks on every ``optimizer.step()`` from now on."""
+    def attach(self, optimizer: torch.optim.Optimizer, *, remask_weights: bool | str = "auto") -> None:
+        """Enforce the masks on every ``optimizer.step()`` from now on.
+
+        Gradients of pruned positions are always zeroed before the step. Re-masking the
+        weights after the step (``remask_weights``) is redundant for the optimizers listed in
+        :data:`EXACT_OPTIMIZERS`: with a zero weight, zero gradient and zero state their update
+        is exactly zero, so ``"auto"`` (default) skips it for them (one pass over the weights
+        less per step) and keeps it for any other optimizer, including subclasses.
+        ``True``/``False`` force it on or off.
+        """
         if self.optimizer is not None:
             raise ConfigError("this Masking is already attached to an optimizer; call detach() first")
+        if remask_weights not in ("auto", True, False):
+            raise ConfigError(f"remask_weights must be 'auto', True or False; got {remask_weights!r}")
         self.check_optimizer(optimizer)
         self.optimizer = optimizer
+        self.remask_weights = type(optimizer) not in EXACT_OPTIMIZERS if remask_weights == "auto" else bool(remask_weights)
+        self.apply()
         self._handles = [
             optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._pre_step()),
             optimizer.register_step_post_hook(lambda opt, args, kwargs: self._post_step()),
@@ -446,13 +471,23 @@ class Masking:
         if after is not None and after not in self._after:
             self._after.append(after)
 
+    @torch.no_grad()
     def _pre_step(self) -> None:
         for cb in self._before:
             cb()
+        weights, masks = self._tensors()
+        if self._stale:
+            # masks changed since the last step (possibly in place, e.g. load_state_dict):
+            # zero the weights and optimizer state they now prune before this step runs
+            torch._foreach_mul_(weights, masks)
+            for layer in self.layers:
+                self._zero_state(layer)
+            self._stale = False
         self.mask_grads()
 
     def _post_step(self) -> None:
-        self.apply()
+        if self.remask_weights:
+            self.apply()
         for cb in self._after:
             cb()
 

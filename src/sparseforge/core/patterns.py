@@ -48,29 +48,51 @@ def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None
     """Boolean mask of the ``k`` largest ``scores`` (restricted to ``eligible`` if given).
 
     Deterministic: among equal scores the *higher* flat index is kept, i.e. the lower flat
-    index is pruned first (the module's counting rule), whatever the device or thread count
-    (a stable sort over the flattened tensor). ``k`` may be 0.
+    index is pruned first (the module's counting rule), whatever the device or thread count.
+    A partial ``torch.topk`` on the smaller side (kept or dropped) finds the threshold score,
+    so the cost falls with the number of positions that change; the remaining slots at the
+    threshold go to the highest-index ties. ``k`` may be 0.
     """
     flat = scores.detach().reshape(-1).float()
     if torch.isnan(flat).any():
         raise LayerError("scores contain NaN; cannot rank weights (check the weights or gradients)")
     n = flat.numel()
-    if eligible is not None:
-        elig = eligible.reshape(-1)
-        n_elig = int(elig.sum())
-        if k > n_elig:
-            raise LayerError(f"cannot select k={k} of only {n_elig} eligible positions")
     if not 0 <= k <= n:
         raise LayerError(f"k must be in [0, {n}]; got {k}")
+    idx = None
+    if eligible is not None:
+        idx = eligible.reshape(-1).nonzero().squeeze(1)
+        if k > idx.numel():
+            raise LayerError(f"cannot select k={k} of only {idx.numel()} eligible positions")
+        flat = flat[idx]
+    m = flat.numel()
+    if k == m:
+        keep = torch.ones(m, dtype=torch.bool, device=flat.device)
+    elif k == 0:
+        keep = torch.zeros(m, dtype=torch.bool, device=flat.device)
+    elif m - k <= k:
+        # few to drop (the common case: 30 % of the active weights, a GMP increment):
+        # find the (m-k)-th smallest with a partial top-k, drop everything below it and the
+        # lowest-index ties
+        p = m - k
+        thr = torch.topk(flat, p, largest=False, sorted=False).values.max()
+        drop = flat < thr
+        need = p - int(drop.sum())
+        if need:
+            ties = (flat == thr).nonzero().squeeze(1)
+            drop[ties[:need]] = True
+        keep = ~drop
+    else:
+        thr = torch.topk(flat, k, sorted=False).values.min()  # the k-th largest score
+        keep = flat > thr
+        need = k - int(keep.sum())
+        if need:
+            ties = (flat == thr).nonzero().squeeze(1)
+            keep[ties[ties.numel() - need :]] = True
+    if idx is None:
+        return keep.reshape(scores.shape)
     mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
-    if k:
-        # stable ascending sort keeps the original order among ties, so the lower index comes
-        # first (= pruned first); the kept ones are the last k
-        order = torch.sort(flat, stable=True).indices
-        if eligible is not None:
-            # ineligible positions go first whatever their score (stable: score order kept)
-            order = order[torch.sort(elig[order].to(torch.uint8), stable=True).indices]
-        mask[order[n - k :]] = True
+    mask[idx[keep]] = True
     return mask.reshape(scores.shape)
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..core.allocation import Allocation, allocation_from_spec, global_sparsities
-from ..core.patterns import NM, Pattern, Unstructured, num_pruned, pattern_from_spec
+from ..core.patterns import NM, Pattern, Unstructured, num_pruned, pattern_from_spec, topk_mask
 from ..errors import ConfigError, LayerError, check_sparsity
 from ..masking import MaskedLayer, Masking, Targets
 
@@ -134,6 +134,8 @@ class SparsityMethod:
         ``eligible_only``, positions pruned now get score ``-inf`` so they stay pruned.
         """
         scores = [s.float() for s in scores]
+        if eligible_only and sparsities is not None and isinstance(self.pattern, Unstructured):
+            return [self._shrink(layer, s, sp) for layer, s, sp in zip(self.layers, scores, sparsities)]
         if eligible_only:
             scores = [torch.where(l.canonical(l.mask), s, torch.full_like(s, -math.inf)) for l, s in zip(self.layers, scores)]
         if sparsities is None:
@@ -149,6 +151,22 @@ class SparsityMethod:
             else:
                 masks.append(self.pattern.mask(s, sp, layer.qualname))
         return masks
+
+    def _shrink(self, layer: MaskedLayer, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+        """Unstructured mask at ``sparsity`` that only drops currently kept positions.
+
+        Selecting among the kept positions only (rather than ranking pruned ones at -inf)
+        makes a small increment cheap, which is what gradual schedules do most steps.
+        """
+        current = layer.canonical(layer.mask)
+        n = current.numel()
+        k_prune = num_pruned(sparsity, n)
+        if k_prune >= n:
+            self.pattern.mask(scores, sparsity, layer.qualname)  # raises the standard "empty layer" error
+        keep = n - k_prune
+        if keep >= int(current.sum()):
+            return current.clone()
+        return topk_mask(scores, keep, eligible=current)
 
     def set_masks(self, masks: Sequence[torch.Tensor]) -> None:
         """Install canonical-layout ``masks`` on every layer (zeroing pruned weights and state)."""
