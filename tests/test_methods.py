@@ -447,6 +447,19 @@ def test_set_drop_rule_asymmetric_signs() -> None:
     assert torch.equal(kept, torch.tensor([T, F_, T, F_, T, T, T, F_, T, F_, F_, F_]))
 
 
+def test_set_drop_count_follows_the_official_keep_count() -> None:
+    # 4 negatives at zeta 0.3: the official code keeps floor(0.7 * 4) = 2 and so drops 2
+    # (rounding 0.3 * 4 = 1.2 would drop only 1)
+    model = _single_linear(1, 8)
+    method = SET(model, sparsity=0.0, update_interval=1, zeta=0.3, allocation="uniform")
+    layer = method.layers[0]
+    w = torch.tensor([-0.4, -0.1, -0.3, -0.2, 0.5, 0.6, 0.7, 0.8])
+    set_layer(method, layer, torch.ones(1, 8, dtype=torch.bool), w.reshape(1, 8))
+    kept = method.drop(layer, layer.mask, n_drop=0).reshape(-1)
+    # negatives: -0.1 and -0.2 dropped; positives: keep floor(2.8) = 2 of 4 -> 0.5, 0.6 dropped
+    assert torch.equal(kept, torch.tensor([T, F_, T, F_, F_, F_, T, T]))
+
+
 def test_set_update_keeps_count_and_regrows_at_zero() -> None:
     model = _single_linear(2, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)

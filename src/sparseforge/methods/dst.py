@@ -167,14 +167,21 @@ class SET(DynamicSparse):
         super().__init__(model, optimizer, sparsity=sparsity, update_interval=update_interval, **kwargs)
 
     def drop(self, layer: MaskedLayer, mask: torch.Tensor, n_drop: int) -> torch.Tensor:
-        """Official SET rule; ``n_drop`` is ignored, the fraction applies to each sign separately."""
+        """Official SET rule; ``n_drop`` is ignored, the fraction applies to each sign separately.
+
+        Each sign keeps ``floor((1 - zeta) n_sign)`` weights, the count the official Keras
+        ``rewireMask`` keeps for negatives (``values[int((1 - zeta) firstZeroPos)]`` as a strict
+        threshold). For positives that code keeps one fewer (an index off-by-one in its
+        ``smallestPositive``); the symmetric count is used here.
+        """
         frac = self.schedule(self.step)
         w = layer.canonical(layer.weight.detach())
         pos = mask & (w > 0)
         neg = mask & (w < 0)
         n_pos, n_neg = int(pos.sum()), int(neg.sum())
-        keep_pos = topk_mask(w, n_pos - int(math.floor(frac * n_pos + 0.5)), eligible=pos)  # largest positives
-        keep_neg = topk_mask(-w, n_neg - int(math.floor(frac * n_neg + 0.5)), eligible=neg)  # most negative
+        # the epsilon absorbs binary noise such as (1 - 0.3) * 10 = 7.000000000000001
+        keep_pos = topk_mask(w, int(math.floor((1.0 - frac) * n_pos + 1e-9)), eligible=pos)  # largest positives
+        keep_neg = topk_mask(-w, int(math.floor((1.0 - frac) * n_neg + 1e-9)), eligible=neg)  # most negative
         return keep_pos | keep_neg
 
     def grow_scores(self, layer: MaskedLayer) -> torch.Tensor:
