@@ -25,15 +25,6 @@ from sparseforge.methods import GMP, IMP, METHODS, SET, Dense, RigL, StaticSpars
 T, F_ = True, False
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and avoids OpenMP spin-waits on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------- helpers
 def mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
