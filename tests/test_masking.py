@@ -594,3 +594,29 @@ def test_unknown_optimizers_get_weights_remasked_after_each_step() -> None:
     assert not masking.remask_weights  # exact optimizer: the post-step pass is skipped
     with pytest.raises(ConfigError, match="remask_weights"):
         masking.detach() or masking.attach(opt, remask_weights="sometimes")
+
+
+def test_tied_weights_are_skipped_with_a_reason() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(20, 8)
+            self.body = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 20, bias=False)
+            self.head.weight = self.emb.weight  # GPT-2 style tying
+
+    model = Tied()
+    masking = Masking(model)
+    assert [l.name for l in masking] == ["body"]
+    assert masking.skipped and masking.skipped[0][0] == "head" and "tied to emb" in masking.skipped[0][1]
+
+
+def test_gpt2_lm_head_tied_to_embedding_is_left_dense() -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16)
+    model = transformers.GPT2LMHeadModel(cfg)
+    masking = Masking(model)
+    names = [l.name for l in masking]
+    assert "lm_head" not in names and any(n.endswith("c_attn") for n in names)
+    assert any(n == "lm_head" for n, _ in masking.skipped)
+    assert all(l.transposed for l in masking if is_hf_conv1d(l.module))

@@ -169,6 +169,7 @@ class Targets:
             chosen = chosen[1:]
         if chosen and self.last_layer == "dense" and chosen[-1][0] == candidates[-1][0]:
             chosen = chosen[:-1]
+        chosen = self._drop_tied(model, chosen)
         if not chosen:
             raise ConfigError(
                 f"no prunable layers in {type(model).__name__}: found {len(candidates)} candidate modules "
@@ -176,6 +177,31 @@ class Targets:
                 f"first_layer={self.first_layer!r}, last_layer={self.last_layer!r}"
             )
         return [MaskedLayer(n, m, "weight", is_hf_conv1d(m)) for n, m in chosen]
+
+    def _drop_tied(self, model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+        """Skip weights shared with another module (e.g. GPT-2's ``lm_head`` tied to the embedding).
+
+        Masking a tied weight would silently prune the other module too; such layers are
+        left dense and listed in :attr:`skipped` with the reason.
+        """
+        owners: dict[int, list[tuple[str, nn.Module]]] = {}
+        for name, module in model.named_modules(remove_duplicate=False):
+            p = module._parameters.get("weight")
+            if p is not None:
+                owners.setdefault(id(p), []).append((name, module))
+        self.skipped: list[tuple[str, str]] = []
+        kept, seen = [], set()
+        for name, module in chosen:
+            others = [(n, m) for n, m in owners.get(id(module.weight), []) if m is not module]
+            if others:
+                other, om = others[0]
+                self.skipped.append((name, f"weight is tied to {other} ({type(om).__name__}); left dense"))
+                continue
+            if id(module.weight) in seen:  # the same module reached under two names
+                continue
+            seen.add(id(module.weight))
+            kept.append((name, module))
+        return kept
 
     def _type_names(self) -> list[str]:
         types = self.types or DEFAULT_TYPES
@@ -318,10 +344,14 @@ class Masking:
         existing = find_masked_layers(model)
         #: True if this object registered the mask buffers (False: reused from the model)
         self.registered_masks = not existing
+        #: layers that matched the targets but were left dense, with the reason
+        self.skipped: list[tuple[str, str]] = []
         if existing:
             self.layers = existing
         else:
-            self.layers = (targets or Targets()).select(model)
+            targets = targets or Targets()
+            self.layers = targets.select(model)
+            self.skipped = list(targets.skipped)
             for layer in self.layers:
                 layer.module.register_buffer(
                     layer.param_name + MASK_SUFFIX, torch.ones_like(layer.weight, dtype=torch.bool)
