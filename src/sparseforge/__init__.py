@@ -1,3 +1,25 @@
-"""sparseforge: make neural networks sparse and keep them accurate."""
+"""sparseforge: make neural networks sparse and keep them accurate.
+
+The most used names are re-exported here::
+
+    import sparseforge as sf
+    method = sf.RigL(model, optimizer, sparsity=0.9, total_steps=10_000)
+    print(sf.sparsity_report(model, example_input).table())
+"""
 
 __version__ = "0.1.0"
+
+from .core import ER, ERK, NM, Block, Channel, Global, Uniform, Unstructured
+from .errors import CheckpointError, ConfigError, LayerError, SparseforgeError
+from .masking import Masking, Targets, finalize, load_masked_state_dict
+from .methods import GMP, IMP, SET, Dense, RigL, SparsityMethod, StaticSparse, build_method
+from .report import Report, sparsity_report
+
+__all__ = [
+    "__version__",
+    "Unstructured", "NM", "Block", "Channel", "Uniform", "ER", "ERK", "Global",
+    "SparseforgeError", "ConfigError", "LayerError", "CheckpointError",
+    "Masking", "Targets", "finalize", "load_masked_state_dict",
+    "SparsityMethod", "Dense", "StaticSparse", "GMP", "IMP", "SET", "RigL", "build_method",
+    "Report", "sparsity_report",
+]
