@@ -1,0 +1,63 @@
+"""The benchmark harness and suites run end to end on tiny settings and write provenance."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sparseforge.bench import interleaved_medians, list_suites, provenance, run_suite
+from sparseforge.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+def test_suites_are_listed_with_descriptions() -> None:
+    suites = list_suites()
+    assert {"fmnist", "overhead"} <= set(suites)
+    assert all(doc for doc in suites.values())
+
+
+def test_unknown_suite_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="fmnist"):
+        run_suite("fmnsit", [])
+
+
+def test_fmnist_suite_tiny(tmp_path: Path) -> None:
+    run_suite("fmnist", ["--models", "lenet300100", "--methods", "dense", "rigl", "--sparsities", "0.9",
+                         "--seeds", "0", "1", "--epochs", "1", "--dataset", "mnist1d",
+                         "--cache", str(tmp_path / "cache"), "--out", str(tmp_path), "--name", "tiny"])
+    data = json.loads((tmp_path / "tiny.json").read_text())
+    assert data["provenance"]["command"].startswith("sparseforge bench fmnist")
+    assert data["provenance"]["machine"]["cores"] >= 1 and data["provenance"]["date"]
+    rigl = [s for s in data["summary"] if s["method"] == "rigl"][0]
+    assert rigl["seeds"] == 2 and abs(rigl["achieved_sparsity"] - 0.9) < 1e-3
+    md = (tmp_path / "tiny.md").read_text()
+    assert "| rigl |" in md and "command" in md
+    # a second call reuses the cached runs instead of training again
+    before = sorted(p.stat().st_mtime for p in (tmp_path / "cache").iterdir())
+    run_suite("fmnist", ["--models", "lenet300100", "--methods", "dense", "rigl", "--sparsities", "0.9",
+                         "--seeds", "0", "1", "--epochs", "1", "--dataset", "mnist1d",
+                         "--cache", str(tmp_path / "cache"), "--out", str(tmp_path), "--name", "tiny"])
+    assert sorted(p.stat().st_mtime for p in (tmp_path / "cache").iterdir()) == before
+
+
+def test_overhead_suite_tiny(tmp_path: Path) -> None:
+    run_suite("overhead", ["--models", "lenet300100", "--rounds", "1", "--calls", "3", "--batch", "8",
+                           "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "overhead.json").read_text())
+    res = data["results"]["lenet300100"]
+    assert res["dense"]["ratio_to_dense"] == 1.0
+    assert {"static", "rigl", "set", "torch.nn.utils.prune", "torch.ao WeightNormSparsifier"} <= set(res)
+
+
+def test_interleaved_medians_counts_calls() -> None:
+    calls = {"a": 0, "b": 0}
+
+    def make(k):
+        def f():
+            calls[k] += 1
+        return f
+
+    med = interleaved_medians({k: make(k) for k in calls}, rounds=3, calls=4, warmup=2)
+    assert calls == {"a": 14, "b": 14} and set(med) == {"a", "b"}
+    assert provenance(["x"])["command"] == "sparseforge bench x"
