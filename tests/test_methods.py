@@ -130,6 +130,22 @@ def test_static_random_erk_exact_counts_and_seeds() -> None:
     assert not all(torch.equal(x, y) for x, y in zip(masks_of(a), masks_of(c)))
 
 
+@pytest.mark.parametrize("cls", [StaticSparse, SET, RigL])
+def test_random_mask_is_independent_of_init_drawn_with_the_same_seed(cls) -> None:
+    # Regression: the mask generator was seeded with the same integer as torch.manual_seed
+    # before the model was built, so the "random" noise equalled the uniform draws of the
+    # weight init and the mask kept only the largest positive weights.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 300, bias=False), nn.ReLU(), nn.Linear(300, 10, bias=False))
+    kw = {"total_steps": 100} if cls is RigL else {"update_interval": 10} if cls is SET else {}
+    method = cls(model, sparsity=0.9, allocation="uniform", seed=0, **kw)
+    w = model[0].weight.detach()[method.layers[0].mask]
+    assert 0.45 < float((w > 0).float().mean()) < 0.55
+    all_abs = model[0].weight.detach().abs()
+    ratio = float(w.abs().mean() / (all_abs.sum() / all_abs.count_nonzero()))  # kept vs all, zeros excluded
+    assert 0.95 < ratio < 1.05
+
+
 def test_static_masks_fixed_through_training() -> None:
     model = mlp()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from .core.rng import stream_generator
 from .errors import ConfigError, check_int
 
 __all__ = [
@@ -186,7 +187,7 @@ class Dataset:
     ) -> tuple[DataLoader, DataLoader]:
         """Return ``(train_loader, test_loader)`` over in-memory ``TensorDataset``\\ s.
 
-        The train loader shuffles with its own ``torch.Generator`` seeded with ``seed``, so
+        The train loader shuffles with its own ``torch.Generator`` derived from ``seed`` (stream ``"batches"``), so
         the same seed gives the same batch order (epoch after epoch) independently of the
         global torch RNG; the test loader keeps the stored order. ``num_workers=0``
         because the data already sits in memory and worker processes would only add
@@ -203,7 +204,7 @@ class Dataset:
         if test_batch_size is None:
             test_batch_size = batch_size
         check_int(test_batch_size, "test_batch_size", minimum=1)
-        generator = torch.Generator().manual_seed(seed)
+        generator = stream_generator(seed, "batches")
         train = DataLoader(
             TensorDataset(self.x_train, self.y_train),
             batch_size=batch_size,

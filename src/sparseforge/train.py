@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from .core.rng import stream_generator
 from .data import load_dataset
 from .errors import CheckpointError, ConfigError
 from .masking import load_masked_state_dict
@@ -62,7 +63,7 @@ def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: 
     time of small models. ``start`` skips the first batches (mid-epoch resume).
     """
     n = x.shape[0]
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if seed is not None else None
+    order = torch.randperm(n, generator=stream_generator(seed, "batches")) if seed is not None else None
     for i in range(start * batch_size, n, batch_size):
         idx = order[i : i + batch_size] if order is not None else slice(i, i + batch_size)
         yield x[idx], y[idx]

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..core.allocation import Allocation, allocation_from_spec, global_sparsities
 from ..core.patterns import NM, Pattern, Unstructured, num_pruned, pattern_from_spec, topk_mask
+from ..core.rng import stream_generator
 from ..errors import ConfigError, LayerError, check_sparsity
 from ..masking import MaskedLayer, Masking, Targets
 
@@ -84,7 +85,7 @@ class SparsityMethod:
             raise ConfigError(f"seed must be an integer; got {seed!r}")
         self.model = model
         self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = stream_generator(seed, "masks")
         self.masking = Masking(model, Targets.from_spec(targets))
         self.step = 0
         self._dense_grads: dict[str, torch.Tensor] | None = None
