@@ -5,8 +5,10 @@ batch 128) and data order per seed; the reported accuracy is the final epoch's t
 (never the best epoch), as mean and standard deviation over seeds. Finished runs are cached in
 ``runs/bench-fmnist/`` so an interrupted suite continues where it stopped.
 
-    sparseforge bench fmnist                      # full grid (long)
+    sparseforge bench fmnist --jobs 2                           # full grid (long)
     sparseforge bench fmnist --models lenet300100 --epochs 10
+
+``--jobs N`` trains N runs at a time in worker processes (one torch thread per core each).
 """
 
 from __future__ import annotations
@@ -14,34 +16,45 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
-from sparseforge.bench import provenance, write_results
+from sparseforge.bench import parallel_map, provenance, write_results
 from sparseforge.data import load_dataset
-from sparseforge.demo import demo_recipe
-from sparseforge.train import Trainer
+from sparseforge.demo import run_method
+from sparseforge.errors import ConfigError
 
 METHODS = ["dense", "static-uniform", "static-erk", "snip", "gmp", "set", "rigl"]
 
 
-def _run(model: str, method: str, sparsity: float, seed: int, epochs: int, data, cache: Path) -> dict:
-    key = f"{model}_{method}_{sparsity}_{seed}_{epochs}_{data.name}"
-    f = cache / f"{key}.json"
-    if f.exists():
-        return json.loads(f.read_text())
-    t0 = time.perf_counter()
-    trainer = Trainer(demo_recipe(method, sparsity=sparsity, epochs=epochs, seed=seed, dataset=data.name, model=model),
-                      progress=False, dataset=data)
-    res = trainer.fit()
-    totals = trainer.report().totals
-    out = {"model": model, "method": method, "sparsity": sparsity if method != "dense" else 0.0, "seed": seed,
-           "epochs": epochs, "final_test_accuracy": res.final["test_accuracy"],
-           "achieved_sparsity": totals["global_sparsity"], "nonzeros": totals["nonzeros"],
-           "sparse_flops": totals["sparse_flops"], "dense_flops": totals["dense_flops"],
-           "history": res.history, "seconds": time.perf_counter() - t0}
-    f.write_text(json.dumps(out))
+def _epochs_per_model(spec: list[str], models: list[str]) -> dict[str, int]:
+    """``["20"]`` -> every model 20; ``["lenet300100=20", "small-cnn=3"]`` -> per model."""
+    out: dict[str, int] = {}
+    for item in spec:
+        name, _, value = item.rpartition("=")
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ConfigError(f"--epochs: expected a positive integer or MODEL=INT; got {item!r}")
+        for m in ([name] if name else models):
+            out[m] = n
+    missing = [m for m in models if m not in out]
+    if missing:
+        raise ConfigError(f"--epochs: no epoch count for model(s) {missing}")
     return out
+
+
+def _key(job: dict) -> str:
+    return f"{job['model']}_{job['method']}_{job['sparsity']}_{job['seed']}_{job['epochs']}_{job['data']}"
+
+
+def _record(row: dict) -> dict:
+    """Cache record of one run of :func:`sparseforge.demo.run_method` (what the summary and plot read)."""
+    return {"model": row["model"], "method": row["method"], "sparsity": row["target_sparsity"], "seed": row["seed"],
+            "epochs": row["epochs"], "final_test_accuracy": row["accuracy"], "achieved_sparsity": row["sparsity"],
+            "nonzeros": row["nonzeros"], "sparse_flops": row["sparse_flops"], "dense_flops": row["dense_flops"],
+            "history": row["history"], "seconds": row["seconds"]}
 
 
 def _plot(summary: list[dict], path: Path) -> None:
@@ -80,25 +93,43 @@ def main(argv: list[str]) -> None:
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.8, 0.9, 0.95, 0.98])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", nargs="+", default=["lenet300100=20", "small-cnn=2"],
+                   help="epochs for every model (one integer) or per model (MODEL=INT ...)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread per core each)")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--cache", default="runs/bench-fmnist")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="fmnist", help="results file name")
     a = p.parse_args(argv)
     prov = provenance(["fmnist", *argv])
+    epochs = _epochs_per_model(a.epochs, a.models)
     data = load_dataset(a.dataset)
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for model in a.models:
-        for method in a.methods:
-            for s in ([0.0] if method == "dense" else a.sparsities):
-                for seed in a.seeds:
-                    r = _run(model, method, s, seed, a.epochs, data, cache)
-                    runs.append(r)
-                    print(f"{model:12s} {method:15s} s={s:.2f} seed={seed} acc={100 * r['final_test_accuracy']:.2f} "
-                          f"({r['seconds']:.0f} s)", flush=True)
+    jobs = [{"model": model, "method": method, "sparsity": s, "seed": seed, "epochs": epochs[model], "data": data.name}
+            for model in a.models for method in a.methods
+            for s in ([0.0] if method == "dense" else a.sparsities) for seed in a.seeds]
+    results: dict[str, dict] = {}
+    todo = []
+    for job in jobs:
+        f = cache / f"{_key(job)}.json"
+        if f.exists():
+            results[_key(job)] = json.loads(f.read_text())
+        else:
+            todo.append(job)
+    print(f"{len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to train with {a.jobs} worker(s)", flush=True)
+    # the CNN runs are the long ones: start them first so the workers finish together
+    todo.sort(key=lambda j: -j["epochs"] * (10 if j["model"] != "lenet300100" else 1))
+    # run_method lives in an installed module, so spawned workers can import it
+    calls = todo if a.jobs > 1 else [{**j, "data": data} for j in todo]  # one process: reuse the loaded data
+    for i, row in parallel_map(run_method, calls, jobs=a.jobs):
+        key = _key(todo[i])
+        r = _record({**row, "target_sparsity": todo[i]["sparsity"]})
+        (cache / f"{key}.json").write_text(json.dumps(r))
+        results[key] = r
+        print(f"{r['model']:12s} {r['method']:15s} s={r['sparsity']:.2f} seed={r['seed']} "
+              f"acc={100 * r['final_test_accuracy']:.2f} ({r['seconds']:.0f} s)", flush=True)
+    runs = [results[_key(j)] for j in jobs]
     summary = []
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
@@ -109,11 +140,12 @@ def main(argv: list[str]) -> None:
                         "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "seeds": len(accs),
                         "achieved_sparsity": statistics.mean(r["achieved_sparsity"] for r in rs),
                         "sparse_flops": rs[0]["sparse_flops"], "dense_flops": rs[0]["dense_flops"]})
-    md = [f"Final-epoch test accuracy (%), mean ± std over seeds {a.seeds}, {a.epochs} epochs each, dataset {data.name}.\n"]
+    budget = ", ".join(f"{m} {e}" for m, e in epochs.items())
+    md = [f"Final-epoch test accuracy (%), mean ± std over seeds {a.seeds}, dataset {data.name}; epochs per run: {budget}.\n"]
     for model in a.models:
         rows = [s for s in summary if s["model"] == model]
         dense = [s for s in rows if s["method"] == "dense"]
-        md.append(f"\n## {model}\n")
+        md.append(f"\n## {model} ({epochs[model]} epochs)\n")
         if dense:
             md.append(f"dense: {100 * dense[0]['mean']:.2f} ± {100 * dense[0]['std']:.2f}\n")
         md.append("\n| method | " + " | ".join(f"{100 * s:g} %" for s in a.sparsities) + " |")
@@ -127,7 +159,7 @@ def main(argv: list[str]) -> None:
                 cells.append(f"{100 * hit[0]['mean']:.2f} ± {100 * hit[0]['std']:.2f}" if hit else "-")
             md.append(f"| {method} | " + " | ".join(cells) + " |")
     out = Path(a.out) if a.out else None
-    data_out = {"provenance": prov, "config": vars(a), "dataset": data.name, "summary": summary, "runs": runs}
+    data_out = {"provenance": prov, "config": {**vars(a), "epochs": epochs}, "dataset": data.name, "summary": summary, "runs": runs}
     jp, mp = write_results(a.name, data_out, "\n".join(md), out)
     try:
         _plot(summary, jp.with_suffix(".png"))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sparseforge.bench import interleaved_medians, list_suites, provenance, run_suite
+from sparseforge.bench import interleaved_medians, list_suites, parallel_map, provenance, run_suite
 from sparseforge.errors import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def test_unknown_suite_is_a_clear_error() -> None:
 
 def test_fmnist_suite_tiny(tmp_path: Path) -> None:
     run_suite("fmnist", ["--models", "lenet300100", "--methods", "dense", "rigl", "--sparsities", "0.9",
-                         "--seeds", "0", "1", "--epochs", "1", "--dataset", "mnist1d",
+                         "--seeds", "0", "1", "--epochs", "1", "--dataset", "mnist1d", "--jobs", "2",
                          "--cache", str(tmp_path / "cache"), "--out", str(tmp_path), "--name", "tiny"])
     data = json.loads((tmp_path / "tiny.json").read_text())
     assert data["provenance"]["command"].startswith("sparseforge bench fmnist")
@@ -36,7 +36,7 @@ def test_fmnist_suite_tiny(tmp_path: Path) -> None:
     # a second call reuses the cached runs instead of training again
     before = sorted(p.stat().st_mtime for p in (tmp_path / "cache").iterdir())
     run_suite("fmnist", ["--models", "lenet300100", "--methods", "dense", "rigl", "--sparsities", "0.9",
-                         "--seeds", "0", "1", "--epochs", "1", "--dataset", "mnist1d",
+                         "--seeds", "0", "1", "--epochs", "1", "--dataset", "mnist1d", "--jobs", "2",
                          "--cache", str(tmp_path / "cache"), "--out", str(tmp_path), "--name", "tiny"])
     assert sorted(p.stat().st_mtime for p in (tmp_path / "cache").iterdir()) == before
 
@@ -61,3 +61,17 @@ def test_interleaved_medians_counts_calls() -> None:
     med = interleaved_medians({k: make(k) for k in calls}, rounds=3, calls=4, warmup=2)
     assert calls == {"a": 14, "b": 14} and set(med) == {"a", "b"}
     assert provenance(["x"])["command"] == "sparseforge bench x"
+
+
+@pytest.mark.parametrize("spec, needle", [(["0"], "positive integer"), (["lenet300100=x"], "MODEL=INT"),
+                                          (["small-cnn=3"], "no epoch count")])
+def test_fmnist_bad_epochs_is_a_clear_error(tmp_path: Path, spec, needle) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        run_suite("fmnist", ["--models", "lenet300100", "--epochs", *spec, "--dataset", "mnist1d",
+                             "--cache", str(tmp_path), "--out", str(tmp_path)])
+
+
+def test_parallel_map_rejects_bad_jobs() -> None:
+    with pytest.raises(ConfigError, match="jobs"):
+        list(parallel_map(dict, [{}], jobs=0))
+    assert list(parallel_map(dict, [{"a": 1}, {"b": 2}])) == [(0, {"a": 1}), (1, {"b": 2})]

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from .errors import ConfigError
 
-__all__ = ["METHOD_PRESETS", "preset", "run_demo", "format_table"]
+__all__ = ["METHOD_PRESETS", "preset", "demo_recipe", "run_method", "run_demo", "format_table"]
 
 #: method presets shared by the demo and the benchmarks: name -> method section of a recipe
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
@@ -77,11 +77,36 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def run_method(method: str, *, sparsity: float, epochs: int, seed: int, data: Any, model: str = "lenet300100",
+               progress: bool = False) -> dict[str, Any]:
+    """Train one preset with :func:`demo_recipe` and return its result row.
+
+    ``data`` is a :class:`~sparseforge.data.Dataset` or a dataset name (loaded here; the
+    benchmark workers pass names so nothing large crosses process boundaries). The row holds
+    the final test accuracy, achieved sparsity, nonzeros, parameter count, dense and sparse
+    FLOPs per sample, the per-epoch history and the wall time.
+    """
+    from .data import load_dataset
+    from .train import Trainer
+
+    if isinstance(data, str):
+        data = load_dataset(data)
+    t0 = time.perf_counter()
+    trainer = Trainer(demo_recipe(method, sparsity=sparsity, epochs=epochs, seed=seed, dataset=data.name, model=model),
+                      progress=progress, dataset=data)
+    result = trainer.fit()
+    totals = trainer.report().totals
+    return {"method": method, "model": model, "seed": seed, "epochs": epochs, "dataset": data.name,
+            "accuracy": result.final["test_accuracy"], "sparsity": totals["global_sparsity"],
+            "nonzeros": totals["nonzeros"], "params": totals["total_params"],
+            "sparse_flops": totals["sparse_flops"], "dense_flops": totals["dense_flops"],
+            "history": result.history, "seconds": time.perf_counter() - t0}
+
+
 def run_demo(epochs: int = 5, sparsity: float = 0.9, methods: Sequence[str] | None = None, seed: int = 0,
              dataset: str = "auto", progress: bool = True) -> list[dict[str, Any]]:
     """Train every method in ``methods`` and print the comparison table; returns the rows."""
     from .data import load_dataset
-    from .train import Trainer
 
     methods = list(methods or DEFAULT_DEMO_METHODS)
     for m in methods:
@@ -91,15 +116,7 @@ def run_demo(epochs: int = 5, sparsity: float = 0.9, methods: Sequence[str] | No
           f"{epochs} epochs per method, target sparsity {sparsity:.0%}, seed {seed}")
     rows = []
     for m in methods:
-        t0 = time.perf_counter()
-        trainer = Trainer(demo_recipe(m, sparsity=sparsity, epochs=epochs, seed=seed, dataset=dataset),
-                          progress=progress, dataset=data)
-        result = trainer.fit()
-        totals = trainer.report().totals
-        rows.append({"method": m, "accuracy": result.final["test_accuracy"], "sparsity": totals["global_sparsity"],
-                     "nonzeros": totals["nonzeros"], "params": totals["total_params"],
-                     "sparse_flops": totals["sparse_flops"], "dense_flops": totals["dense_flops"],
-                     "seconds": time.perf_counter() - t0})
+        rows.append(run_method(m, sparsity=sparsity, epochs=epochs, seed=seed, data=data, progress=progress))
         print(f"  {m:15s} test accuracy {100 * rows[-1]['accuracy']:.2f} %  ({rows[-1]['seconds']:.0f} s)", flush=True)
     print()
     print(format_table(rows))
