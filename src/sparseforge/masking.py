@@ -359,6 +359,7 @@ class Masking:
         self._handles: list[Any] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self.remask_weights = True
+        self.enforce = True
         self._stale = True
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
@@ -458,7 +459,7 @@ class Masking:
         if missing:
             raise ConfigError(f"optimizer does not hold the masked parameter(s) {missing[:5]}; build it from model.parameters()")
 
-    def attach(self, optimizer: torch.optim.Optimizer, *, remask_weights: bool | str = "auto") -> None:
+    def attach(self, optimizer: torch.optim.Optimizer, *, remask_weights: bool | str = "auto", enforce: bool = True) -> None:
         """Enforce the masks on every ``optimizer.step()`` from now on.
 
         Gradients of pruned positions are always zeroed before the step. Re-masking the
@@ -466,7 +467,8 @@ class Masking:
         :data:`EXACT_OPTIMIZERS`: with a zero weight, zero gradient and zero state their update
         is exactly zero, so ``"auto"`` (default) skips it for them (one pass over the weights
         less per step) and keeps it for any other optimizer, including subclasses.
-        ``True``/``False`` force it on or off.
+        ``True``/``False`` force it on or off. ``enforce=False`` only runs the callbacks: for
+        methods that train dense weights through a mask applied in the forward pass (N:M STE).
         """
         if self.optimizer is not None:
             raise ConfigError("this Masking is already attached to an optimizer; call detach() first")
@@ -475,6 +477,13 @@ class Masking:
         self.check_optimizer(optimizer)
         self.optimizer = optimizer
         self.remask_weights = type(optimizer) not in EXACT_OPTIMIZERS if remask_weights == "auto" else bool(remask_weights)
+        self.enforce = enforce
+        if not enforce:
+            self._handles = [
+                optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._run(self._before)),
+                optimizer.register_step_post_hook(lambda opt, args, kwargs: self._run(self._after)),
+            ]
+            return
         self.apply()
         self._handles = [
             optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._pre_step()),
@@ -500,6 +509,11 @@ class Masking:
             self._before.append(before)
         if after is not None and after not in self._after:
             self._after.append(after)
+
+    @staticmethod
+    def _run(callbacks: list[Callable[[], None]]) -> None:
+        for cb in callbacks:
+            cb()
 
     @torch.no_grad()
     def _pre_step(self) -> None:

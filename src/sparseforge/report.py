@@ -236,6 +236,8 @@ class Report:
             )
         for item in t.get("skipped") or []:
             lines.append(f"skipped {item}")
+        for item in t.get("notes") or []:
+            lines.append(f"note: {item}")
         bad = [r for r in self.layers if r.mask_violations]
         for r in bad:
             lines.append(f"WARNING: {r.name} has {r.mask_violations} pruned position(s) holding nonzero values (masks not applied?)")
@@ -406,7 +408,9 @@ def _totals(rows: list[LayerReport], total_params: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- public API
-def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = "simulated") -> Report:
+def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = "simulated",
+                    skipped: Sequence[tuple[str, str]] = (), notes: Sequence[str] = (),
+                    forward_masked: bool = False) -> Report:
     """Per-layer sparsity, parameters and FLOPs of ``model``, computed from its masks.
 
     Args:
@@ -420,6 +424,11 @@ def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = 
             Without it, ``Linear`` rows count one position per sample and conv rows are unknown.
         mode: ``"simulated"`` (zeros inside dense tensors) or ``"materialized"`` (the caller
             states the artefact really stores and computes fewer weights).
+        skipped: ``(layer, reason)`` pairs of layers a method left dense (listed in the report).
+        notes: extra lines for the report (e.g. per-layer policies such as N:M padding).
+        forward_masked: the weights stay dense and the forward pass applies the masks (N:M
+            training with a straight-through estimator), so nonzeros at pruned positions are
+            expected and not reported as violations.
 
     Returns:
         a :class:`Report`; ``report.table()`` renders it, ``report.to_json(path)`` saves it.
@@ -450,6 +459,7 @@ def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = 
         numel = weight.numel()
         if ml is not None:
             kept, violations = _mask_counts(weight, ml.mask, qualname)
+            violations = 0 if forward_masked else violations
         else:
             kept, violations = numel, 0
         dense = sparse = None
@@ -477,7 +487,10 @@ def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = 
             )
         )
     total_params = sum(p.numel() for p in model.parameters())
-    return Report(layers=rows, totals=_totals(rows, total_params), mode=mode)
+    totals = _totals(rows, total_params)
+    totals["skipped"] = [f"{name}: {reason}" for name, reason in skipped]
+    totals["notes"] = list(notes) + (["weights stay dense; the forward pass applies the masks"] if forward_masked else [])
+    return Report(layers=rows, totals=totals, mode=mode)
 
 
 # Buffers that are not parameters but look like them in a bare state_dict.

@@ -33,7 +33,7 @@ from .core.rng import stream_generator
 from .data import load_dataset
 from .errors import CheckpointError, ConfigError
 from .masking import load_masked_state_dict
-from .methods import IMP, build_method
+from .methods import IMP, NM_METHODS, build_method
 from .methods.base import SparsityMethod
 from .models import build_model, example_input
 from .recipes import STEP_KEYS, Recipe, resolve_steps
@@ -174,7 +174,7 @@ class Trainer:
         name = r.method["name"]
         p.setdefault("seed", r.seed)
         # defaults that depend on the run length; explicit recipe values always win
-        if name == "rigl":
+        if name == "rigl" or name in NM_METHODS:
             p.setdefault("total_steps", train_steps)
         elif name == "set":
             p.setdefault("update_interval", self.steps_per_epoch)  # official SET: once per epoch
@@ -301,7 +301,8 @@ class Trainer:
         kept = sum(int(m.sum()) for m in masks)
         total = sum(m.numel() for m in masks)
         rec = {"epoch": epoch + 1, "step": self.step, "train_loss": train_loss, "test_accuracy": ev["accuracy"],
-               "test_loss": ev["loss"], "sparsity": 1.0 - kept / total if total else 0.0, "seconds": seconds}
+               "test_loss": ev["loss"], "sparsity": 1.0 - kept / total if total else 0.0, "seconds": seconds,
+               **self.method.metrics()}
         self.history.append(rec)
         if bar is not None:
             bar.set_postfix(acc=f"{ev['accuracy']:.4f}", loss=f"{train_loss:.3f}")
@@ -314,7 +315,8 @@ class Trainer:
         """Sparsity report of the current model with FLOPs per sample."""
         from .report import sparsity_report
 
-        return sparsity_report(self.model, example_input(self.recipe.model["name"], self.dataset, batch=1))
+        return sparsity_report(self.model, example_input(self.recipe.model["name"], self.dataset, batch=1),
+                               **self.method.report_kwargs())
 
     def _write_results(self, final: dict[str, Any]) -> None:
         if self.run_dir is None:

@@ -12,9 +12,11 @@ from .base import SparsityMethod
 from .dst import SET, DynamicSparse, RigL
 from .gmp import GMP
 from .imp import IMP
+from .nm import BDWP, MDGF, SDGF, SRSTE, STE, NMTraining
 from .static import Dense, StaticSparse
 
-__all__ = ["SparsityMethod", "Dense", "StaticSparse", "GMP", "IMP", "DynamicSparse", "SET", "RigL", "METHODS", "build_method"]
+__all__ = ["SparsityMethod", "Dense", "StaticSparse", "GMP", "IMP", "DynamicSparse", "SET", "RigL", "NMTraining", "STE",
+           "SRSTE", "MDGF", "SDGF", "BDWP", "METHODS", "NM_METHODS", "build_method"]
 
 METHODS: dict[str, type[SparsityMethod]] = {
     "dense": Dense,
@@ -23,7 +25,15 @@ METHODS: dict[str, type[SparsityMethod]] = {
     "imp": IMP,
     "set": SET,
     "rigl": RigL,
+    "ste": STE,
+    "srste": SRSTE,
+    "mdgf": MDGF,
+    "sdgf": SDGF,
+    "bdwp": BDWP,
 }
+
+#: methods that train dense weights through an N:M mask recomputed every forward pass
+NM_METHODS = frozenset({"ste", "srste", "mdgf", "sdgf", "bdwp"})
 
 
 def build_method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **params: Any) -> SparsityMethod:

@@ -92,8 +92,7 @@ class SparsityMethod:
         try:
             if optimizer is not None:
                 self.masking.check_optimizer(optimizer)  # before init_masks touches the weights
-            for layer in self.masking:
-                self.pattern.check(layer.canonical_shape, layer.qualname)
+            self._check_layers()
             self.layer_sparsity: list[float] = self._allocate()
             self.init_masks()
             if optimizer is not None:
@@ -175,6 +174,11 @@ class SparsityMethod:
             self.masking.set_mask(layer, m, canonical=True)
         self.masking.broadcast()
 
+    def _check_layers(self) -> None:
+        """Hook: validate (or drop) the target layers before allocation; default: the pattern's check."""
+        for layer in self.masking:
+            self.pattern.check(layer.canonical_shape, layer.qualname)
+
     def init_masks(self) -> None:
         """Hook: initial masks (default: dense, all kept)."""
 
@@ -187,6 +191,14 @@ class SparsityMethod:
 
     def before(self, t: int) -> None:
         """Hook: called before optimizer step ``t`` reads the gradients (after any LR scheduler step)."""
+
+    def report_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`~sparseforge.report.sparsity_report` (skipped layers)."""
+        return {"skipped": list(self.masking.skipped)}
+
+    def metrics(self) -> dict[str, Any]:
+        """Hook: method-specific numbers the trainer logs with each epoch (default none)."""
+        return {}
 
     # ------------------------------------------------------------------ optimizer plumbing
     def attach(self, optimizer: torch.optim.Optimizer) -> "SparsityMethod":
