@@ -1,0 +1,63 @@
+"""One-shot (post-training) pruning without retraining.
+
+* :func:`prune_nm` -- N:M by magnitude for any model (Linear, Conv1d/2d/3d, HF Conv1D): in every
+  group of M consecutive inputs keep the N largest ``|w|`` (Mishra et al. 2021, "Accelerating
+  Sparse Deep Neural Networks", prune-once recipe). Layers whose input dimension M does not
+  divide follow the ``indivisible`` policy: ``"error"`` (default), ``"skip"`` (left dense and
+  listed) or ``"pad"`` (tail group zero-padded to M).
+
+Masks are installed as ``<param>_mask`` buffers with the pruned weights zeroed, so the model can
+be fine-tuned with the masks held (``masking.attach(optimizer)``), reported
+(``sparsity_report(model, skipped=masking.skipped)``) or folded with ``masking.finalize()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .core.patterns import NM, pattern_from_spec
+from .errors import ConfigError, LayerError
+from .masking import MASK_SUFFIX, Masking, Targets
+from .methods.nm import INDIVISIBLE_POLICIES, nm_mask
+
+__all__ = ["prune_nm"]
+
+
+def prune_nm(model: nn.Module, pattern: Any = "2:4", *, targets: Any = None, indivisible: str = "error") -> Masking:
+    """Prune ``model`` in place to N:M by magnitude; returns the :class:`~sparseforge.masking.Masking`.
+
+    Args:
+        model: any ``nn.Module`` (targets default to Linear, Conv1d/2d/3d and HF Conv1D weights).
+        pattern: ``"N:M"`` or an :class:`~sparseforge.core.patterns.NM` with N < M.
+        targets: :class:`~sparseforge.masking.Targets` or a dict of its fields.
+        indivisible: ``"error"``, ``"skip"`` or ``"pad"`` (see the module docstring).
+    """
+    p = pattern_from_spec(pattern)
+    if not isinstance(p, NM):
+        raise ConfigError(f"prune_nm needs an N:M pattern such as '2:4'; got {pattern!r}")
+    if p.n >= p.m or p.m < 2:
+        raise ConfigError(f"prune_nm needs N < M and M >= 2; got {p.n}:{p.m}")
+    if indivisible not in INDIVISIBLE_POLICIES:
+        raise ConfigError(f"indivisible must be one of {INDIVISIBLE_POLICIES}; got {indivisible!r}")
+    masking = Masking(model, Targets.from_spec(targets))
+    try:
+        plan = []
+        for layer in list(masking.layers):
+            cin = layer.canonical_shape[1]
+            if cin % p.m == 0 or indivisible == "pad":
+                plan.append((layer, cin % p.m != 0))
+            elif indivisible == "skip":
+                delattr(layer.module, layer.param_name + MASK_SUFFIX)
+                masking.layers.remove(layer)
+                masking.skipped.append((layer.qualname, f"input dimension {cin} not divisible by M={p.m}; left dense"))
+            else:
+                raise LayerError(f"{layer.qualname}: input dimension {cin} (shape {layer.canonical_shape}) is not "
+                                 f"divisible by M={p.m}; pass indivisible='skip' or 'pad', or exclude it")
+    except BaseException:
+        masking.unregister()
+        raise
+    for layer, pad in plan:
+        masking.set_mask(layer, nm_mask(layer.canonical(layer.weight), p.n, p.m, pad=pad), canonical=True)
+    return masking
