@@ -8,7 +8,8 @@ steps (SET's official interval is one epoch, 469 steps here, so this overstates 
 every 10 steps (the TF default) inside its pruning window and also every 100 steps. Ratios are medians over rounds, all measured in one process.
 Baselines: ``torch.nn.utils.prune.l1_unstructured`` (mask applied by a forward pre-hook) and
 ``torch.ao.pruning.WeightNormSparsifier`` (parametrization), each at the same sparsity
-(the latter on Linear layers only: it fails on Conv2d weights in torch 2.13).
+(the latter on Linear layers only: it fails on Conv2d weights in torch 2.13). For reference,
+SR-STE at 2:4 (50 %, not the same sparsity) shows the cost of recomputing N:M masks every forward.
 
     sparseforge bench overhead [--rounds 7] [--sparsity 0.9]
 """
@@ -44,6 +45,9 @@ def _setup(model_name: str, kind: str, sparsity: float, batch: tuple[torch.Tenso
         keep = build_method("set", model, opt, sparsity=sparsity, update_interval=100)  # official: once per epoch (469 steps); 100 is the worst case measured here
     elif kind == "rigl":
         keep = build_method("rigl", model, opt, sparsity=sparsity, update_interval=100, end=10**7)
+    elif kind == "srste 2:4":
+        # N:M training recomputes the mask from |W| in every forward pass (first conv: 1 input channel, dense)
+        keep = build_method("srste", model, opt, pattern="2:4", indivisible="skip")
     elif kind == "torch.nn.utils.prune":
         import torch.nn.utils.prune as prune
 
@@ -88,7 +92,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--name", default="overhead")
     a = p.parse_args(argv)
     prov = provenance(["overhead", *argv])
-    kinds = ["dense", "static", "gmp (every 10)", "gmp (every 100)", "set", "rigl", "torch.nn.utils.prune", "torch.ao WeightNormSparsifier"]
+    kinds = ["dense", "static", "gmp (every 10)", "gmp (every 100)", "set", "rigl", "torch.nn.utils.prune", "torch.ao WeightNormSparsifier",
+             "srste 2:4"]
     g = torch.Generator().manual_seed(0)
     batch = (torch.randn(a.batch, 1, 28, 28, generator=g), torch.randint(0, 10, (a.batch,), generator=g))
     results = {}
