@@ -164,6 +164,12 @@ class _BDWPInput(torch.autograd.Function):
         return (dx if c is None else dx + c.reshape(dx.shape)), None
 
 
+def _check_lambda(lambda_w: Any) -> float:
+    if isinstance(lambda_w, bool) or not isinstance(lambda_w, (int, float)) or lambda_w < 0:
+        raise ConfigError(f"lambda_w must be a number >= 0; got {lambda_w!r}")
+    return float(lambda_w)
+
+
 class NMTraining(SparsityMethod):
     """Plain STE N:M training (base class of the other variants).
 
@@ -411,9 +417,7 @@ class SRSTE(NMTraining):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, lambda_w: float = 2e-4,
                  **kwargs: Any) -> None:
-        if isinstance(lambda_w, bool) or not isinstance(lambda_w, (int, float)) or lambda_w < 0:
-            raise ConfigError(f"lambda_w must be a number >= 0; got {lambda_w!r}")
-        self.lambda_w = float(lambda_w)
+        self.lambda_w = _check_lambda(lambda_w)
         super().__init__(model, optimizer, **kwargs)
 
 
@@ -503,9 +507,7 @@ class BDWP(NMTraining):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, lambda_w: float = 2e-4,
                  **kwargs: Any) -> None:
-        if isinstance(lambda_w, bool) or not isinstance(lambda_w, (int, float)) or lambda_w < 0:
-            raise ConfigError(f"lambda_w must be a number >= 0; got {lambda_w!r}")
-        self.lambda_w = float(lambda_w)
+        self.lambda_w = _check_lambda(lambda_w)
         super().__init__(model, optimizer, **kwargs)
 
     def _check_layers(self) -> None:
