@@ -1,0 +1,529 @@
+"""Causal language-model training with any sparsity method, and its evaluation.
+
+:func:`train_lm` trains a next-token model (:class:`~sparseforge.models.TinyGPT` by default)
+on a :class:`~sparseforge.text.TextCorpus` with one method of the registry (``"dense"``, the
+N:M methods ``"ste"``, ``"srste"``, ``"mdgf"``, ``"sdgf"``, ``"bdwp"``, or the unstructured
+ones), for a fixed token budget ``steps x batch_size x block_size``, and reports the
+validation loss and perplexity of the *finished* model: the method's :meth:`finalize` folds
+the final hard mask into the weights first, the N:M zeros are checked, and only then is the
+validation text scored. The recipe is the usual small-GPT one (nanoGPT, Chinchilla):
+
+* AdamW (Loshchilov & Hutter 2019), ``lr = 1e-3``, ``betas = (0.9, 0.95)``, weight decay
+  0.1 on matrices only (every parameter with ``dim >= 2``: Linear weights and embeddings;
+  biases and LayerNorm parameters get none);
+* learning rate at step ``t`` (0-based) of ``T`` with ``W`` warm-up steps and
+  ``lr_min = min_lr_ratio * lr``::
+
+      lr_t = lr * (t + 1) / W                                              t <  W
+      lr_t = lr_min + (lr - lr_min) * (1 + cos(pi * (t - W) / (T - W))) / 2  t >= W
+
+* gradients clipped to a global L2 norm of 1.0 before every step (after the N:M method's
+  backward, so SR-STE's decay term is clipped with the rest);
+* the mean token cross-entropy ``L = -(1/|P|) sum_{(x,t) in P} log p(x_{t+1} | x_{<=t})``
+  over the predicted positions ``P`` of a batch; perplexity ``= exp(L)``.
+
+Same seed, same result: the seed fixes the weight initialisation (``torch.manual_seed``), the
+training windows (the ``"lm-batches"`` stream of :func:`sparseforge.text.lm_batches`) and the
+method's own generator.
+
+:func:`run_recipe` (a classification run through :class:`~sparseforge.train.Trainer`, checked
+the same way) lives here too so that benchmark worker processes can import it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .core.patterns import NM, nm_groups_view
+from .errors import ConfigError, check_fraction, check_int
+from .masking import MaskedLayer, Targets
+from .methods import IMP, METHODS, NM_METHODS, build_method
+
+__all__ = ["DEFAULT_LM_TARGETS", "evaluate_lm", "lm_loss", "lm_lr_factor", "nm_violations", "train_lm", "run_recipe"]
+
+#: the Linear layers inside TinyGPT's blocks (attention qkv and proj, MLP fc and proj); the
+#: ``head`` and the embeddings stay dense. ``targets="blocks"`` in :func:`train_lm` means this.
+DEFAULT_LM_TARGETS: dict[str, Any] = {"include": [r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc|mlp\.proj)"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# loss, learning rate, evaluation, N:M check
+# ---------------------------------------------------------------------------------------------
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Token cross-entropy of ``logits [B, T, V]`` against ``targets [B, T]`` (``"mean"`` or ``"sum"``)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
+
+
+def lm_lr_factor(step: int, *, steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    """Learning-rate multiplier at 0-based ``step``: linear warm-up, then cosine to ``min_lr_ratio``.
+
+    ``(step + 1) / W`` for ``step < W``; afterwards
+    ``r + (1 - r) (1 + cos(pi (step - W) / (T - W))) / 2`` with ``r = min_lr_ratio``, ``T = steps``,
+    ``W = warmup_steps``; held at ``r`` past ``T``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    p = min(max(step - warmup_steps, 0) / max(steps - warmup_steps, 1), 1.0)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _eval_starts(n_tokens: int, block_size: int, max_windows: int | None) -> torch.Tensor:
+    n = (n_tokens - 1) // block_size
+    if max_windows is None or max_windows >= n:
+        return torch.arange(n) * block_size
+    # evenly spread over the whole stream, so every document's tail is represented
+    idx = torch.div(torch.arange(max_windows) * n, max_windows, rounding_mode="floor")
+    return idx * block_size
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, tokens: torch.Tensor, block_size: int, *, batch_size: int = 32,
+                max_windows: int | None = None) -> dict[str, float]:
+    """Validation loss and perplexity of ``model`` on the token stream ``tokens``.
+
+    The stream is cut into non-overlapping windows of ``block_size`` tokens (window ``i``
+    predicts tokens ``i*block_size+1 .. (i+1)*block_size``; the partial last window is
+    dropped, as in :func:`sparseforge.text.lm_eval_batches`). With ``max_windows`` only that
+    many windows are scored, at evenly spaced indices ``floor(j * n / max_windows)`` so the
+    sample covers the whole stream; None scores all ``n`` of them. Runs in eval mode under
+    ``no_grad`` (the training flag is restored).
+
+    Returns:
+        ``loss`` (mean cross-entropy per predicted token, summed in float64), ``ppl``
+        (``exp(loss)``), ``windows`` and ``tokens`` (predicted positions scored).
+
+    Raises:
+        ConfigError: ``tokens`` not a 1-D integer tensor, too short for one window, or
+            ``block_size``, ``batch_size``, ``max_windows`` below 1.
+    """
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1 or tokens.is_floating_point() or tokens.dtype == torch.bool:
+        raise ConfigError(f"tokens must be a 1-D tensor of integer token ids; got {type(tokens).__name__} "
+                          f"{getattr(tokens, 'shape', '')}")
+    check_int(block_size, "block_size", minimum=1)
+    check_int(batch_size, "batch_size", minimum=1)
+    if max_windows is not None:
+        check_int(max_windows, "max_windows", minimum=1)
+    if tokens.numel() < block_size + 1:
+        raise ConfigError(f"tokens: {tokens.numel()} validation tokens are too few for one window of "
+                          f"block_size={block_size} (need at least {block_size + 1})")
+    starts = _eval_starts(tokens.numel(), block_size, max_windows)
+    offsets = torch.arange(block_size)
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i in range(0, starts.numel(), batch_size):
+            idx = starts[i:i + batch_size, None] + offsets
+            x, y = tokens[idx].to(torch.int64), tokens[idx + 1].to(torch.int64)
+            total += float(lm_loss(model(x), y, reduction="sum").double())
+            count += y.numel()
+    finally:
+        model.train(was)
+    loss = total / count
+    return {"loss": loss, "ppl": math.exp(loss) if loss < 700 else math.inf, "windows": int(starts.numel()),
+            "tokens": count}
+
+
+def nm_violations(weight: torch.Tensor, n: int, m: int) -> int:
+    """Groups of ``m`` consecutive inputs of canonical ``weight`` with more than ``n`` nonzeros.
+
+    An input dimension that is not a multiple of ``m`` is padded with zeros (the ``"pad"``
+    policy's convention). 0 means ``weight`` really is N:M sparse.
+    """
+    w = weight.detach()
+    cin = w.shape[1]
+    if cin % m:
+        shape = list(w.shape)
+        shape[1] = m - cin % m
+        w = torch.cat([w, w.new_zeros(shape)], dim=1)
+    return int(((nm_groups_view(w != 0, m).sum(dim=1)) > n).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_number(value: Any, name: str, *, low: float, high: float | None = None, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number; got {value!r}")
+    v = float(value)
+    bad_low = v <= low if low_open else v < low
+    if bad_low or (high is not None and v > high):
+        rng = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+        raise ConfigError(f"{name} must be in {rng}; got {v}")
+    return v
+
+
+def _resolve_method(name: Any, params: dict[str, Any], steps: int, first_batch: Any) -> dict[str, Any]:
+    if not isinstance(name, str) or (name not in METHODS and name != "snip"):
+        raise ConfigError(f"method must be one of {sorted([*METHODS, 'snip'])}; got {name!r}")
+    if METHODS.get(name) is IMP:
+        raise ConfigError("method 'imp' trains several rounds with rewinding; train_lm runs one budget "
+                          "(use gmp for gradual magnitude pruning)")
+    if not isinstance(params, dict):
+        raise ConfigError(f"method_params must be a dict of the method's keyword arguments; got {params!r}")
+    bad = sorted({"targets", "seed", "model", "optimizer"} & set(params))
+    if bad:
+        raise ConfigError(f"method_params must not set {bad}: pass them as train_lm arguments")
+    p = dict(params)
+    for k, v in p.items():
+        if isinstance(v, str) and v.strip().endswith("ep"):
+            raise ConfigError(f"method_params[{k!r}] = {v!r}: train_lm has no epochs; use steps or 'N%' of steps")
+    from .recipes import STEP_KEYS, resolve_steps
+
+    for k in list(p):
+        if k in STEP_KEYS:
+            p[k] = resolve_steps(k, p[k], total_steps=steps, steps_per_epoch=steps)
+    # run-length defaults, as the Trainer sets them; explicit values win
+    if name == "rigl" or name in NM_METHODS:
+        p.setdefault("total_steps", steps)
+    elif name == "gmp":
+        p.setdefault("begin", 0)
+        p.setdefault("end", int(0.75 * steps))
+    if name == "snip" or (name == "static" and p.get("score") in ("snip", "taylor", "gradient")):
+        p.setdefault("data", first_batch)
+        p.setdefault("loss_fn", lm_loss)
+    return p
+
+
+def train_lm(
+    corpus: Any,
+    method: str = "dense",
+    *,
+    method_params: dict[str, Any] | None = None,
+    model: str | nn.Module = "tiny-gpt",
+    model_params: dict[str, Any] | None = None,
+    targets: Targets | dict | str | None = "blocks",
+    steps: int = 1000,
+    batch_size: int = 32,
+    block_size: int | None = None,
+    lr: float = 1e-3,
+    min_lr_ratio: float = 0.1,
+    warmup_steps: int | None = None,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.95),
+    grad_clip: float | None = 1.0,
+    seed: int = 0,
+    val_windows: int | None = None,
+    eval_every: int = 0,
+    curve_val_windows: int | None = 64,
+    eval_batch_size: int = 32,
+    log_every: int | None = None,
+    progress: bool = False,
+    return_model: bool = False,
+) -> dict[str, Any]:
+    """Train a causal LM with ``method`` for ``steps`` optimizer steps and score the finished model.
+
+    After the last step the method is in its finished state (N:M methods: phase ``"done"``,
+    the hard target pattern); :meth:`~sparseforge.methods.base.SparsityMethod.finalize` folds
+    that mask into the weights, every N:M layer is checked to have at most N nonzeros in each
+    group of M (a violation raises ``RuntimeError``: it would be a bug), and the validation
+    loss is measured on that plain, truly sparse model. The sparsity report is taken just
+    before, from the same final masks.
+
+    Args:
+        corpus: a :class:`~sparseforge.text.TextCorpus` or a corpus name for
+            :func:`~sparseforge.text.load_text_corpus` (``"austen"``, ``"text:PATH"``; char tokenizer).
+        method: a registry name (:data:`sparseforge.methods.METHODS` or ``"snip"``); not ``"imp"``.
+        method_params: the method's keyword arguments, e.g. ``{"pattern": "2:4"}`` or
+            ``{"pattern": "1:8", "decay": "exp", "decay_coef": 1e-3}``. ``total_steps``
+            (N:M methods, RigL) defaults to ``steps``; GMP's ``begin``/``end`` to 0 and 75 %;
+            step-valued entries may be ``"N%"`` of ``steps``.
+        model: a registry model name (sized from the corpus; default ``"tiny-gpt"``) or a
+            module mapping ``[B, T]`` token ids to ``[B, T, V]`` logits.
+        model_params: constructor arguments for a named model (e.g. ``{"d_model": 128}``).
+        targets: ``"blocks"`` (default, :data:`DEFAULT_LM_TARGETS`: the Linear layers inside
+            TinyGPT's blocks; head and embeddings dense), None (every Linear/Conv layer), or a
+            :class:`~sparseforge.masking.Targets` / dict.
+        steps: optimizer steps; the token budget is ``steps * batch_size * block_size``.
+        batch_size: windows per step.
+        block_size: tokens per window (default: the model's ``block_size``).
+        lr: peak learning rate (> 0).
+        min_lr_ratio: final learning rate as a fraction of ``lr``, in [0, 1] (default 0.1).
+        warmup_steps: linear warm-up steps in [0, steps] (default ``max(1, steps // 20)``).
+        weight_decay: AdamW decoupled weight decay on matrices (>= 0, default 0.1).
+        betas: AdamW betas, each in [0, 1).
+        grad_clip: maximum global gradient norm (> 0), or None / 0 for no clipping.
+        seed: seed of the initialisation, the training windows and the method.
+        val_windows: validation windows scored at the end (None = all of them).
+        eval_every: also score ``curve_val_windows`` windows every this many steps (0 = never);
+            these intermediate points use the method's training-time state (e.g. MDGF's soft
+            mask, an SDGF frame's pattern), not a finalized model.
+        curve_val_windows: windows per intermediate evaluation (None = all).
+        eval_batch_size: windows per evaluation forward pass.
+        log_every: steps per point of the ``train_loss`` curve (default ``max(1, steps // 100)``).
+        progress: show a tqdm bar.
+        return_model: add the finalized model under ``"model_object"`` (not JSON-serialisable).
+
+    Returns:
+        A dict with ``val_loss``, ``val_ppl`` (``exp(val_loss)``), ``val_windows``,
+        ``val_tokens``; ``train_loss`` (list of ``{"step", "loss"}``, each the mean over
+        ``log_every`` steps ending at ``step``), ``final_train_loss`` (mean of the last 10 %
+        of steps), ``evals`` (intermediate ``{"step", "val_loss", "val_ppl"}``), ``steps``,
+        ``tokens``, ``seconds`` (all), ``train_seconds``, ``seconds_per_step``; from the
+        report (computed from the final masks): ``sparsity`` (of the masked layers),
+        ``overall_sparsity``, ``nonzeros``, ``params``, ``prunable_params``,
+        ``masked_layers``, ``skipped``, ``notes``, ``dense_flops``/``sparse_flops`` per
+        sequence; ``weight_sparsity`` (zeros counted in the finalized weights of the masked
+        layers); ``pattern`` and ``nm_violations`` (0) for N:M; ``sad`` (total mask flips
+        of the run, N:M methods) and ``sad_curve``; ``nonfinite_steps`` (steps whose loss was
+        NaN or inf).
+
+    Raises:
+        ConfigError: any argument out of range (named with its value and the allowed range),
+            an unknown method or method parameter, a block size the model or corpus cannot
+            hold, or targets that match no layer.
+    """
+    from .models import build_model
+    from .report import sparsity_report
+    from .text import TextCorpus, lm_batches, load_text_corpus
+
+    t_start = time.perf_counter()
+    steps = check_int(steps, "steps", minimum=1)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    seed = check_int(seed, "seed", minimum=0)
+    lr = _check_number(lr, "lr", low=0.0, low_open=True)
+    min_lr_ratio = _check_number(min_lr_ratio, "min_lr_ratio", low=0.0, high=1.0)
+    weight_decay = _check_number(weight_decay, "weight_decay", low=0.0)
+    if warmup_steps is None:
+        warmup_steps = max(1, steps // 20)
+    check_int(warmup_steps, "warmup_steps", minimum=0)
+    if warmup_steps > steps:
+        raise ConfigError(f"warmup_steps must be in [0, steps={steps}]; got {warmup_steps}")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ConfigError(f"betas must be a pair (beta1, beta2), each in [0, 1); got {betas!r}")
+    betas = tuple(check_fraction(b, f"betas[{i}]", allow_one=False) for i, b in enumerate(betas))  # type: ignore[assignment]
+    if grad_clip is not None and grad_clip != 0:
+        grad_clip = _check_number(grad_clip, "grad_clip", low=0.0, low_open=True)
+    else:
+        grad_clip = None
+    for value, name in ((val_windows, "val_windows"), (curve_val_windows, "curve_val_windows")):
+        if value is not None:
+            check_int(value, name, minimum=1)
+    check_int(eval_every, "eval_every", minimum=0)
+    check_int(eval_batch_size, "eval_batch_size", minimum=1)
+    log_every = max(1, steps // 100) if log_every is None else check_int(log_every, "log_every", minimum=1)
+    if method_params is None:
+        method_params = {}
+    if model_params is None:
+        model_params = {}
+    if not isinstance(model_params, dict):
+        raise ConfigError(f"model_params must be a dict of model constructor arguments; got {model_params!r}")
+
+    if isinstance(corpus, str):
+        corpus = load_text_corpus(corpus)
+    if not isinstance(corpus, TextCorpus):
+        raise ConfigError(f"corpus must be a TextCorpus or a corpus name ('austen', 'text:PATH'); got {type(corpus).__name__}")
+
+    torch.manual_seed(seed)
+    if isinstance(model, str):
+        net = build_model(model, corpus, **model_params)
+        model_name = model
+    elif isinstance(model, nn.Module):
+        if model_params:
+            raise ConfigError("model_params apply to a named model only; got a module and model_params")
+        net, model_name = model, type(model).__name__
+    else:
+        raise ConfigError(f"model must be a registry name (e.g. 'tiny-gpt') or an nn.Module; got {model!r}")
+    model_block = getattr(net, "block_size", None)
+    if block_size is None:
+        if model_block is None:
+            raise ConfigError(f"block_size: {model_name} has no block_size attribute; pass block_size")
+        block_size = model_block
+    check_int(block_size, "block_size", minimum=1)
+    if model_block is not None and block_size > model_block:
+        raise ConfigError(f"block_size must be <= the model's block_size {model_block}; got {block_size}")
+    for split in ("train", "val"):
+        n = getattr(corpus, split).numel()
+        if n < block_size + 1:
+            raise ConfigError(f"block_size={block_size} is too long for the corpus' {split} split ({n} tokens; "
+                              f"need at least block_size + 1)")
+    if targets == "blocks":
+        targets = DEFAULT_LM_TARGETS
+    elif isinstance(targets, str):
+        raise ConfigError(f"targets must be 'blocks', None, a Targets or a dict; got {targets!r}")
+
+    # matrices decay; biases, LayerNorm gains and shifts do not (they set scales, not features)
+    decay = [p for p in net.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in net.parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: lm_lr_factor(t, steps=steps, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio))
+    batches = lm_batches(corpus.train, block_size, batch_size, seed=seed, steps=steps)
+    # SNIP-like scores need one batch; draw it from a stream of its own so training batches do not shift
+    first = next(lm_batches(corpus.train, block_size, batch_size, seed=seed + 1, steps=1))
+    mparams = _resolve_method(method, method_params, steps, first)
+    sparse_method = build_method(method, net, optimizer, targets=targets, seed=seed, **mparams)
+    # any N:M pattern gets the zero check; the SAD log exists only for the N:M training methods
+    is_nm = isinstance(sparse_method.pattern, NM)
+    logs_sad = method in NM_METHODS
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=f"{method}", unit="step", leave=False)
+    losses: list[float] = []
+    curve: list[dict[str, float]] = []
+    sad_curve: list[dict[str, float]] = []
+    evals: list[dict[str, float]] = []
+    nonfinite = 0
+    net.train()
+    t_train = time.perf_counter()
+    for t, (x, y) in enumerate(batches):
+        optimizer.zero_grad(set_to_none=True)
+        loss = lm_loss(net(x), y)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        value = loss.item()
+        nonfinite += not math.isfinite(value)
+        losses.append(value)
+        done = t + 1
+        if done % log_every == 0 or done == steps:
+            k = (done - 1) % log_every + 1
+            curve.append({"step": done, "loss": sum(losses[-k:]) / k})
+            if logs_sad:
+                sad_curve.append({"step": done, "sad": sum(h["sad"] for h in sparse_method.sad_history[-k:])})
+        if eval_every and done % eval_every == 0 and done < steps:
+            ev = evaluate_lm(net, corpus.val, block_size, batch_size=eval_batch_size, max_windows=curve_val_windows)
+            evals.append({"step": done, "val_loss": ev["loss"], "val_ppl": ev["ppl"]})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}")
+    train_seconds = time.perf_counter() - t_train
+    if bar is not None:
+        bar.close()
+
+    # the report's own forward pass refreshes N:M masks in the finished ("done") state, so it
+    # counts exactly the masks finalize() folds in next
+    report = sparsity_report(net, torch.zeros(1, block_size, dtype=torch.int64), **sparse_method.report_kwargs())
+    layers: list[MaskedLayer] = list(sparse_method.layers)
+    metrics = sparse_method.metrics()
+    sparse_method.finalize()
+    violations = 0
+    zeros = numel = 0
+    for layer in layers:
+        w = layer.canonical(layer.weight.detach())
+        zeros += int((w == 0).sum())
+        numel += w.numel()
+        if is_nm:
+            violations += nm_violations(w, sparse_method.pattern.n, sparse_method.pattern.m)
+    if violations:
+        raise RuntimeError(f"{method}: {violations} groups break {sparse_method.pattern.n}:{sparse_method.pattern.m} "
+                           "after finalize(); this is a bug in sparseforge")
+    ev = evaluate_lm(net, corpus.val, block_size, batch_size=eval_batch_size, max_windows=val_windows)
+    totals = report.totals
+    tail = losses[-max(1, steps // 10):]
+    out: dict[str, Any] = {
+        "method": method,
+        "method_params": {k: v for k, v in method_params.items()},
+        "pattern": f"{sparse_method.pattern.n}:{sparse_method.pattern.m}" if is_nm else None,
+        "model": model_name,
+        "model_params": dict(model_params),
+        "corpus": corpus.name,
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "block_size": block_size,
+        "tokens": steps * batch_size * block_size,
+        "lr": lr,
+        "warmup_steps": warmup_steps,
+        "val_loss": ev["loss"],
+        "val_ppl": ev["ppl"],
+        "val_windows": ev["windows"],
+        "val_tokens": ev["tokens"],
+        "train_loss": curve,
+        "final_train_loss": sum(tail) / len(tail),
+        "evals": evals,
+        "nonfinite_steps": nonfinite,
+        "sparsity": totals["global_sparsity"],
+        "overall_sparsity": totals["overall_sparsity"],
+        "weight_sparsity": zeros / numel if numel else 0.0,
+        "nonzeros": totals["nonzeros"],
+        "params": totals["total_params"],
+        "prunable_params": totals["prunable_params"],
+        "masked_layers": [l.qualname for l in layers],
+        "skipped": list(totals.get("skipped", [])),
+        "notes": list(totals.get("notes", [])),
+        "dense_flops": totals["dense_flops"],
+        "sparse_flops": totals["sparse_flops"],
+        "nm_violations": violations if is_nm else None,
+        "sad": metrics.get("sad") if logs_sad else None,
+        "sad_curve": sad_curve,
+        "train_seconds": train_seconds,
+        "seconds_per_step": train_seconds / steps,
+        "seconds": time.perf_counter() - t_start,
+    }
+    if return_model:
+        out["model_object"] = net
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# classification runs (benchmark workers import this)
+# ---------------------------------------------------------------------------------------------
+
+
+def run_recipe(recipe: dict[str, Any], *, dataset: Any = None) -> dict[str, Any]:
+    """Train one recipe (a dict for :class:`~sparseforge.recipes.Recipe`) and summarise it.
+
+    The final-epoch test accuracy is the Trainer's, measured after the last step (an N:M
+    method is then in its finished state, the hard target mask). The model is then finalized
+    (masks folded into the weights), every N:M layer is checked for groups with more than N
+    nonzeros (a violation raises ``RuntimeError``), and the test set is scored again: the
+    result holds both accuracies, which must agree.
+
+    Args:
+        recipe: recipe mapping (``method``, ``model``, ``epochs``, ``seed``, ``targets`` ...).
+        dataset: a preloaded :class:`~sparseforge.data.Dataset`, or None to load the recipe's
+            ``data`` section (name, ``n_train``, ``n_test``) here, so worker processes receive
+            only the recipe.
+
+    Returns:
+        ``accuracy`` (final epoch), ``finalized_accuracy``, ``sparsity`` (of the masked
+        layers, from the report), ``nonzeros``, ``params``, ``dense_flops``, ``sparse_flops``,
+        ``masked_layers``, ``skipped``, ``notes``, ``nm_violations``, ``history``, ``seconds``.
+    """
+    from .recipes import Recipe
+    from .train import Trainer, evaluate
+
+    t0 = time.perf_counter()
+    trainer = Trainer(Recipe.from_dict(recipe), progress=False, dataset=dataset)
+    dataset = trainer.dataset
+    result = trainer.fit()
+    report = trainer.report()
+    method = trainer.method
+    layers = list(method.layers)
+    is_nm = isinstance(method.pattern, NM)
+    method.finalize()
+    violations = 0
+    if is_nm:
+        violations = sum(nm_violations(l.canonical(l.weight), method.pattern.n, method.pattern.m) for l in layers)
+        if violations:
+            raise RuntimeError(f"{recipe['method']['name']}: {violations} N:M groups broken after finalize(); "
+                               "this is a bug in sparseforge")
+    ev = evaluate(trainer.model, dataset.x_test, dataset.y_test)
+    t = report.totals
+    return {"method": recipe["method"]["name"], "recipe": recipe, "dataset": dataset.name,
+            "accuracy": result.final["test_accuracy"], "finalized_accuracy": ev["accuracy"],
+            "sparsity": t["global_sparsity"], "nonzeros": t["nonzeros"], "params": t["total_params"],
+            "dense_flops": t["dense_flops"], "sparse_flops": t["sparse_flops"],
+            "masked_layers": [l.qualname for l in layers], "skipped": list(t.get("skipped", [])),
+            "notes": list(t.get("notes", [])), "nm_violations": violations if is_nm else None,
+            # metrics() reports flips since its previous call, i.e. per epoch here
+            "sad": sum(h.get("sad", 0) for h in result.history) if recipe["method"]["name"] in NM_METHODS else None,
+            "history": result.history, "seconds": time.perf_counter() - t0}
+
