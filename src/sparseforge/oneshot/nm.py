@@ -1,4 +1,4 @@
-"""One-shot (post-training) pruning without retraining.
+"""One-shot N:M magnitude pruning without calibration data.
 
 * :func:`prune_nm` -- N:M by magnitude for any model (Linear, Conv1d/2d/3d, HF Conv1D): in every
   group of M consecutive inputs keep the N largest ``|w|`` (Mishra et al. 2021, "Accelerating
@@ -17,10 +17,10 @@ from typing import Any
 
 from torch import nn
 
-from .core.patterns import NM, pattern_from_spec
-from .errors import ConfigError, LayerError
-from .masking import MASK_SUFFIX, Masking, Targets
-from .methods.nm import INDIVISIBLE_POLICIES, nm_mask
+from ..core.patterns import NM, pattern_from_spec
+from ..errors import ConfigError, LayerError
+from ..masking import MASK_SUFFIX, Masking, Targets
+from ..methods.nm import INDIVISIBLE_POLICIES, nm_mask
 
 __all__ = ["prune_nm"]
 

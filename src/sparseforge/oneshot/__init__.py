@@ -1,0 +1,62 @@
+"""One-shot (post-training) pruning without retraining.
+
+* :func:`prune_oneshot` -- layer-sequential calibration and pruning of a whole model with
+  magnitude, Wanda, SparseGPT or DSnoT, unstructured or N:M (N kept of M)::
+
+      from sparseforge.oneshot import prune_oneshot, load_minilm
+      model, tok = load_minilm()
+      result = prune_oneshot(model, "sparsegpt", 0.5, calibration="austen", tokenizer=tok, seqlen=128)
+      print(result.table())          # per-layer sparsity, reconstruction error, seconds; peak memory
+      result.masking.finalize()      # or keep the masks for fine-tuning
+
+* the pure rules ``(weight, stats, sparsity) -> (mask, new_weight)``: :func:`magnitude_prune`,
+  :func:`wanda_prune`, :func:`sparsegpt_prune`, :func:`dsnot_prune`, and their method objects
+  (:class:`Magnitude`, :class:`Wanda`, :class:`SparseGPT`, :class:`DSnoT`, :func:`method_from_spec`);
+* calibration data (:func:`load_calibration`: Austen, the King James Bible, a text file or
+  tokens) and evaluation (:func:`perplexity`, :func:`sentence_embeddings`,
+  :func:`embedding_agreement`);
+* :func:`prune_nm` -- N:M magnitude pruning of any model, no data (Conv layers included).
+"""
+
+from .calibration import TEXT_SOURCES, calibration_text, calibration_windows, heldout_text, load_calibration, tokenize_text
+from .evaluate import (
+    MINILM,
+    EmbeddingAgreement,
+    embedding_agreement,
+    heldout_sentences,
+    load_minilm,
+    perplexity,
+    sentence_embeddings,
+)
+from .methods import (
+    METHOD_NAMES,
+    MLP_LAYERS,
+    DSnoT,
+    Magnitude,
+    OneShotMethod,
+    SparseGPT,
+    Wanda,
+    dsnot_prune,
+    magnitude_prune,
+    method_from_spec,
+    resolve_target,
+    sparsegpt_prune,
+    sparsegpt_scores,
+    wanda_prune,
+    wanda_scores,
+)
+from .nm import prune_nm
+from .sequential import LayerResult, OneShotResult, find_blocks, peak_memory, prune_oneshot
+from .stats import LayerStats, reconstruction_error
+
+__all__ = [
+    "prune_nm",
+    "prune_oneshot", "find_blocks", "OneShotResult", "LayerResult", "peak_memory",
+    "LayerStats", "reconstruction_error",
+    "OneShotMethod", "Magnitude", "Wanda", "SparseGPT", "DSnoT", "method_from_spec", "METHOD_NAMES", "MLP_LAYERS",
+    "resolve_target", "magnitude_prune", "wanda_scores", "wanda_prune", "sparsegpt_scores", "sparsegpt_prune",
+    "dsnot_prune",
+    "TEXT_SOURCES", "calibration_text", "heldout_text", "tokenize_text", "calibration_windows", "load_calibration",
+    "MINILM", "perplexity", "load_minilm", "sentence_embeddings", "EmbeddingAgreement", "embedding_agreement",
+    "heldout_sentences",
+]

@@ -1,0 +1,141 @@
+"""Calibration statistics of one layer's inputs, and the layer-wise reconstruction error.
+
+One-shot pruning methods look at the inputs ``X`` (``[in, tokens]``) a layer received on the
+calibration data. :class:`LayerStats` accumulates everything the methods of this package need
+in a single pass, without keeping ``X``:
+
+* ``sum`` = ``sum_t x_tj`` and ``sq_sum`` = ``sum_t x_tj^2`` per input feature ``j`` (float64:
+  the variance is formed as a difference of the two);
+* optionally ``gram`` = ``sum_t x_t x_t^T`` (float32, ``[in, in]``), from which SparseGPT's
+  Hessian ``H = 2 X X^T / n`` and the exact reconstruction error are derived.
+
+Counting: a ``[..., seq, in]`` input (three or more dims) adds ``prod(shape[:-2])`` sequences of
+``shape[-2]`` tokens; a ``[rows, in]`` input adds ``rows`` sequences of one token each; a
+``[in]`` vector one token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import LayerError
+
+__all__ = ["LayerStats", "reconstruction_error"]
+
+
+@dataclass
+class LayerStats:
+    """Running statistics of the inputs of one linear layer (see the module docstring).
+
+    Attributes:
+        in_features: input dimension ``in``.
+        track_gram: also accumulate ``gram`` (needed by SparseGPT and by the reconstruction error).
+        n_tokens: tokens seen (rows of ``X^T``).
+        n_seqs: sequences seen (Wanda and DSnoT normalise per sequence, as their code does).
+        sum, sq_sum: ``[in]`` float64 sums of ``x`` and ``x^2`` over all tokens.
+        gram: ``[in, in]`` float32 ``sum_t x_t x_t^T``, or None.
+    """
+
+    in_features: int
+    track_gram: bool = True
+    n_tokens: int = 0
+    n_seqs: int = 0
+    sum: torch.Tensor | None = field(default=None, repr=False)
+    sq_sum: torch.Tensor | None = field(default=None, repr=False)
+    gram: torch.Tensor | None = field(default=None, repr=False)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, name: str = "layer") -> None:
+        """Add the inputs ``x`` (``[..., in]``) of one forward call."""
+        if x.shape[-1] != self.in_features:
+            raise LayerError(f"{name}: input has {x.shape[-1]} features; the layer expects {self.in_features}")
+        if x.dim() >= 3:
+            seqs = math.prod(x.shape[:-2])
+        elif x.dim() == 2:
+            seqs = x.shape[0]
+        else:
+            seqs = 1
+        flat = x.detach().reshape(-1, self.in_features).float()
+        if self.sum is None:
+            self.sum = torch.zeros(self.in_features, dtype=torch.float64, device=flat.device)
+            self.sq_sum = torch.zeros_like(self.sum)
+            if self.track_gram:
+                self.gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=flat.device)
+        # per-call sums in float32 (cheap), accumulated across calls in float64
+        self.sum += flat.sum(0).double()
+        self.sq_sum += flat.square().sum(0).double()
+        if self.gram is not None:
+            self.gram.addmm_(flat.t(), flat)
+        self.n_tokens += flat.shape[0]
+        self.n_seqs += seqs
+
+    @classmethod
+    def from_inputs(cls, x: torch.Tensor, *, track_gram: bool = True) -> "LayerStats":
+        """Statistics of a single input tensor ``x`` (``[..., in]``); handy in tests and notebooks."""
+        stats = cls(x.shape[-1], track_gram)
+        stats.update(x)
+        return stats
+
+    def _need_data(self, what: str) -> None:
+        if self.n_tokens == 0 or self.sum is None:
+            raise LayerError(f"{what} needs calibration inputs; this layer received none")
+
+    @property
+    def col_norm(self) -> torch.Tensor:
+        """``||X_j||_2`` per input feature (float32), Wanda's activation norm."""
+        self._need_data("the column norm")
+        return self.sq_sum.sqrt().float()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean of each input feature over all tokens (float32)."""
+        self._need_data("the mean")
+        return (self.sum / self.n_tokens).float()
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Population variance of each input feature over all tokens (float32, >= 0)."""
+        self._need_data("the variance")
+        mean = self.sum / self.n_tokens
+        return (self.sq_sum / self.n_tokens - mean.square()).clamp_min(0).float()
+
+    @property
+    def seq_sum(self) -> torch.Tensor:
+        """DSnoT's ``sum_metric_row``: ``sum_t x_tj / n_seqs``, the expected sum of a feature over one sequence."""
+        self._need_data("the per-sequence sum")
+        return (self.sum / self.n_seqs).float()
+
+    def hessian(self) -> torch.Tensor:
+        """SparseGPT's ``H = 2 X X^T / n_tokens`` (float32, a new tensor).
+
+        The reference code divides by the number of sequences instead; SparseGPT is invariant to
+        a positive scale of ``H`` (damping is relative to its mean diagonal), so the choice only
+        fixes units.
+        """
+        if self.gram is None:
+            raise LayerError("the Hessian needs the Gram matrix; build LayerStats with track_gram=True")
+        self._need_data("the Hessian")
+        return self.gram * (2.0 / self.n_tokens)
+
+
+@torch.no_grad()
+def reconstruction_error(weight: torch.Tensor, new_weight: torch.Tensor, gram: torch.Tensor) -> float:
+    """Relative output error of a pruned layer on its calibration inputs: ``||W X - W' X||_F / ||W X||_F``.
+
+    Computed exactly from the Gram matrix ``G = X X^T`` as
+    ``sqrt(tr((W - W') G (W - W')^T) / tr(W G W^T))`` (bias excluded: pruning leaves it unchanged),
+    so ``X`` never has to be stored. ``weight`` and ``new_weight`` are canonical ``[out, in]``.
+    Returns 0.0 when the layer's output is zero and unchanged, ``inf`` if only the output of the
+    dense layer is zero.
+    """
+    w = weight.detach().float()
+    delta = w - new_weight.detach().float()
+    g = gram.float()
+    num = float(((delta @ g) * delta).double().sum().clamp_min(0))
+    den = float(((w @ g) * w).double().sum().clamp_min(0))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return math.sqrt(num / den)
