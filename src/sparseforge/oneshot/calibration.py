@@ -218,13 +218,13 @@ def load_calibration(source: Any, *, tokenizer: Any = None, nsamples: int = 128,
     elif isinstance(source, TextCorpus):
         tokens, prefix, suffix = source.train, [], []
     else:
-        text = calibration_text(source)
+        _check_source_name(source)
         if tokenizer is None:
             raise ConfigError(
                 f"calibration source {source!r} is text: pass tokenizer= (a Hugging Face tokenizer, 'byte', or the "
                 f"TextCorpus the model was trained on)"
             )
-        tokens = tokenize_text(text, tokenizer)
+        tokens = tokenize_text(calibration_text(source), tokenizer)
         prefix, suffix = ([], []) if isinstance(tokenizer, (str, TextCorpus)) else _special_tokens(tokenizer)
     if seqlen is None:
         raise ConfigError("seqlen is required to cut calibration windows from a token stream")
