@@ -59,6 +59,9 @@ def _check_source_name(source: Any) -> str:
     if key.lower() in TEXT_SOURCES:
         return key.lower()
     if key.lower().startswith("text:"):
+        path = Path(key[5:]).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"calibration source {key!r} must point to an existing text file; {str(path)!r} is not a file")
         return key
     raise ConfigError(f"unknown calibration source {source!r}; allowed: 'austen', 'bible', 'text:PATH' or a token tensor")
 
