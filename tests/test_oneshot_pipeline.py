@@ -364,3 +364,41 @@ def test_progress_bar_and_unused_layer(capsys) -> None:
     assert not hasattr(model.unused, "weight_mask")
     with pytest.raises(LayerError, match="unused.weight: received no calibration input"):
         prune_oneshot(Model(), "wanda", 0.5, calibration=torch.randn(16, 8), strict=True)
+
+
+@pytest.mark.skipif(__import__("shutil").which("bible") is None, reason="needs apt-get install bible-kjv")
+def test_bible_calibration_source() -> None:
+    from sparseforge.oneshot import calibration_text, heldout_text
+
+    train, held = calibration_text("bible"), heldout_text("bible")
+    assert train.startswith("In the beginning God created the heaven and the earth.")
+    assert "Ge1:1" not in train[:100] and len(held) > 0.09 * (len(train) + len(held))
+    assert held.rstrip().endswith("Amen.")
+    windows = load_calibration("bible", tokenizer="byte", nsamples=4, seqlen=64)
+    assert windows.shape == (4, 64)
+
+
+def test_perplexity_of_hf_and_tinygpt_models() -> None:
+    tokens = TOKENS
+    llama = hf_model("llama")
+    ppl = perplexity(llama, tokens, seqlen=16, max_windows=4)
+    assert 50 < ppl < 200  # random init over 100 tokens: close to uniform
+    model = tiny_gpt()
+    # a uniform model has perplexity = vocabulary size
+    with torch.no_grad():
+        model.head.weight.zero_()
+    assert perplexity(model, tokens % 50, seqlen=32, max_windows=3) == pytest.approx(50.0, rel=1e-4)
+    assert model.training  # mode restored
+
+
+def test_embedding_agreement_by_hand() -> None:
+    from sparseforge.oneshot import embedding_agreement
+
+    dense = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    same = embedding_agreement(dense, dense * 3)
+    assert same.cosine_mean == pytest.approx(1.0) and same.nn_agreement == 1.0
+    swapped = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.1, 0.9]])  # sentence 1 now points elsewhere
+    a = embedding_agreement(dense, swapped)
+    assert a.nn_agreement == pytest.approx(1 / 3) and a.cosine_min < 0.2
+    with pytest.raises(ConfigError, match="same shape"):
+        embedding_agreement(dense, dense[:2])
