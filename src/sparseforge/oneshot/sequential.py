@@ -105,6 +105,17 @@ def find_blocks(model: nn.Module, blocks: str | nn.Module | None = None) -> tupl
 # ---------------------------------------------------------------------------------------------
 
 
+def _status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 class peak_memory:
     """Context manager measuring the peak memory of the code inside it.
 
@@ -118,13 +129,17 @@ class peak_memory:
     def __init__(self, device: torch.device | None = None) -> None:
         self.device = device
         self.bytes: int | None = None
+        #: resident set size (CPU) or allocated bytes (CUDA) when the ``with`` body started
+        self.start_bytes: int | None = None
         self.source = ""
         self._reset = False
 
     def __enter__(self) -> "peak_memory":
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_bytes = int(torch.cuda.memory_allocated(self.device))
             return self
+        self.start_bytes = _status_bytes("VmRSS:")
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -138,14 +153,10 @@ class peak_memory:
             self.bytes, self.source = int(torch.cuda.max_memory_allocated(self.device)), "cuda max_memory_allocated"
             return
         if self._reset:
-            try:
-                with open("/proc/self/status") as f:
-                    for line in f:
-                        if line.startswith("VmHWM:"):
-                            self.bytes, self.source = int(line.split()[1]) * 1024, "VmHWM (peak RSS, reset at start)"
-                            return
-            except OSError:
-                pass
+            peak = _status_bytes("VmHWM:")
+            if peak is not None:
+                self.bytes, self.source = peak, "VmHWM (peak RSS of the process, reset at start)"
+                return
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self.bytes = int(rss) * (1 if sys.platform == "darwin" else 1024)
         self.source = "ru_maxrss (peak RSS since process start)"
@@ -198,7 +209,9 @@ class OneShotResult:
         nsamples, seqlen: calibration windows used (0 / None without calibration).
         wall_seconds: total time of the call; ``prune_seconds`` the sum of the rules' own times;
             ``calibration_seconds`` building the calibration data.
-        peak_memory_bytes, peak_memory_source: see :class:`peak_memory`.
+        peak_memory_bytes, peak_memory_source: see :class:`peak_memory` (the peak of the whole
+            process, model and Python included); ``memory_at_start_bytes`` the same quantity when the
+            pruning began, so the difference is what pruning added.
         notes: anything worth knowing (fallbacks taken).
     """
 
@@ -217,6 +230,7 @@ class OneShotResult:
     calibration_seconds: float
     peak_memory_bytes: int | None
     peak_memory_source: str
+    memory_at_start_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -242,7 +256,8 @@ class OneShotResult:
             "blocks_path": self.blocks_path, "nsamples": self.nsamples, "seqlen": self.seqlen,
             "wall_seconds": self.wall_seconds, "prune_seconds": self.prune_seconds,
             "calibration_seconds": self.calibration_seconds, "peak_memory_bytes": self.peak_memory_bytes,
-            "peak_memory_source": self.peak_memory_source, "notes": list(self.notes),
+            "peak_memory_source": self.peak_memory_source, "memory_at_start_bytes": self.memory_at_start_bytes,
+            "notes": list(self.notes),
         }
 
     def table(self) -> str:
@@ -256,8 +271,9 @@ class OneShotResult:
         lines.append(f"total: {len(self.layers)} layers, sparsity {self.sparsity:.4f}, mean rel.err "
                      f"{'-' if mean is None else f'{mean:.4f}'}, wall {self.wall_seconds:.2f} s "
                      f"(rules {self.prune_seconds:.2f} s), peak memory "
-                     f"{'-' if self.peak_memory_bytes is None else f'{self.peak_memory_bytes / 2**20:.0f} MiB'} "
-                     f"[{self.peak_memory_source}]")
+                     f"{'-' if self.peak_memory_bytes is None else f'{self.peak_memory_bytes / 2**20:.0f} MiB'}"
+                     f"{'' if self.memory_at_start_bytes is None else f' (at start {self.memory_at_start_bytes / 2**20:.0f} MiB)'}"
+                     f" [{self.peak_memory_source}]")
         for name, reason in self.skipped:
             lines.append(f"skipped {name}: {reason}")
         lines.extend(f"note: {n}" for n in self.notes)
@@ -724,5 +740,6 @@ def prune_oneshot(
         nsamples=0 if calib is None else int(calib.shape[0]),
         seqlen=None if calib is None or calib.is_floating_point() else int(calib.shape[1]),
         wall_seconds=time.perf_counter() - t_start, prune_seconds=prune_seconds, calibration_seconds=calibration_seconds,
-        peak_memory_bytes=meter.bytes, peak_memory_source=meter.source, notes=notes,
+        peak_memory_bytes=meter.bytes, peak_memory_source=meter.source, memory_at_start_bytes=meter.start_bytes,
+        notes=notes,
     )

@@ -64,9 +64,11 @@ class LayerStats:
             self.sq_sum = torch.zeros_like(self.sum)
             if self.track_gram:
                 self.gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=flat.device)
-        # per-call sums in float32 (cheap), accumulated across calls in float64
-        self.sum += flat.sum(0).double()
-        self.sq_sum += flat.square().sum(0).double()
+        # per-call sums in float32, accumulated across calls in float64; a matrix-vector product
+        # reduces over tokens several times faster than .sum(0) here (measured 1.3 vs 3.3 ms for 4096 x 1536)
+        ones = torch.ones(flat.shape[0], dtype=flat.dtype, device=flat.device)
+        self.sum += torch.mv(flat.t(), ones).double()
+        self.sq_sum += torch.mv((flat * flat).t(), ones).double()
         if self.gram is not None:
             self.gram.addmm_(flat.t(), flat)
         self.n_tokens += flat.shape[0]
