@@ -44,7 +44,7 @@ from typing import Any
 
 from sparseforge.bench import parallel_map, provenance, write_results
 from sparseforge.errors import ConfigError
-from sparseforge.lm import run_recipe
+from sparseforge.demo import run_recipe
 
 METHODS = ["ste", "srste", "mdgf", "sdgf"]
 ALLOWED_METHODS = ["ste", "srste", "mdgf", "sdgf"]

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from .errors import ConfigError
 
-__all__ = ["METHOD_PRESETS", "preset", "demo_recipe", "run_method", "run_demo", "format_table"]
+__all__ = ["METHOD_PRESETS", "preset", "demo_recipe", "run_method", "run_recipe", "run_demo", "format_table"]
 
 #: method presets shared by the demo and the benchmarks: name -> method section of a recipe
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
@@ -100,6 +100,60 @@ def run_method(method: str, *, sparsity: float, epochs: int, seed: int, data: An
             "accuracy": result.final["test_accuracy"], "sparsity": totals["global_sparsity"],
             "nonzeros": totals["nonzeros"], "params": totals["total_params"],
             "sparse_flops": totals["sparse_flops"], "dense_flops": totals["dense_flops"],
+            "history": result.history, "seconds": time.perf_counter() - t0}
+
+
+def run_recipe(recipe: dict[str, Any], *, dataset: Any = None) -> dict[str, Any]:
+    """Train one recipe (a dict for :class:`~sparseforge.recipes.Recipe`) and summarise it.
+
+    The final-epoch test accuracy is the Trainer's, measured after the last step (an N:M
+    method is then in its finished state, the hard target mask). The model is then finalized
+    (masks folded into the weights), every N:M layer is checked for groups with more than N
+    nonzeros (a violation raises ``RuntimeError``), and the test set is scored again: the
+    result holds both accuracies, which must agree.
+
+    Args:
+        recipe: recipe mapping (``method``, ``model``, ``epochs``, ``seed``, ``targets`` ...).
+        dataset: a preloaded :class:`~sparseforge.data.Dataset`, or None to load the recipe's
+            ``data`` section (name, ``n_train``, ``n_test``) here, so worker processes receive
+            only the recipe.
+
+    Returns:
+        ``accuracy`` (final epoch), ``finalized_accuracy``, ``sparsity`` (of the masked
+        layers, from the report), ``nonzeros``, ``params``, ``dense_flops``, ``sparse_flops``,
+        ``masked_layers``, ``skipped``, ``notes``, ``nm_violations``, ``history``, ``seconds``.
+    """
+    from .core.patterns import NM
+    from .lm import nm_violations
+    from .methods import NM_METHODS
+    from .recipes import Recipe
+    from .train import Trainer, evaluate
+
+    t0 = time.perf_counter()
+    trainer = Trainer(Recipe.from_dict(recipe), progress=False, dataset=dataset)
+    dataset = trainer.dataset
+    result = trainer.fit()
+    report = trainer.report()
+    method = trainer.method
+    layers = list(method.layers)
+    is_nm = isinstance(method.pattern, NM)
+    method.finalize()
+    violations = 0
+    if is_nm:
+        violations = sum(nm_violations(l.canonical(l.weight), method.pattern.n, method.pattern.m) for l in layers)
+        if violations:
+            raise RuntimeError(f"{recipe['method']['name']}: {violations} N:M groups broken after finalize(); "
+                               "this is a bug in sparseforge")
+    ev = evaluate(trainer.model, dataset.x_test, dataset.y_test)
+    t = report.totals
+    return {"method": recipe["method"]["name"], "recipe": recipe, "dataset": dataset.name,
+            "accuracy": result.final["test_accuracy"], "finalized_accuracy": ev["accuracy"],
+            "sparsity": t["global_sparsity"], "nonzeros": t["nonzeros"], "params": t["total_params"],
+            "dense_flops": t["dense_flops"], "sparse_flops": t["sparse_flops"],
+            "masked_layers": [l.qualname for l in layers], "skipped": list(t.get("skipped", [])),
+            "notes": list(t.get("notes", [])), "nm_violations": violations if is_nm else None,
+            # metrics() reports flips since its previous call, i.e. per epoch here
+            "sad": sum(h.get("sad", 0) for h in result.history) if recipe["method"]["name"] in NM_METHODS else None,
             "history": result.history, "seconds": time.perf_counter() - t0}
 
 

@@ -26,8 +26,6 @@ Same seed, same result: the seed fixes the weight initialisation (``torch.manual
 training windows (the ``"lm-batches"`` stream of :func:`sparseforge.text.lm_batches`) and the
 method's own generator.
 
-:func:`run_recipe` (a classification run through :class:`~sparseforge.train.Trainer`, checked
-the same way) lives here too so that benchmark worker processes can import it.
 """
 
 from __future__ import annotations
@@ -45,7 +43,7 @@ from .errors import ConfigError, check_fraction, check_int
 from .masking import MaskedLayer, Targets
 from .methods import IMP, METHODS, NM_METHODS, build_method
 
-__all__ = ["DEFAULT_LM_TARGETS", "evaluate_lm", "lm_loss", "lm_lr_factor", "nm_violations", "train_lm", "run_recipe"]
+__all__ = ["DEFAULT_LM_TARGETS", "evaluate_lm", "lm_loss", "lm_lr_factor", "nm_violations", "train_lm"]
 
 #: the Linear layers inside TinyGPT's blocks (attention qkv and proj, MLP fc and proj); the
 #: ``head`` and the embeddings stay dense. ``targets="blocks"`` in :func:`train_lm` means this.
@@ -475,55 +473,3 @@ def train_lm(
 # ---------------------------------------------------------------------------------------------
 # classification runs (benchmark workers import this)
 # ---------------------------------------------------------------------------------------------
-
-
-def run_recipe(recipe: dict[str, Any], *, dataset: Any = None) -> dict[str, Any]:
-    """Train one recipe (a dict for :class:`~sparseforge.recipes.Recipe`) and summarise it.
-
-    The final-epoch test accuracy is the Trainer's, measured after the last step (an N:M
-    method is then in its finished state, the hard target mask). The model is then finalized
-    (masks folded into the weights), every N:M layer is checked for groups with more than N
-    nonzeros (a violation raises ``RuntimeError``), and the test set is scored again: the
-    result holds both accuracies, which must agree.
-
-    Args:
-        recipe: recipe mapping (``method``, ``model``, ``epochs``, ``seed``, ``targets`` ...).
-        dataset: a preloaded :class:`~sparseforge.data.Dataset`, or None to load the recipe's
-            ``data`` section (name, ``n_train``, ``n_test``) here, so worker processes receive
-            only the recipe.
-
-    Returns:
-        ``accuracy`` (final epoch), ``finalized_accuracy``, ``sparsity`` (of the masked
-        layers, from the report), ``nonzeros``, ``params``, ``dense_flops``, ``sparse_flops``,
-        ``masked_layers``, ``skipped``, ``notes``, ``nm_violations``, ``history``, ``seconds``.
-    """
-    from .recipes import Recipe
-    from .train import Trainer, evaluate
-
-    t0 = time.perf_counter()
-    trainer = Trainer(Recipe.from_dict(recipe), progress=False, dataset=dataset)
-    dataset = trainer.dataset
-    result = trainer.fit()
-    report = trainer.report()
-    method = trainer.method
-    layers = list(method.layers)
-    is_nm = isinstance(method.pattern, NM)
-    method.finalize()
-    violations = 0
-    if is_nm:
-        violations = sum(nm_violations(l.canonical(l.weight), method.pattern.n, method.pattern.m) for l in layers)
-        if violations:
-            raise RuntimeError(f"{recipe['method']['name']}: {violations} N:M groups broken after finalize(); "
-                               "this is a bug in sparseforge")
-    ev = evaluate(trainer.model, dataset.x_test, dataset.y_test)
-    t = report.totals
-    return {"method": recipe["method"]["name"], "recipe": recipe, "dataset": dataset.name,
-            "accuracy": result.final["test_accuracy"], "finalized_accuracy": ev["accuracy"],
-            "sparsity": t["global_sparsity"], "nonzeros": t["nonzeros"], "params": t["total_params"],
-            "dense_flops": t["dense_flops"], "sparse_flops": t["sparse_flops"],
-            "masked_layers": [l.qualname for l in layers], "skipped": list(t.get("skipped", [])),
-            "notes": list(t.get("notes", [])), "nm_violations": violations if is_nm else None,
-            # metrics() reports flips since its previous call, i.e. per epoch here
-            "sad": sum(h.get("sad", 0) for h in result.history) if recipe["method"]["name"] in NM_METHODS else None,
-            "history": result.history, "seconds": time.perf_counter() - t0}
-
