@@ -12,6 +12,7 @@ from sparseforge.core.patterns import NM, is_valid_nm, nm_groups_view, num_prune
 from sparseforge.errors import ConfigError, LayerError
 from sparseforge.oneshot import (
     DSnoT,
+    METHOD_NAMES,
     LayerStats,
     Magnitude,
     SparseGPT,
@@ -319,6 +320,10 @@ def test_method_specs() -> None:
     assert method_from_spec("dsnot") == DSnoT()
     assert method_from_spec("DSnoT+magnitude").initial == Magnitude()
     assert method_from_spec({"type": "sparsegpt", "blocksize": 64}) == SparseGPT(blocksize=64)
+    for name in METHOD_NAMES:  # labels in reports are accepted back
+        m = method_from_spec(name)
+        assert method_from_spec(m.label) == m
+    assert method_from_spec("dsnot").label == "dsnot+wanda"
     assert method_from_spec({"type": "dsnot", "initial": "sparsegpt", "skip": None}).initial == SparseGPT()
     for bad, needle in [("obs", "unknown one-shot method"), ("dsnot+dsnot", "unknown"), ({"type": "x"}, "method.type"),
                         ({"type": "wanda", "alpha": 1}, "method wanda"), (3, "method must be")]:

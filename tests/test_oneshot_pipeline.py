@@ -402,3 +402,26 @@ def test_embedding_agreement_by_hand() -> None:
     assert a.nn_agreement == pytest.approx(1 / 3) and a.cosine_min < 0.2
     with pytest.raises(ConfigError, match="same shape"):
         embedding_agreement(dense, dense[:2])
+
+
+@pytest.mark.parametrize("method", ["dsnot+sparsegpt", "dsnot+magnitude", "magnitude-row"])
+def test_more_method_names_end_to_end(method) -> None:
+    model = tiny_gpt()
+    tokens = torch.randint(0, 50, (2000,), generator=torch.Generator().manual_seed(4))
+    result = prune_oneshot(model, method, 0.6, calibration=tokens, nsamples=4)
+    assert result.method == method and result.sparsity == pytest.approx(0.6, abs=1e-3)
+
+
+def test_bfloat16_model_and_method_object() -> None:
+    from sparseforge.oneshot import DSnoT
+
+    model = tiny_gpt().to(torch.bfloat16)
+    tokens = torch.randint(0, 50, (2000,), generator=torch.Generator().manual_seed(5))
+    result = prune_oneshot(model, DSnoT(skip=None, max_cycles=5), "2:4", calibration=tokens, nsamples=4)
+    assert "DSnoT(" in result.method_spec
+    for layer in find_masked_layers(model):
+        assert layer.weight.dtype == torch.bfloat16 and is_valid_nm(layer.mask, 2, 4)
+        assert torch.all(layer.weight[~layer.mask] == 0)
+    model2 = tiny_gpt().to(torch.bfloat16)
+    prune_oneshot(model2, "sparsegpt", 0.5, calibration=tokens, nsamples=4)
+    assert all(torch.isfinite(p.float()).all() for p in model2.parameters())

@@ -588,6 +588,11 @@ class OneShotMethod(ABC):
     needs_data: bool = True
     needs_gram: bool = False
 
+    @property
+    def label(self) -> str:
+        """Name for reports, accepted back by :func:`method_from_spec` (``"magnitude-row"``, ``"dsnot+wanda"``)."""
+        return self.name
+
     @abstractmethod
     def prune(self, weight: torch.Tensor, stats: LayerStats | None, sparsity: Any, *, name: str = "weight",
               layer_name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -609,6 +614,11 @@ class Magnitude(OneShotMethod):
     def __post_init__(self) -> None:
         if self.scope not in ("layer", "row"):
             raise ConfigError(f"magnitude scope must be 'layer' or 'row'; got {self.scope!r}")
+
+    @property
+    def label(self) -> str:
+        """``"magnitude"`` or ``"magnitude-row"``."""
+        return "magnitude" if self.scope == "layer" else "magnitude-row"
 
     def prune(self, weight, stats, sparsity, *, name="weight", layer_name=""):
         """See :func:`magnitude_prune`."""
@@ -697,6 +707,11 @@ class DSnoT(OneShotMethod):
     def needs_gram(self) -> bool:  # type: ignore[override]
         """True if the initial method needs the Gram matrix."""
         return self.initial.needs_gram
+
+    @property
+    def label(self) -> str:
+        """``"dsnot+<initial>"``."""
+        return f"dsnot+{self.initial.label}"
 
     def _skip_regex(self) -> str:
         return MLP_LAYERS if self.skip == "mlp" else str(self.skip)

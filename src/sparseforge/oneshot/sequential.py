@@ -199,7 +199,7 @@ class OneShotResult:
     """What :func:`prune_oneshot` did.
 
     Attributes:
-        method: method name (``"wanda"``, ``"dsnot"``...); ``method_spec`` its full repr.
+        method: method label (``"wanda"``, ``"magnitude-row"``, ``"dsnot+wanda"``...); ``method_spec`` its full repr.
         pattern: ``"unstructured"`` or ``"N:M"`` (N kept of M); ``target_sparsity`` the requested sparsity.
         layers: one :class:`LayerResult` per pruned layer, in order.
         skipped: ``(name, reason)`` for every prunable layer left dense.
@@ -686,7 +686,7 @@ def prune_oneshot(
                     else:
                         inputs = _capture_inputs(model, block_list[0], batches)
                 del batches
-            for bi, block in _progress(enumerate(block_list), len(block_list), progress, f"{meth.name} blocks"):
+            for bi, block in _progress(enumerate(block_list), len(block_list), progress, f"{meth.label} blocks"):
                 layers = [(n, by_module[id(m)]) for n, m in block.named_modules() if id(m) in by_module]
                 if not layers:
                     if inputs is not None and bi + 1 < len(block_list):
@@ -735,7 +735,7 @@ def prune_oneshot(
         raise LayerError(f"no layer was pruned: {masking.skipped[:3]}")
     pattern_name = f"{pattern.n}:{pattern.m}" if isinstance(pattern, NM) else "unstructured"
     return OneShotResult(
-        method=meth.name, method_spec=repr(meth), pattern=pattern_name, target_sparsity=target, layers=results,
+        method=meth.label, method_spec=repr(meth), pattern=pattern_name, target_sparsity=target, layers=results,
         skipped=list(masking.skipped), masking=masking, blocks_path=blocks_path,
         nsamples=0 if calib is None else int(calib.shape[0]),
         seqlen=None if calib is None or calib.is_floating_point() else int(calib.shape[1]),
