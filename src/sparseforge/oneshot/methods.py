@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..core.patterns import NM, Unstructured, is_valid_nm, nm_groups_view, num_pruned, pattern_from_spec, topk_mask
+from ..core.patterns import NM, Unstructured, is_valid_nm, num_pruned, pattern_from_spec, topk_mask
 from ..errors import ConfigError, LayerError, check_int, check_sparsity
 from .stats import LayerStats
 
@@ -60,10 +60,11 @@ __all__ = [
 #: ``mlp.*``, GPT-2 ``mlp.c_fc``/``mlp.c_proj``, OPT ``fc1``/``fc2``, Llama/Mistral/Qwen2
 #: ``mlp.gate_proj``/``up_proj``/``down_proj``, BERT ``intermediate.dense``/``output.dense``).
 #: DSnoT leaves these at their initial mask by default, as its code does (``--skip_layer mlp``).
+MLP_LAYERS = r"(.*\.)?(mlp|ffn|feed_forward|feedforward|intermediate)(\..*)?|(.*\.)?(fc1|fc2|c_fc)|output\.dense"
+
+
 #: Tiles up to this many numbers are updated on one thread (see :func:`_few_threads`).
 _SMALL_OP = 1 << 21
-
-MLP_LAYERS = r"(.*\.)?(mlp|ffn|feed_forward|feedforward|intermediate)(\..*)?|(.*\.)?(fc1|fc2|c_fc)|output\.dense"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ def _row_prune_counts(sparsity: float, rows: int, cols: int, name: str) -> torch
     if int(counts.max()) >= cols:
         raise LayerError(
             f"{name}: sparsity {sparsity} would remove every one of the {cols} weights of a row "
-            f"(rows are compared separately); allowed: < {(cols - 0.5) / cols:.6g}"
+            f"(rows are compared separately); allowed: <= {(cols - 1) / cols:.6g}"
         )
     return counts
 
