@@ -15,6 +15,12 @@ each block in turn:
 
 Only one block's statistics are alive at a time. Embeddings, heads and any layer outside the
 blocks are left dense and listed in :attr:`OneShotResult.skipped`.
+
+Assumptions, as in the references: block ``k + 1`` receives the output of block ``k`` (checked on
+one calibration window; if not, the whole model is pruned as one block, with a warning), and
+the extra arguments captured for block 0 (attention mask, position ids / embeddings) are valid
+for every block, so models whose blocks get different masks (alternating sliding-window
+attention) are not handled exactly. Caches are disabled during calibration.
 """
 
 from __future__ import annotations
