@@ -6,11 +6,15 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 py="${PYTHON:-python3}"
 
-# Fashion-MNIST from Debian where the machine allows it (root + apt); MNIST-1D is the fallback.
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "[bootstrap] installing Debian package dataset-fashion-mnist" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
-        >/dev/null 2>&1 || echo "[bootstrap] Fashion-MNIST not installed; the demo will use MNIST-1D" >&2
+# Debian data where the machine allows it (root + apt): Fashion-MNIST (MNIST-1D is the fallback)
+# and the King James Bible (a second offline calibration text for one-shot pruning).
+missing=""
+[ -d /usr/share/datasets/fashion-mnist ] || missing="$missing dataset-fashion-mnist"
+command -v bible >/dev/null 2>&1 || missing="$missing bible-kjv"
+if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[bootstrap] installing Debian package(s)$missing" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) \
+        >/dev/null 2>&1 || echo "[bootstrap] could not install$missing; Fashion-MNIST falls back to MNIST-1D" >&2
 fi
 
 stamp="$venv/.sparseforge-stamp"

@@ -14,7 +14,7 @@ from .export import compressed_size_report, load_compressed, save_compressed
 from .errors import CheckpointError, ConfigError, LayerError, SparseforgeError
 from .masking import Masking, Targets, finalize, load_masked_state_dict
 from .methods import BDWP, GMP, IMP, MDGF, SDGF, SET, SRSTE, STE, Dense, RigL, SparsityMethod, StaticSparse, build_method
-from .oneshot import prune_nm
+from .oneshot import prune_nm, prune_oneshot
 from .report import Report, sparsity_report
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
     "SparseforgeError", "ConfigError", "LayerError", "CheckpointError",
     "Masking", "Targets", "finalize", "load_masked_state_dict",
     "SparsityMethod", "Dense", "StaticSparse", "GMP", "IMP", "SET", "RigL", "build_method",
-    "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "prune_nm",
+    "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "prune_nm", "prune_oneshot",
     "Report", "sparsity_report",
     "save_compressed", "load_compressed", "compressed_size_report",
 ]
