@@ -42,7 +42,7 @@ def _epochs_per_model(spec: list[str], models: list[str]) -> dict[str, int]:
     missing = [m for m in models if m not in out]
     if missing:
         raise ConfigError(f"--epochs: no epoch count for model(s) {missing}")
-    return out
+    return {m: out[m] for m in models}
 
 
 def _key(job: dict) -> str:
