@@ -426,13 +426,25 @@ class Masking:
                 v.masked_fill_(positions, 0)
 
     def _tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        # float copies of the masks, cached until a mask changes or the weights change dtype/device
-        weights = [l.weight for l in self.layers]
-        # a mask changed in place behind our back (model.load_state_dict, a copy_ by the user)
-        # bumps its version counter: the cached copy must follow it
-        key = tuple((w.dtype, w.device, id(l.mask), l.mask._version) for w, l in zip(weights, self.layers))
+        # float copies of the masks, cached until a mask changes or the weights change dtype/device.
+        # This runs on every optimizer step, so it reads the parameter and buffer dicts directly
+        # (nn.Module.__getattr__ costs about a microsecond per lookup) and builds one flat key.
+        weights: list[torch.Tensor] = []
+        key: list[Any] = []
+        for l in self.layers:
+            mod = l.module
+            w = mod._parameters.get(l.param_name)
+            if w is None:  # e.g. a parametrized weight: take the slow, general path
+                w = l.weight
+            m = mod._buffers.get(l.param_name + MASK_SUFFIX)
+            if m is None:
+                m = l.mask
+            weights.append(w)
+            # a mask changed in place behind our back (model.load_state_dict, a copy_ by the
+            # user) bumps its version counter: the cached copy must follow it
+            key += (w.dtype, w.device, id(m), m._version)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, [l.mask.to(l.weight.dtype) for l in self.layers])
+            self._cache = (key, [l.mask.to(w.dtype) for l, w in zip(self.layers, weights)])
             self._stale = True
         return weights, self._cache[1]
 
@@ -445,11 +457,19 @@ class Masking:
     @torch.no_grad()
     def mask_grads(self) -> None:
         """Zero the gradients of pruned positions (what runs before each optimizer step)."""
-        weights, masks = self._tensors()
-        pairs = [(w.grad, m) for w, m in zip(weights, masks) if w.grad is not None]
-        if pairs:
-            grads, ms = zip(*pairs)
-            torch._foreach_mul_(list(grads), [m.to(g.dtype) if m.dtype != g.dtype else m for g, m in zip(grads, ms)])
+        self._mask_grads(*self._tensors())
+
+    @staticmethod
+    def _mask_grads(weights: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+        grads, ms = [], []
+        for w, m in zip(weights, masks):
+            g = w.grad
+            if g is not None:
+                grads.append(g)
+                # gradients may differ in dtype from their weight (e.g. a bf16 grad on an fp32 weight)
+                ms.append(m if m.dtype == g.dtype else m.to(g.dtype))
+        if grads:
+            torch._foreach_mul_(grads, ms)
 
     # ----------------------------------------------------------------------------- optimizer
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -527,7 +547,7 @@ class Masking:
             for layer in self.layers:
                 self._zero_state(layer)
             self._stale = False
-        self.mask_grads()
+        self._mask_grads(weights, masks)
 
     def _post_step(self) -> None:
         if self.remask_weights:
