@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,31 @@ def test_nm_mask_keeps_exactly_n_per_group(n, m, rows, groups, seed) -> None:
     # every kept magnitude is >= every pruned magnitude of its group
     g, k = w.abs().reshape(-1, m), mask.reshape(-1, m)
     assert bool((g.masked_fill(~k, float("inf")).min(1).values >= g.masked_fill(k, -1).max(1).values).all())
+
+
+def _nm_oracle(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Per-group Python oracle: keep the n largest |w|; among ties the higher index is kept."""
+    cw = w.movedim(1, -1).abs()  # [..., in]
+    cin = cw.shape[-1]
+    keep = torch.zeros_like(cw, dtype=torch.bool)
+    for pos in itertools.product(*(range(d) for d in cw.shape[:-1])):
+        for start in range(0, cin, m):
+            idx = list(range(start, min(start + m, cin)))
+            ranked = sorted(idx, key=lambda j: (float(cw[pos][j]), j), reverse=True)
+            for j in ranked[:n]:
+                keep[pos + (j,)] = True
+    return keep.movedim(-1, 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([2, 3, 4, 8, 16]), st.integers(1, 15), st.integers(1, 3), st.integers(1, 37),
+       st.booleans(), st.integers(0, 10_000))
+def test_nm_mask_equals_a_per_group_oracle_with_ties_pad_and_conv(m, n, rows, cin, conv, seed) -> None:
+    # integer weights in [-3, 3] make ties common; both selection paths (keep n <= m/2, prune otherwise) run
+    n = 1 + (n - 1) % (m - 1)
+    shape = (rows, cin, 2, 3) if conv else (rows, cin)
+    w = torch.randint(-3, 4, shape, generator=torch.Generator().manual_seed(seed)).float()
+    assert torch.equal(nm_mask(w, n, m, pad=cin % m != 0), _nm_oracle(w, n, m))
 
 
 def test_sdgf_patterns_documented_values() -> None:

@@ -19,6 +19,7 @@ from sparseforge.core.patterns import (
     nm_groups_view,
     num_pruned,
     pattern_from_spec,
+    nm_select,
     topk_mask,
 )
 from sparseforge.errors import ConfigError, LayerError, SparseforgeError
@@ -484,3 +485,22 @@ def test_prop_channel_exact_channel_count(shape, dim, s, seed, ties) -> None:
     assert bool((per_ch.all(dim=1) | ~per_ch.any(dim=1)).all())
     assert int((~per_ch[:, 0]).sum()) == k
     assert torch.equal(mask, Channel(dim).mask(scores.clone(), s))
+
+
+def test_nm_select_by_hand_with_infinities_ties_and_signed_zero() -> None:
+    inf = float("inf")
+    g = torch.tensor([[-inf, -inf, -inf, 5.0],   # keep 2: 5 and the highest-index -inf
+                      [1.0, 1.0, 1.0, 1.0],      # all tied: the two highest indices
+                      [inf, 0.0, -0.0, inf],     # -0.0 ties 0.0: keep both inf
+                      [-0.0, 3.0, 0.0, -1.0]])   # 3, then 0.0 at index 2 beats -0.0 at index 0
+    expect = torch.tensor([[False, False, True, True],
+                           [False, False, True, True],
+                           [True, False, False, True],
+                           [False, True, True, False]])
+    assert torch.equal(nm_select(g, 2), expect)
+    # the pruning path (n > m - n) follows the same order
+    assert torch.equal(nm_select(g, 3), torch.tensor([[False, True, True, True],
+                                                      [False, True, True, True],
+                                                      [True, False, True, True],
+                                                      [True, True, True, False]]))
+    assert not nm_select(g, 0).any() and nm_select(g, 4).all()

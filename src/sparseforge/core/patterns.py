@@ -30,6 +30,7 @@ __all__ = [
     "Channel",
     "num_pruned",
     "topk_mask",
+    "nm_select",
     "is_valid_nm",
     "nm_groups_view",
 ]
@@ -94,6 +95,40 @@ def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None
     mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
     mask[idx[keep]] = True
     return mask.reshape(scores.shape)
+
+
+def nm_select(groups: torch.Tensor, n: int) -> torch.Tensor:
+    """Bool mask keeping the ``n`` highest scores in each row of ``groups`` (``[G, m]``).
+
+    Among ties the lower index is pruned first (the order a stable ascending sort gives).
+    ``min(n, m - n)`` passes of ``argmax``/``argmin`` replace a sort of every group: several
+    times cheaper for 1:M and (M-1):M, and N:M training runs this in every forward pass.
+    ``argmax``/``argmin`` return the first extreme, so keeping runs on the reversed rows (ties
+    go to the higher index) and pruning on the rows as they are. Scores must not be NaN.
+    """
+    m = groups.shape[1]
+    if not 0 <= n <= m:
+        raise LayerError(f"N:M selection: n must be in [0, {m}]; got {n}")
+    # order-preserving int64 keys leave room for sentinels outside every score, -inf included
+    # (``+ 0.0`` turns -0.0 into +0.0 so that the two tie, as they do in a sort)
+    bits = (groups.float() + 0.0).view(torch.int32)
+    keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    slots = torch.arange(m, device=groups.device)
+    if n <= m - n:
+        h = keys.flip(1)
+        keep = torch.zeros_like(h, dtype=torch.bool)
+        for _ in range(n):
+            chosen = h.argmax(1, keepdim=True) == slots
+            keep |= chosen
+            h = h.masked_fill(chosen, torch.iinfo(torch.int64).min)
+        return keep.flip(1)
+    h = keys
+    drop = torch.zeros_like(h, dtype=torch.bool)
+    for _ in range(m - n):
+        chosen = h.argmin(1, keepdim=True) == slots
+        drop |= chosen
+        h = h.masked_fill(chosen, torch.iinfo(torch.int64).max)
+    return ~drop
 
 
 def _check_not_empty(n_prune: int, n: int, sparsity: float, unit: str, layer: str) -> None:
@@ -222,9 +257,7 @@ class NM(Pattern):
         g = nm_groups_view(scores.detach().float(), self.m)
         if torch.isnan(g).any():
             raise LayerError(f"{layer}: scores contain NaN")
-        order = torch.sort(g, dim=1, stable=True).indices[:, self.m - self.n :]
-        keep = torch.zeros_like(g, dtype=torch.bool).scatter_(1, order, True)
-        return _nm_groups_unview(keep, tuple(scores.shape))
+        return _nm_groups_unview(nm_select(g, self.n), tuple(scores.shape))
 
     def units(self, shape: tuple[int, ...]) -> int:
         """Weights are the unit of an N:M pattern."""

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.patterns import NM, is_valid_nm, nm_groups_view
+from ..core.patterns import NM, is_valid_nm, nm_groups_view, nm_select
 from ..errors import ConfigError, LayerError, check_fraction, check_int
 from ..masking import MASK_SUFFIX, MaskedLayer
 from .base import SparsityMethod
@@ -64,9 +64,9 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, *, pad: bool = False) -> torch
     """Boolean N:M mask of a canonical ``[out, in, *kernel]`` weight by magnitude.
 
     Keeps the ``n`` largest ``|w|`` of every ``m`` consecutive inputs (at each output and kernel
-    position); among ties the lower index is pruned first (stable sort), so the mask is
-    deterministic. With ``pad``, an input dimension that is not a multiple of ``m`` is padded
-    with zeros (scored ``-inf``) and the padding is cut off again.
+    position); among ties the lower index is pruned first, so the mask is deterministic. With
+    ``pad``, an input dimension that is not a multiple of ``m`` is padded (scored below every
+    weight) and the padding is cut off again.
     """
     cin = weight.shape[1]
     scores = weight.detach().abs().float()
@@ -78,8 +78,7 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, *, pad: bool = False) -> torch
         shape[1] = extra
         scores = torch.cat([scores, scores.new_full(shape, -math.inf)], dim=1)
     g = nm_groups_view(scores, m)
-    order = torch.sort(g, dim=1, stable=True).indices[:, m - n:]
-    keep = torch.zeros_like(g, dtype=torch.bool).scatter_(1, order, True)
+    keep = nm_select(g, n)
     out_shape = (scores.shape[0], *scores.shape[2:], scores.shape[1])
     keep = keep.reshape(out_shape)
     if keep.dim() > 2:
