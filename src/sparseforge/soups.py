@@ -213,7 +213,8 @@ def _llr(step: int, total: int) -> float:
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: float, lr: float,
                      weight_decay: float = 1e-4, momentum: float = 0.9, batch_size: int = 128, seed: int = 0,
                      schedule: str = "llr", eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     eval_every: int = 0) -> list[dict[str, float]]:
+                     eval_every: int = 0,
+                     on_optimizer: Callable[[torch.optim.Optimizer], Any] | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place with SGD and cross-entropy; masks on the model stay enforced.
 
     Args:
@@ -222,6 +223,9 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
             ``"cosine"`` or ``"constant"``.
         seed: seeds the data order (and nothing else).
         eval_data: ``(x, y)`` scored after every epoch and every ``eval_every`` steps (if > 0).
+        on_optimizer: called with the new optimizer before training, e.g. to attach a sparsity
+            method (``lambda opt: ift_method(model, opt, total_steps=...)``); it then owns the
+            masks. Without it, masks already on the model are kept fixed.
     Returns:
         one record per evaluation: ``step``, ``epoch``, ``train_loss`` (mean since the last
         record), ``accuracy`` (on ``eval_data``).
@@ -234,8 +238,10 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     per_epoch = math.ceil(n / batch_size)
     total = max(1, int(round(epochs * per_epoch)))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    masking = Masking(model) if find_masked_layers(model) else None
-    if masking is not None:
+    masking = None
+    attached = on_optimizer(opt) if on_optimizer is not None else None
+    if attached is None and find_masked_layers(model):
+        masking = Masking(model)
         masking.attach(opt)
     if schedule == "llr":
         f = lambda t: _llr(t, total)  # noqa: E731
@@ -259,7 +265,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
                 opt.step()
                 sched.step()
                 step += 1
-                loss_sum += float(loss) * idx.numel()
+                loss_sum += loss.item() * idx.numel()
                 seen += idx.numel()
                 if eval_data is not None and ((eval_every and step % eval_every == 0) or step % per_epoch == 0
                                               or step == total):
@@ -272,6 +278,8 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     finally:
         if masking is not None:
             masking.detach()
+        if attached is not None and hasattr(attached, "masking"):
+            attached.masking.detach()
     return history
 
 
