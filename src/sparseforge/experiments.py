@@ -16,7 +16,8 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["mlp_for", "load_data", "param_matched_width", "run_ift", "run_soups", "run_search"]
+__all__ = ["mlp_for", "load_data", "param_matched_width", "run_ift", "run_soups", "run_search", "parse_per_dataset",
+           "cache_key", "run_grid"]
 
 
 def load_data(dataset: str, n_train: int | None = None, n_test: int | None = None) -> Any:
@@ -164,3 +165,64 @@ def run_search(*, dataset: str, sparsity: float, seed: int, samples: int, epochs
                     "init_loss_median": sorted(search.scores)[len(search.scores) // 2],
                     "kept_nodes": [int(m.sum()) for m in search.best]})
     return out
+
+
+def cache_key(job: dict[str, Any], prefix: str) -> str:
+    """File name of one cached run: readable prefix + hash of the whole job."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{prefix}_{digest}"
+
+
+def run_grid(fn: Any, jobs: list[dict[str, Any]], *, cache: Any, workers: int = 1, label: Any = None,
+             log: Any = print) -> list[dict[str, Any]]:
+    """Run ``fn(**job)`` for every job not cached in folder ``cache``; return the rows in job order.
+
+    Each finished row is written to ``cache/<key>.json`` at once, so an interrupted suite resumes.
+    ``workers > 1`` runs jobs in spawned processes (:func:`~sparseforge.bench.parallel_map`).
+    """
+    import json
+    from pathlib import Path
+
+    from .bench import parallel_map
+
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    label = label or (lambda j: "run")
+    keys = [cache_key(j, label(j)) for j in jobs]
+    rows: dict[str, dict[str, Any]] = {}
+    todo = []
+    for key, job in zip(keys, jobs):
+        f = cache / f"{key}.json"
+        if f.exists():
+            rows[key] = json.loads(f.read_text())
+        else:
+            todo.append((key, job))
+    log(f"{len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to train with {workers} worker(s)")
+    for i, row in parallel_map(fn, [j for _, j in todo], jobs=workers):
+        key = todo[i][0]
+        (cache / f"{key}.json").write_text(json.dumps(row))
+        rows[key] = row
+        log(f"{key}: done in {row.get('seconds', 0):.0f} s")
+    return [rows[k] for k in keys]
+
+
+def parse_per_dataset(spec: Sequence[str], datasets: Sequence[str], flag: str) -> dict[str, float]:
+    """``["5"]`` -> every dataset 5; ``["fashion-mnist=5", "mnist1d=30"]`` -> per dataset."""
+    out: dict[str, float] = {}
+    for item in spec:
+        name, _, value = item.rpartition("=")
+        try:
+            v = float(value)
+        except ValueError:
+            v = 0.0
+        if not v > 0:
+            raise ConfigError(f"{flag}: expected a positive number or DATASET=NUMBER; got {item!r}")
+        for d in ([name] if name else datasets):
+            out[d] = v
+    missing = [d for d in datasets if d not in out]
+    if missing:
+        raise ConfigError(f"{flag}: no value for dataset(s) {missing}")
+    return {d: out[d] for d in datasets}
