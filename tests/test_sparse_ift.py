@@ -202,3 +202,13 @@ def test_determinism_and_bn_modes_restored() -> None:
     a.train()
     iso_flop_report(SmallCNN(image_size=8), a, torch.randn(2, 1, 8, 8))
     assert a.training and all(m.training for m in a.modules())
+
+
+@pytest.mark.parametrize("method, params", [("static", {}), ("set", {"update_interval": 2})])
+def test_other_methods_keep_the_budgets(method: str, params: dict) -> None:
+    torch.manual_seed(0)
+    ift = sparse_ift(MLP1D(8, (16, 16, 16), 3), "parallel", 0.75)
+    m = ift_method(ift, None, method, **params)
+    budgets = ift_budgets(ift)
+    assert [l.name for l in m.layers] == list(budgets)
+    assert all(int(l.mask.sum()) == budgets[l.name] for l in m.layers)

@@ -91,7 +91,15 @@ def run_ift(*, dataset: str, kind: str, sparsity: float, seed: int, epochs: floa
         info = {"width": width, "target_params": _params(ref)}
     else:
         model = sparse_ift(base, kind, sparsity, example_input=x1)
-        attach = lambda opt: ift_method(model, opt, method, total_steps=steps, seed=seed)  # noqa: E731
+        if method == "rigl":
+            mparams: dict[str, Any] = {"total_steps": steps}
+        elif method == "set":  # official SET: one topology update per epoch
+            mparams = {"update_interval": math.ceil(data.x_train.shape[0] / batch_size)}
+        elif method == "static":
+            mparams = {}
+        else:
+            raise ConfigError(f"method must be 'rigl', 'set' or 'static'; got {method!r}")
+        attach = lambda opt: ift_method(model, opt, method, seed=seed, **mparams)  # noqa: E731
     history = train_classifier(model, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size,
                                seed=seed, schedule="cosine", eval_data=(data.x_test, data.y_test),
                                on_optimizer=attach)

@@ -25,8 +25,10 @@ the rounding. Every sparse part therefore keeps an exact number of weights: the 
 transformed layer (sparse parts plus dense low-rank parts) equal the dense layer's weight count,
 split over its sparse parts in proportion to their sizes. All parts run at the dense layer's
 output positions, so FLOPs (``2 x`` multiply-adds of weight products, as in
-:mod:`sparseforge.report`) are equal exactly; the sparse parts' sparsity equals ``s`` up to
-rounding (see :attr:`SparseIFTLayer.part_sparsity`). The official code reaches the same end for
+:mod:`sparseforge.report`) are equal exactly. The sparse parts' sparsity (see
+:meth:`SparseIFTLayer.part_sparsity`) then equals ``s`` up to rounding, except for a Sparse Wide
+layer widened on one side only (``1 - 1/k``, below) and Sparse Parallel when ``1 / (1 - s)`` is not
+an integer (``1 - 1/B``). The official code reaches the same end for
 Sparse Wide with a binary search on one global sparsity.
 
 **Sparse Wide in a model** (rule used here, for chains of layers such as MLPs and plain CNNs): a
