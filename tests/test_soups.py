@@ -176,3 +176,11 @@ def test_soups_are_deterministic() -> None:
     for (ka, va), (kb, vb) in zip(ma.state_dict().items(), mb.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     assert ra.final.uniform == rb.final.uniform
+
+
+def test_llr_schedule_by_hand() -> None:
+    from sparseforge.soups import _llr
+
+    # 20 steps: 2 warm-up steps on a cosine ramp, then linear decay from 1 to 0 over the other 18
+    assert _llr(0, 20) == pytest.approx(0.5) and _llr(1, 20) == pytest.approx(1.0)
+    assert _llr(2, 20) == pytest.approx(1.0) and _llr(11, 20) == pytest.approx(0.5) and _llr(20, 20) == 0.0

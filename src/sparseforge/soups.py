@@ -19,9 +19,8 @@ whose masks differ). With ``m = 1`` the procedure is plain IMP with retraining (
 the baseline of the paper.
 
 Defaults after the official code: SGD with momentum 0.9, weight decay 1e-4; the retraining
-schedule is the official default ``LLR`` (linear warm-up from 0 to the learning rate over the
-first 10 % of the steps, then linear decay to 0; the official warm-up is a cosine ramp over the
-same 10 %); BatchNorm recalibration forwards 20 % of the training batches in order in train
+schedule is the official default ``LLR`` (a cosine warm-up from 0 to the learning rate over the
+first 10 % of the steps, then linear decay to 0); BatchNorm recalibration forwards 20 % of the training batches in order in train
 mode. Difference, on purpose: the recalibration uses a cumulative average (``momentum=None``)
 instead of the default exponential one, so the recomputed statistics are exactly the average of
 the batch statistics and do not depend on the old ones. The held-out set for greedy selection is
@@ -205,8 +204,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def _llr(step: int, total: int) -> float:
     warm = max(1, int(0.1 * total))
-    if step < warm:
-        return (step + 1) / warm
+    if step < warm:  # cosine ramp from 0 to the full rate, as the official LLR warm-up
+        return 0.5 * (1.0 - math.cos(math.pi * (step + 1) / warm))
     return max(0.0, (total - step) / max(1, total - warm))
 
 
@@ -219,7 +218,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
 
     Args:
         epochs: length (fractions allowed: ``0.5`` = half an epoch of steps).
-        schedule: ``"llr"`` (10 % linear warm-up, then linear decay to 0; the SMS default),
+        schedule: ``"llr"`` (10 % cosine warm-up, then linear decay to 0; the SMS default),
             ``"cosine"`` or ``"constant"``.
         seed: seeds the data order (and nothing else).
         eval_data: ``(x, y)`` scored after every epoch and every ``eval_every`` steps (if > 0).

@@ -437,15 +437,17 @@ def sparse_ift(model: nn.Module, kind: str, sparsity: float, *, include: Sequenc
         return out
     _widen(out, chosen, s)
     if example_input is not None:
+        modes = [(m, m.training) for m in out.modules()]
         try:
             with torch.no_grad():
-                was = out.training
                 out.eval()
                 out(example_input)
-                out.train(was)
         except RuntimeError as e:
             raise LayerError(f"Sparse Wide: the widened model does not run on example_input ({e}); the width rule "
                              "supports chains of Linear/Conv2d layers (MLPs, plain CNNs), not residual networks") from None
+        finally:
+            for m, training in modes:
+                m.training = training
     return out
 
 
