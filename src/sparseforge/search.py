@@ -25,7 +25,6 @@ enforced during training and reports count them. Sampling is deterministic for a
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
