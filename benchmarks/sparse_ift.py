@@ -12,6 +12,12 @@ are transformed). For every dataset, sparsity ``s`` and seed it trains:
 * ``dense-params:<kind>`` (unless ``--no-param-matched``): a dense MLP with one uniform hidden
   width chosen so its parameter count is closest to the transformed model's (more FLOPs).
 
+Normalisation: every MLP, the dense baselines included, has BatchNorm after each hidden layer
+(``--no-norm``: plain MLPs). Sparse Parallel puts a BatchNorm after each branch and Sparse
+Factorized BatchNorm + ReLU between its factors (the official defaults; ``--branch-norm off`` and
+``--uv-layer relu`` or ``linear`` remove them). Without BatchNorm in the baseline the comparison
+credits Sparse Parallel and Factorized with the normalisation they add.
+
 Training: SGD lr 0.05, momentum 0.9, weight decay 1e-4, cosine, batch 128, the same data order
 per seed; the score is the final test accuracy (mean ± std over seeds). Defaults: datasets
 fashion-mnist and mnist1d, s = 0.5 0.75 0.9, seeds 0 1 2, epochs fashion-mnist=5 mnist1d=30.
@@ -93,6 +99,13 @@ def main(argv: list[str]) -> None:
                    help="one number for every dataset or DATASET=NUMBER ...; default: %(default)s")
     p.add_argument("--hidden", nargs="+", type=int, default=[256, 256, 256], help="MLP hidden widths; default: %(default)s")
     p.add_argument("--method", default="rigl", choices=["rigl", "set", "static"], help="DST method; default: %(default)s")
+    p.add_argument("--branch-norm", default="on", choices=["on", "off"],
+                   help="BatchNorm after each Sparse Parallel branch (official ResNet block); default: %(default)s")
+    p.add_argument("--uv-layer", default="bn_relu", choices=["bn_relu", "relu", "linear"],
+                   help="between Sparse Factorized's U and V (official default nonlinear_relu = bn_relu); default: %(default)s")
+    p.add_argument("--no-norm", action="store_true",
+                   help="plain MLPs without BatchNorm (default: BatchNorm after every hidden layer of every MLP, the "
+                        "dense baselines included)")
     p.add_argument("--no-param-matched", action="store_true", help="skip the dense models with the transformations' parameter counts")
     p.add_argument("--n-train", type=int, default=None, help="first N training samples only (smoke tests)")
     p.add_argument("--n-test", type=int, default=None, help="first N test samples only (smoke tests)")
@@ -113,18 +126,24 @@ def main(argv: list[str]) -> None:
     jobs = []
     for ds in a.datasets:
         common = {"dataset": ds, "epochs": epochs[ds], "hidden": a.hidden, "n_train": a.n_train, "n_test": a.n_test}
+        common["norm"] = not a.no_norm
         for seed in a.seeds:
             jobs.append({**common, "kind": "dense", "sparsity": 0.0, "seed": seed})
             for kind in a.kinds:
                 for s in a.sparsities:
-                    jobs.append({**common, "kind": kind, "sparsity": s, "seed": seed, "method": a.method})
+                    lopts = {"parallel": {"branch_norm": a.branch_norm == "on"},
+                             "factorized": {"uv_layer": a.uv_layer}}.get(kind, {})
+                    jobs.append({**common, "kind": kind, "sparsity": s, "seed": seed, "method": a.method, **lopts})
                     if not a.no_param_matched:
-                        jobs.append({**common, "kind": f"dense-params:{kind}", "sparsity": s, "seed": seed})
+                        jobs.append({**common, "kind": f"dense-params:{kind}", "sparsity": s, "seed": seed, **lopts})
     runs = run_grid(run_ift, jobs, cache=a.cache, workers=a.jobs,
                     label=lambda j: f"{j['dataset']}_{j['kind'].replace(':', '-')}_{j['sparsity']}_seed{j['seed']}")
     md = [f"Final test accuracy (%), mean ± std over seeds {a.seeds}; MLP hidden {a.hidden} (stem and head dense); "
           f"epochs {', '.join(f'{d} {e:g}' for d, e in epochs.items())}; SGD 0.05, momentum 0.9, wd 1e-4, cosine, "
-          f"batch 128; sparse parts trained with {a.method}. Columns: Sparse-IFT sparsity s.\n"]
+          f"batch 128; sparse parts trained with {a.method}. Columns: Sparse-IFT sparsity s. Layer options: Sparse "
+          f"Parallel branch BatchNorm {a.branch_norm}, Sparse Factorized between U and V: {a.uv_layer} ("
+          + ("every MLP, the dense baselines included, has BatchNorm after each hidden layer).\n" if not a.no_norm else
+             "the dense MLP has no BatchNorm (--no-norm), so these add normalisation the baseline lacks).\n")]
     summary = []
     beats, total = 0, 0
     ratios = [r["flops_ratio"] for r in runs if r["kind"] in KINDS]

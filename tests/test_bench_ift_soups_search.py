@@ -9,7 +9,7 @@ import pytest
 
 from sparseforge.bench import list_suites, run_suite
 from sparseforge.errors import ConfigError
-from sparseforge.models import MLP1D
+from sparseforge.experiments import NormMLP
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +44,12 @@ def test_sparse_ift_suite_tiny(tmp_path: Path) -> None:
             assert r["iso_flop_ratio"] == pytest.approx(1.0, abs=0.01) and r["flops_ratio"] == pytest.approx(1.0, abs=0.01)
         elif r["kind"].startswith("dense-params:"):
             # the width is the best integer: its neighbours miss the target parameter count by at least as much
-            n = lambda w: sum(p.numel() for p in MLP1D(40, (w, w, w), 10).parameters())  # noqa: E731
+            n = lambda w: sum(p.numel() for p in NormMLP(40, (w, w, w), 10).parameters())  # noqa: E731
             assert n(r["width"]) == r["params"]
             assert abs(n(r["width"]) - r["target_params"]) <= min(abs(n(r["width"] + d) - r["target_params"]) for d in (-1, 1))
+    assert all(r["params"] > 0 for r in runs)
     md = (tmp_path / "sparse_ift.md").read_text()
+    assert "has BatchNorm after each hidden layer" in md
     assert "| wide |" in md and "| dense, params of doped |" in md and "beats the dense MLP at equal FLOPs" in md
     assert (tmp_path / "sparse_ift.png").stat().st_size > 0
     before = sorted((p.name, p.stat().st_mtime) for p in (tmp_path / "cache").iterdir())

@@ -16,7 +16,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["mlp_for", "load_data", "param_matched_width", "run_ift", "run_soups", "run_search", "parse_per_dataset",
+__all__ = ["NormMLP", "mlp_for", "load_data", "param_matched_width", "run_ift", "run_soups", "run_search", "parse_per_dataset",
            "cache_key", "run_grid"]
 
 
@@ -27,10 +27,37 @@ def load_data(dataset: str, n_train: int | None = None, n_test: int | None = Non
     return load_dataset(dataset, n_train=n_train, n_test=n_test)
 
 
-def mlp_for(data: Any, hidden: Sequence[int]) -> torch.nn.Module:
-    """An MLP (``fc1 .. fcK``, ReLU) sized for ``data``: flattened inputs, ``data.num_classes`` outputs."""
+class NormMLP(torch.nn.Module):
+    """``fc1 - bn1 - ReLU - ... - fcK``: an MLP with BatchNorm after every hidden layer.
+
+    The baseline for Sparse-IFT variants that add BatchNorm (Sparse Parallel's branch norms,
+    Sparse Factorized's ``bn_relu``), so both sides have normalisation.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        self.flatten = torch.nn.Flatten()
+        dims = [in_features, *hidden, num_classes]
+        self.num_layers = len(dims) - 1
+        for i in range(self.num_layers):
+            self.add_module(f"fc{i + 1}", torch.nn.Linear(dims[i], dims[i + 1]))
+            if i < self.num_layers - 1:
+                self.add_module(f"bn{i + 1}", torch.nn.BatchNorm1d(dims[i + 1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, num_classes]``."""
+        x = self.flatten(x)
+        for i in range(1, self.num_layers):
+            x = torch.relu(getattr(self, f"bn{i}")(getattr(self, f"fc{i}")(x)))
+        return getattr(self, f"fc{self.num_layers}")(x)
+
+
+def mlp_for(data: Any, hidden: Sequence[int], norm: bool = False) -> torch.nn.Module:
+    """An MLP (``fc1 .. fcK``, ReLU; BatchNorm after each hidden layer if ``norm``) sized for ``data``."""
     from .models import MLP1D
 
+    if norm:
+        return NormMLP(int(math.prod(data.input_shape)), tuple(hidden), data.num_classes)
     return MLP1D(int(math.prod(data.input_shape)), tuple(hidden), data.num_classes)
 
 
@@ -38,19 +65,20 @@ def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def param_matched_width(data: Any, depth: int, target_params: int) -> int:
+def param_matched_width(data: Any, depth: int, target_params: int, norm: bool = False) -> int:
     """The hidden width ``w`` of a ``depth``-hidden-layer MLP whose parameter count is closest to ``target_params``."""
+    count = lambda w: _params(mlp_for(data, [w] * depth, norm))  # noqa: E731
     lo, hi = 1, 1
-    while _params(mlp_for(data, [hi] * depth)) < target_params:
+    while count(hi) < target_params:
         hi *= 2
     while lo < hi:
         mid = (lo + hi) // 2
-        if _params(mlp_for(data, [mid] * depth)) < target_params:
+        if count(mid) < target_params:
             lo = mid + 1
         else:
             hi = mid
     cands = [w for w in (lo - 1, lo) if w >= 1]
-    return min(cands, key=lambda w: abs(_params(mlp_for(data, [w] * depth)) - target_params))
+    return min(cands, key=lambda w: abs(count(w) - target_params))
 
 
 def _flops(model: torch.nn.Module, data: Any) -> tuple[float, float]:
@@ -62,13 +90,18 @@ def _flops(model: torch.nn.Module, data: Any) -> tuple[float, float]:
 
 def run_ift(*, dataset: str, kind: str, sparsity: float, seed: int, epochs: float, hidden: Sequence[int],
             n_train: int | None = None, n_test: int | None = None, lr: float = 0.05, batch_size: int = 128,
-            method: str = "rigl", data: Any = None) -> dict[str, Any]:
+            method: str = "rigl", branch_norm: bool = True, uv_layer: str = "bn_relu", norm: bool = False,
+            data: Any = None) -> dict[str, Any]:
     """Train one Sparse-IFT cell and return its row.
 
     ``kind`` is a Sparse-IFT kind, ``"dense"`` (the dense MLP: the equal-FLOPs baseline) or
     ``"dense-params:<kind>"`` (a dense MLP with uniform hidden width whose parameter count is
     closest to the ``<kind>`` model at ``sparsity``). Sparse parts train with ``method``
     (RigL: ``update_interval`` 100, drop fraction 0.3 cosine, ``end`` = 75 % of the steps).
+    ``branch_norm`` (Sparse Parallel) and ``uv_layer`` (Sparse Factorized) are the layer options
+    of :mod:`sparseforge.transforms.sparse_ift`; the dense MLP has no BatchNorm, so turning them off
+    (``False``, ``"relu"``) isolates the effect of the sparse reparameterisation; ``norm`` gives
+    every MLP (baseline included) BatchNorm after each hidden layer (:class:`NormMLP`).
     """
     from .soups import accuracy, train_classifier
     from .transforms import ift_method, iso_flop_report, sparse_ift
@@ -76,21 +109,26 @@ def run_ift(*, dataset: str, kind: str, sparsity: float, seed: int, epochs: floa
     t0 = time.perf_counter()
     data = data if data is not None else load_data(dataset, n_train, n_test)
     torch.manual_seed(seed)
-    base = mlp_for(data, hidden)
+    base = mlp_for(data, hidden, norm)
     x1 = data.x_test[:1]
     steps = max(1, int(round(epochs * math.ceil(data.x_train.shape[0] / batch_size))))
     attach = None
     info: dict[str, Any] = {}
+
+    def opts(k: str) -> dict[str, Any]:
+        return {"parallel": {"branch_norm": branch_norm}, "factorized": {"uv_layer": uv_layer}}.get(k, {})
+
     if kind == "dense":
         model = base
     elif kind.startswith("dense-params:"):
-        ref = sparse_ift(base, kind.split(":", 1)[1], sparsity, example_input=x1)
-        width = param_matched_width(data, len(hidden), _params(ref))
+        ref_kind = kind.split(":", 1)[1]
+        ref = sparse_ift(base, ref_kind, sparsity, example_input=x1, **opts(ref_kind))
+        width = param_matched_width(data, len(hidden), _params(ref), norm)
         torch.manual_seed(seed)
-        model = mlp_for(data, [width] * len(hidden))
+        model = mlp_for(data, [width] * len(hidden), norm)
         info = {"width": width, "target_params": _params(ref)}
     else:
-        model = sparse_ift(base, kind, sparsity, example_input=x1)
+        model = sparse_ift(base, kind, sparsity, example_input=x1, **opts(kind))
         if method == "rigl":
             mparams: dict[str, Any] = {"total_steps": steps}
         elif method == "set":  # official SET: one topology update per epoch
