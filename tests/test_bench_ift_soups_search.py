@@ -59,7 +59,7 @@ def test_sparse_ift_suite_tiny(tmp_path: Path) -> None:
 
 def test_soups_suite_tiny(tmp_path: Path) -> None:
     run_suite("soups", _args(tmp_path, "--sparsities", "0.8", "--pretrain-epochs", "1", "--retrain-epochs", "1",
-                             "--val-size", "32", "--hidden", "32", "32", "--m", "2", "--phases", "2", "--jobs", "2"))
+                             "--val-size", "32", "--hidden", "32", "32", "--m", "2", "--phases", "2"))
     data = json.loads((tmp_path / "soups.json").read_text())
     runs = data["runs"]
     assert sorted(r["m"] for r in runs) == [1, 1, 2, 2]
