@@ -16,6 +16,9 @@ from .masking import Masking, Targets, finalize, load_masked_state_dict
 from .methods import BDWP, GMP, IMP, MDGF, SDGF, SET, SRSTE, STE, Dense, RigL, SparsityMethod, StaticSparse, build_method
 from .oneshot import prune_nm, prune_oneshot
 from .report import Report, sparsity_report
+from .search import random_search
+from .soups import greedy_soup, recalibrate_bn, sparse_model_soups, uniform_soup
+from .transforms import ift_method, iso_flop_report, sparse_ift
 
 __all__ = [
     "__version__",
@@ -26,4 +29,7 @@ __all__ = [
     "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "prune_nm", "prune_oneshot",
     "Report", "sparsity_report",
     "save_compressed", "load_compressed", "compressed_size_report",
+    "sparse_ift", "ift_method", "iso_flop_report",
+    "sparse_model_soups", "uniform_soup", "greedy_soup", "recalibrate_bn",
+    "random_search",
 ]
