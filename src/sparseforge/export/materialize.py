@@ -35,6 +35,7 @@ import copy
 import math
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -177,22 +178,30 @@ class _SparseWeight(nn.Module):
         rows = self.weight_shape[0]
         cols = math.prod(self.weight_shape[1:])
         if self.kernel == "torch-bsr":
-            t = torch.sparse_bsr_tensor(self.crow_indices, self.col_indices, self.values, (rows, cols))
+            blocks = self.values
+            bh, bw = self.block_size
+            out = torch.zeros(rows // bh, cols // bw, bh, bw, dtype=blocks.dtype)
+            brow = torch.repeat_interleave(torch.arange(rows // bh), self.crow_indices.long().diff())
+            out[brow, self.col_indices.long()] = blocks
+            dense = out.permute(0, 2, 1, 3).reshape(rows, cols)
         else:
             col = self.col_indices
-            if col.dtype == torch.int16:
-                col = col.view(torch.uint16).to(torch.int32)
-            t = torch.sparse_csr_tensor(self.crow_indices.to(torch.int32), col.to(torch.int32), self.values, (rows, cols))
-        return t.to_dense().to(self.dtype).reshape(self.weight_shape)
+            col = col.view(torch.uint16).to(torch.int64) if col.dtype == torch.int16 else col.to(torch.int64)
+            row = torch.repeat_interleave(torch.arange(rows), self.crow_indices.long().diff())
+            dense = torch.zeros(rows, cols, dtype=self.values.dtype)
+            dense[row, col] = self.values
+        return dense.to(self.dtype).reshape(self.weight_shape)
 
     def _torch_sparse(self) -> torch.Tensor:
         rows = self.weight_shape[0]
         cols = math.prod(self.weight_shape[1:])
-        if self.kernel == "torch-bsr":
-            return torch.sparse_bsr_tensor(self.crow_indices, self.col_indices, self.values, (rows, cols),
+        with warnings.catch_warnings():  # torch warns that sparse CSR/BSR support is "beta"
+            warnings.simplefilter("ignore", UserWarning)
+            if self.kernel == "torch-bsr":
+                return torch.sparse_bsr_tensor(self.crow_indices, self.col_indices, self.values, (rows, cols),
+                                               check_invariants=False)
+            return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values, (rows, cols),
                                            check_invariants=False)
-        return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values, (rows, cols),
-                                       check_invariants=False)
 
     @torch.compiler.disable(reason="torch sparse CSR/BSR tensors are not traceable; this product runs eagerly")
     def _torch_sparse_mm_t(self, xt: torch.Tensor) -> torch.Tensor:
