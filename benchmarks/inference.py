@@ -224,7 +224,6 @@ def _bench_config(label: str, masked: nn.Module, make_inputs: Callable[[int], tu
     slower = [d.name for d in dec32 + dec16 if d.status == "materialized" and d.speedup and min(d.speedup.values()) < 1]
     record["converted_layers_slower_than_dense_at_decision"] = slower
     bf16_model = copy.deepcopy(plain).to(torch.bfloat16)
-    onnx_path = None
     for b in batches:
         inputs = make_inputs(b)
         with torch.no_grad():
@@ -254,7 +253,6 @@ def _bench_config(label: str, masked: nn.Module, make_inputs: Callable[[int], tu
                 # fixed batch per file: DeepSparse compiles for one batch size
                 torch.onnx.export(plain, inputs, str(onnx_b), dynamo=False, opset_version=13,
                                   input_names=list(feeds), output_names=["y"])
-            onnx_path = onnx_b
         except Exception as e:
             notes["onnx export"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             onnx_b = None
@@ -293,6 +291,8 @@ def _bench_config(label: str, masked: nn.Module, make_inputs: Callable[[int], tu
         med = _interleave(variants, a.rounds, a.target_s)
         if ds is not None and not ds.error and "deepsparse" in variants:
             ds.ask(cmd="drop", key=f"{label}-{b}")
+        for f in tmp.iterdir():  # an MLP's ONNX file is 256 MB: keep one at a time
+            f.unlink()
         base = med["torch fp32"]
         record["batches"][str(b)] = {
             "ms": {k: 1e3 * v for k, v in med.items()},
