@@ -134,8 +134,10 @@ class _SparseWeight(nn.Module):
         self.weight_shape = tuple(int(s) for s in self.weight_shape)
         self.nnz = int(keep.sum())
         rows, cols = w2d.shape
-        # kept positions that hold an exact zero stay stored: the structure is the mask
-        w2d = torch.where(keep, w2d, torch.zeros((), dtype=w2d.dtype))
+        # kept positions that hold an exact zero stay stored: the structure is the mask. Values
+        # are rounded to the layer's dtype first (a bf16 layer computes with bf16 weights, like
+        # the dense bf16 model) and held in fp32, which the kernels read.
+        w2d = torch.where(keep, w2d, torch.zeros((), dtype=w2d.dtype)).to(dtype)
         if kernel == "torch-bsr":
             if block_size is None or rows % block_size[0] or cols % block_size[1]:
                 raise LayerError(f"torch-bsr needs a block size dividing the weight {tuple(w2d.shape)}; got {block_size}")
@@ -211,6 +213,15 @@ class _SparseWeight(nn.Module):
     def _bias_f32(self) -> torch.Tensor | None:
         return None if self.bias is None else self.bias.float()
 
+    def _check_values(self) -> None:
+        # model.to(dtype) / .half() would convert the stored values; the kernels read fp32
+        if self.values.dtype != torch.float32:
+            raise LayerError(
+                f"this materialized layer's values were converted to {self.values.dtype} (model.to(dtype)?); "
+                "materialized layers keep fp32 values and accept fp32 or bf16 inputs: materialize the dense "
+                "model again with dtype=... instead of converting the materialized one"
+            )
+
 
 class SparseLinear(_SparseWeight):
     """A ``Linear`` layer whose weight is stored sparse and multiplied with a sparse kernel.
@@ -247,6 +258,7 @@ class SparseLinear(_SparseWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if x.shape[-1] != self.in_features:
             raise LayerError(f"SparseLinear expects inputs [..., {self.in_features}]; got {tuple(x.shape)}")
+        self._check_values()
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.kernel == "custom":
@@ -293,6 +305,7 @@ class SparseConv2d(_SparseWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise LayerError(f"SparseConv2d expects inputs [B, {self.in_channels}, H, W]; got {tuple(x.shape)}")
+        self._check_values()
         b, _, h, w = x.shape
         kh, kw = self.kernel_size
         ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
@@ -614,7 +627,8 @@ def materialize(
         model = copy.deepcopy(model)
     model.eval()
     wanted = None if layers is None else set(layers)
-    all_layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and n]
+    # a bare Linear/Conv2d is its own (only) layer, named ""
+    all_layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     if wanted is not None:
         unknown = wanted - {n for n, _ in all_layers}
         if unknown:
@@ -636,6 +650,9 @@ def materialize(
         if new is not None:
             replacements.append((name, new))
     for name, new in replacements:
+        if not name:
+            model = new
+            continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
