@@ -28,6 +28,12 @@
 #include <immintrin.h>
 #endif
 
+#ifndef SF_PREFETCH
+// prefetch distance in nonzeros for the batched path (4 measured 8-19 % faster than none and
+// than 8 on a 4096 x 4096 layer at batch 64, 90-95 % sparse, one thread)
+#define SF_PREFETCH 4
+#endif
+
 namespace {
 
 constexpr int64_t kRowBlock = 16;  // output rows per work item (one 64-byte output run)
@@ -60,6 +66,17 @@ inline void row_times_xt(const Idx* cols, const float* vals, int64_t nnz, const 
     __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps(), b2 = _mm512_setzero_ps(), b3 = _mm512_setzero_ps();
     int64_t j = 0;
     for (; j + 2 <= nnz; j += 2) {
+#if SF_PREFETCH > 0
+      // the X^T rows of nonzeros a few steps ahead are random L2 lines: request them early
+      if (j + SF_PREFETCH + 1 < nnz) {
+        const char* p0 = reinterpret_cast<const char*>(XT + static_cast<int64_t>(cols[j + SF_PREFETCH]) * Mp + m);
+        const char* p1 = reinterpret_cast<const char*>(XT + static_cast<int64_t>(cols[j + SF_PREFETCH + 1]) * Mp + m);
+        for (int l = 0; l < 256; l += 64) {
+          _mm_prefetch(p0 + l, _MM_HINT_T0);
+          _mm_prefetch(p1 + l, _MM_HINT_T0);
+        }
+      }
+#endif
       const float* x0 = XT + static_cast<int64_t>(cols[j]) * Mp + m;
       const float* x1 = XT + static_cast<int64_t>(cols[j + 1]) * Mp + m;
       const __m512 v0 = _mm512_set1_ps(vals[j]);
