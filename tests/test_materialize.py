@@ -405,3 +405,31 @@ def test_inference_suite_quick(tmp_path: Path, kernel_built):
     assert {"torch fp32", "torch bf16", "sparseforge fp32", "sparseforge bf16"} <= set(cell["ms"])
     assert cell["max_rel_err_vs_masked_fp32"]["sparseforge fp32"] <= 1e-5
     assert "| mlp 90% | 1 |" in (tmp_path / "inference.md").read_text()
+
+
+def test_cli_materialize_end_to_end(tmp_path: Path, capsys, kernel_built):
+    """A run folder (2 training steps on MNIST-1D) -> materialized model file that reproduces its outputs."""
+    from sparseforge.cli import main
+    from sparseforge.masking import load_masked_state_dict
+    from sparseforge.models import build_model
+    from sparseforge.recipes import Recipe
+    from sparseforge.train import Trainer
+
+    recipe = Recipe.from_dict({"name": "t", "epochs": 1, "seed": 0, "model": {"name": "mlp1d", "hidden": [64, 64]},
+                               "data": {"name": "mnist1d", "batch_size": 32},
+                               "optimizer": {"name": "sgd", "lr": 0.05}, "lr_schedule": {"name": "constant"},
+                               "method": {"name": "static", "sparsity": 0.8}})
+    run = tmp_path / "run"
+    Trainer(recipe, run, progress=False, max_steps=2).fit()
+    out = tmp_path / "fast" / "model.pt"
+    assert main(["materialize", str(run), "--kernel", "custom", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "materialized  custom" in printed and "model.decisions.json" in printed
+    fast = torch.load(out, weights_only=False)
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    ref = build_model("mlp1d", None, in_features=40, hidden=[64, 64])
+    load_masked_state_dict(ref, ck["model"])
+    ref.eval()
+    x = torch.randn(5, 40)
+    assert any(isinstance(m, SparseLinear) for m in fast.modules())
+    assert _rel_err(fast(x), ref(x)) <= 1e-5
