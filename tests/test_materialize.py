@@ -134,6 +134,46 @@ def test_custom_bf16_matches_dense_bf16(sparsity, batch, kernel_built):
     assert _rel_err(y, F.linear(x, lin.weight, lin.bias)) <= 2e-2
 
 
+def _block_linear(out_f: int, in_f: int, block: tuple[int, int], sparsity: float, seed: int = 0) -> nn.Linear:
+    from sparseforge.core.patterns import Block
+
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(in_f, out_f)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(out_f, in_f, generator=g))
+    keep = Block(*block).mask(torch.rand(out_f, in_f, generator=g), sparsity).to(torch.bool)
+    lin.register_buffer("weight_mask", keep)
+    with torch.no_grad():
+        lin.weight.mul_(keep)
+    return lin
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("batch", [1, 3, 64])
+@pytest.mark.parametrize("block", [(8, 8), (16, 4), (32, 32)])
+def test_forced_custom_bsr_matches_masked_dense(dtype, batch, block, kernel_built):
+    lin = _block_linear(64, 96, block, 0.5, seed=batch)
+    mat, dec = materialize(nn.Sequential(lin), kernel="custom-bsr", dtype=dtype, block_sizes=[block])
+    assert dec[0].status == "materialized" and mat[0].block_size == block
+    x = torch.randn(batch, 96)
+    if dtype == "fp32":
+        assert _rel_err(mat(x), F.linear(x, lin.weight, lin.bias)) <= 1e-5
+    else:
+        xb = x.bfloat16()
+        ref = F.linear(xb.float(), lin.weight.bfloat16().float(), lin.bias.bfloat16().float())
+        y = mat(xb)
+        assert y.dtype == torch.bfloat16 and _rel_err(y, ref) <= BF16_ONE_ROUNDING
+    assert torch.equal(mat[0].dense_weight(), (lin.weight * lin.weight_mask).to(mat[0].dtype))
+
+
+def test_custom_bsr_needs_block_rows_multiple_of_8(kernel_built):
+    _, dec = materialize(nn.Sequential(_masked_linear(37, 23, 0.5)), kernel="custom-bsr")
+    assert dec[0].status == "dense" and "multiple of 8" in dec[0].reason
+    conv = nn.Conv2d(8, 8, 1)
+    _, dec = materialize(nn.Sequential(conv), kernel="custom-bsr")
+    assert dec[0].status == "dense" and "Linear layers only" in dec[0].reason
+
+
 @pytest.mark.parametrize("kernel", ["torch-csr", "torch-bsr"])
 def test_torch_kernels_refuse_bf16_with_reason(kernel, kernel_built):
     lin = _masked_linear(32, 32, 0.9).to(torch.bfloat16)
@@ -234,9 +274,12 @@ def test_block_sparse_weight_offers_bsr_unstructured_does_not():
         lin.weight.mul_(keep)
     cands, rejected, _ = layer_candidates(lin, torch.float32)
     assert cands["torch-bsr"] == {"block_size": (16, 16)}  # 32x32 blocks would hold zeros
+    if cpu_sparse.load_kernel() is not None:
+        assert cands["custom-bsr"] == {"block_size": (16, 16)}
     scattered = _masked_linear(64, 64, 0.9)
     cands, rejected, _ = layer_candidates(scattered, torch.float32)
     assert "torch-bsr" not in cands and "not block-sparse" in rejected["torch-bsr"]
+    assert "custom-bsr" not in cands
 
 
 def test_conv_needs_example_input_in_auto_mode(kernel_built):
@@ -306,6 +349,10 @@ def test_torch_compile_runs(kernel_built):
     # spending a minute compiling C++; the torch-csr layer runs eagerly (torch.compiler.disable)
     compiled = torch.compile(mat, backend="aot_eager")
     assert _rel_err(compiled(x), model(x)) <= 1e-5
+    blk = nn.Sequential(_block_linear(16, 24, (8, 8), 0.5))
+    mb, _ = materialize(blk, kernel="custom-bsr")
+    xb = torch.randn(3, 24)
+    assert _rel_err(torch.compile(mb, backend="aot_eager")(xb), blk(xb)) <= 1e-5
 
 
 def test_report_labels_materialized_layers(kernel_built):

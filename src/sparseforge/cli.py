@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "where a micro-benchmark shows they are faster; prints per-layer decisions")
     z.add_argument("path", help="run folder or its checkpoint.pt")
     z.add_argument("--out", help="write the materialized model here (torch.save of the module) plus .decisions.json")
-    z.add_argument("--kernel", default="auto", choices=["auto", "custom", "torch-csr", "torch-bsr", "dense"],
+    z.add_argument("--kernel", default="auto", choices=["auto", "custom", "custom-bsr", "torch-csr", "torch-bsr", "dense"],
                    help="auto = benchmark per layer (default); otherwise force this kernel where it can run")
     z.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="activation dtype (default: the weights')")
     z.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64],
