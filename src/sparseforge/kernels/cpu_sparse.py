@@ -9,7 +9,9 @@ or ``SPARSEFORGE_NO_CPP=1``). Callers fall back to torch's kernels and say why.
 The module exposes ``csr_linear(rowptr, cols, vals, bias, K, x)`` (``y = x W^T + b`` for a
 2-D fp32/bf16 ``x``) and ``csr_spmm_t(rowptr, cols, vals, XT)`` (``Y^T = W X^T`` for an fp32
 ``X^T [K, M]``), with ``rowptr`` int64, ``cols`` int16 (read as uint16, for ``K <= 65536``)
-or int32, and ``vals`` fp32. See the comments in the C++ source for the loop structure.
+or int32, and ``vals`` fp32; and ``bsr_linear(browptr, bcols, vals, bias, K, x)`` for a
+block-sparse weight (``vals [nblocks, bh, bw]`` fp32, ``bh`` a multiple of 8, ``browptr`` int64,
+``bcols`` int32). See the comments in the C++ source for the loop structure.
 """
 
 from __future__ import annotations
