@@ -10,7 +10,7 @@ The most used names are re-exported here::
 __version__ = "0.1.0"
 
 from .core import ER, ERK, NM, Block, Channel, Global, Uniform, Unstructured
-from .export import compressed_size_report, load_compressed, save_compressed
+from .export import compressed_size_report, load_compressed, materialize, save_compressed
 from .errors import CheckpointError, ConfigError, LayerError, SparseforgeError
 from .masking import Masking, Targets, finalize, load_masked_state_dict
 from .methods import BDWP, GMP, IMP, MDGF, SDGF, SET, SRSTE, STE, Dense, RigL, SparsityMethod, StaticSparse, build_method
@@ -28,7 +28,7 @@ __all__ = [
     "SparsityMethod", "Dense", "StaticSparse", "GMP", "IMP", "SET", "RigL", "build_method",
     "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "prune_nm", "prune_oneshot",
     "Report", "sparsity_report",
-    "save_compressed", "load_compressed", "compressed_size_report",
+    "save_compressed", "load_compressed", "compressed_size_report", "materialize",
     "sparse_ift", "ift_method", "iso_flop_report",
     "sparse_model_soups", "uniform_soup", "greedy_soup", "recalibrate_bn",
     "random_search",

@@ -6,6 +6,7 @@ Commands::
     sparseforge train RECIPE.yaml    run a recipe into a run folder (resumes if interrupted)
     sparseforge report PATH          per-layer sparsity report of a run folder or checkpoint
     sparseforge bench SUITE          run a benchmark suite from benchmarks/ (see --list)
+    sparseforge materialize RUN --out MODEL.pt   swap sparse layers for real sparse kernels
     sparseforge methods              list the methods and their parameters
 """
 
@@ -84,6 +85,57 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_run_model(path: Path):  # noqa: ANN202
+    """The model of a run folder / training checkpoint (masks loaded) and one example input."""
+    import torch
+
+    from .data import load_dataset
+    from .errors import CheckpointError
+    from .masking import load_masked_state_dict
+    from .models import build_model, example_input
+    from .recipes import Recipe
+
+    ckpt = path / "checkpoint.pt" if path.is_dir() else path
+    if not ckpt.exists():
+        raise CheckpointError(f"no checkpoint at {str(ckpt)!r}; give a run folder or its checkpoint.pt")
+    try:
+        # weights_only: never execute code from a checkpoint
+        ck = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {str(ckpt)!r}: {e}") from None
+    if not isinstance(ck, dict) or ck.get("format") != "sparseforge-checkpoint-v1":
+        raise CheckpointError(f"{str(ckpt)!r} is not a sparseforge training checkpoint (it has no recipe to rebuild "
+                              "the model from); call sparseforge.export.materialize(model) from Python instead")
+    recipe = Recipe.from_dict(ck["recipe"])
+    data_kw = {k: v for k, v in recipe.data.items() if k not in ("name", "batch_size")}
+    dataset = load_dataset(recipe.data["name"], **data_kw)
+    model_kw = {k: v for k, v in recipe.model.items() if k != "name"}
+    model = build_model(recipe.model["name"], dataset, **model_kw)
+    load_masked_state_dict(model, ck["model"])
+    return model, example_input(recipe.model["name"], dataset, batch=1)
+
+
+def _cmd_materialize(args: argparse.Namespace) -> int:
+    import torch
+
+    from .export.materialize import format_materialize_decisions, materialize
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, example = _load_run_model(Path(args.path))
+    model, decisions = materialize(model, kernel=args.kernel, dtype=args.dtype, batch_sizes=args.batch_sizes,
+                                   example_input=example, min_speedup=args.min_speedup, strict=args.strict)
+    print(format_materialize_decisions(decisions))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model, out)  # the whole module: its layers are no longer the recipe's classes
+        out.with_suffix(".decisions.json").write_text(json.dumps([d.to_dict() for d in decisions], indent=2) + "\n")
+        print(f"\nwrote {out} (load with torch.load(path, weights_only=False): a pickled module, so only "
+              f"from a source you trust) and {out.with_suffix('.decisions.json')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(prog="sparseforge", description="Make neural networks sparse and keep them accurate.")
@@ -118,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--list", action="store_true", help="list suites")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the suite (try SUITE --help)")
     b.set_defaults(func=_cmd_bench)
+
+    z = sub.add_parser("materialize", help="swap the sparse layers of a run for real sparse CPU kernels "
+                                           "where a micro-benchmark shows they are faster; prints per-layer decisions")
+    z.add_argument("path", help="run folder or its checkpoint.pt")
+    z.add_argument("--out", help="write the materialized model here (torch.save of the module) plus .decisions.json")
+    z.add_argument("--kernel", default="auto", choices=["auto", "custom", "custom-bsr", "torch-csr", "torch-bsr", "dense"],
+                   help="auto = benchmark per layer (default); otherwise force this kernel where it can run")
+    z.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="activation dtype (default: the weights')")
+    z.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64],
+                   help="batch sizes to benchmark; a layer converts only if faster at all of them (default 1 64)")
+    z.add_argument("--min-speedup", type=float, default=1.0, help="required worst-case speedup (default 1.0)")
+    z.add_argument("--threads", type=int, default=None, help="torch threads for the benchmark (default: torch's)")
+    z.add_argument("--strict", action="store_true", help="error if a sparse layer cannot be converted")
+    z.set_defaults(func=_cmd_materialize)
 
     m = sub.add_parser("methods", help="list methods and their parameters")
     m.set_defaults(func=_cmd_methods)

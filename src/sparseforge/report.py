@@ -21,7 +21,11 @@ FLOPs are unknown (``None``).
 
 Every report states whether the sparsity is ``"simulated"`` (zeros stored inside dense
 tensors, no memory or compute saved yet) or ``"materialized"`` (the caller states that the
-artefact really has fewer bytes or operations).
+artefact really has fewer bytes or operations). Layers swapped by
+:func:`sparseforge.export.materialize` (they set ``sparseforge_materialized = True`` and
+expose ``sparsity_stats()``) are recognised on their own: their rows say
+``storage = "materialized (<kernel>)"`` whatever the report's mode, and the table gets a
+``storage`` column.
 """
 
 from __future__ import annotations
@@ -84,7 +88,9 @@ class LayerReport:
         dense_flops / sparse_flops: FLOPs per sample (2 x weight multiply-adds) without / with
             the mask; ``None`` when unknown.
         mask_violations: pruned positions that hold a nonzero value (0 when healthy).
-        masked: whether the tensor has a mask.
+        masked: whether the tensor has a mask (or, for a materialized layer, a sparse structure).
+        storage: ``"simulated"`` (zeros inside a dense tensor) or ``"materialized (<kernel>)"``
+            for a layer that stores and multiplies only its kept weights.
     """
 
     name: str
@@ -97,6 +103,7 @@ class LayerReport:
     sparse_flops: int | float | None = None
     mask_violations: int = 0
     masked: bool = True
+    storage: str = "simulated"
 
     @property
     def density(self) -> float:
@@ -195,6 +202,7 @@ class Report:
     def table(self) -> str:
         """An aligned plain-text table, a totals line and the line naming the kind of sparsity."""
         header = ["layer", "shape", "sparsity %", "nonzeros", "params", "dense FLOPs", "sparse FLOPs"]
+        show_storage = any(r.storage != "simulated" for r in self.layers)
         rows = [
             [
                 r.name,
@@ -204,11 +212,13 @@ class Report:
                 _human(r.params),
                 _human(r.dense_flops),
                 _human(r.sparse_flops),
-            ]
+            ] + ([r.storage] if show_storage else [])
             for r in self.layers
         ]
+        if show_storage:
+            header.append("storage")
         widths = [max(len(x) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
-        left = {0, 1}
+        left = {0, 1, len(header) - 1} if show_storage else {0, 1}
 
         def fmt(cells: Sequence[str]) -> str:
             return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
@@ -241,7 +251,12 @@ class Report:
         bad = [r for r in self.layers if r.mask_violations]
         for r in bad:
             lines.append(f"WARNING: {r.name} has {r.mask_violations} pruned position(s) holding nonzero values (masks not applied?)")
-        lines.append(f"sparsity: {_MODE_LABELS[self.mode]}")
+        n_mat = sum(r.storage != "simulated" for r in self.layers)
+        if n_mat and self.mode == "simulated":
+            lines.append(f"sparsity: {n_mat} of {len(self.layers)} layer(s) materialized (storage column); "
+                         f"the others {_MODE_LABELS['simulated']}")
+        else:
+            lines.append(f"sparsity: {_MODE_LABELS[self.mode]}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -298,8 +313,14 @@ def _sparsity(kept: int, numel: int) -> float:
     return (numel - kept) / numel if numel else 0.0
 
 
+def _is_materialized(module: nn.Module) -> bool:
+    return bool(getattr(module, "sparseforge_materialized", False)) and hasattr(module, "sparsity_stats")
+
+
 def _out_features(module: nn.Module) -> int | None:
     """Size of the output dimension whose elements count as one position each, or None if unsupported."""
+    if _is_materialized(module):
+        return int(module.sparsity_stats()[0][0])
     if isinstance(module, nn.Linear):
         return module.out_features
     if is_hf_conv1d(module):
@@ -441,6 +462,9 @@ def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = 
     # (qualname, module, param_name, weight, masked layer or None), in module order
     entries: list[tuple[str, nn.Module, str, torch.Tensor, MaskedLayer | None]] = []
     for name, module in model.named_modules():
+        if _is_materialized(module):
+            entries.append((f"{name}.weight" if name else "weight", module, "weight", None, None))
+            continue
         mls = masked_by_module.get(id(module), [])
         for ml in mls:
             entries.append((ml.qualname, module, ml.param_name, ml.weight, ml))
@@ -455,12 +479,22 @@ def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = 
         positions, batch = _count_positions(model, flop_modules, example_input)
 
     rows = []
+    materialized_params = 0
     for qualname, module, pname, weight, ml in entries:
-        numel = weight.numel()
-        if ml is not None:
+        storage = "simulated"
+        if weight is None:  # a materialized layer: its structure is its mask
+            wshape, kept = module.sparsity_stats()
+            numel = math.prod(wshape)
+            violations = 0
+            storage = f"materialized ({getattr(module, 'kernel', 'sparse')})"
+            bias = getattr(module, "bias", None)
+            materialized_params += numel + (bias.numel() if torch.is_tensor(bias) else 0)
+        elif ml is not None:
+            wshape, numel = tuple(weight.shape), weight.numel()
             kept, violations = _mask_counts(weight, ml.mask, qualname)
             violations = 0 if forward_masked else violations
         else:
+            wshape, numel = tuple(weight.shape), weight.numel()
             kept, violations = numel, 0
         dense = sparse = None
         if _flop_module(module, pname):
@@ -469,24 +503,28 @@ def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = 
                 # used through F.linear) is unknown rather than free
                 pos = positions.get(id(module))
             else:
-                pos = 1 if isinstance(module, nn.Linear) or is_hf_conv1d(module) else None
+                linear_like = isinstance(module, nn.Linear) or is_hf_conv1d(module) or (
+                    _is_materialized(module) and len(module.sparsity_stats()[0]) == 2)
+                pos = 1 if linear_like else None
             if pos is not None:
                 dense, sparse = _per_sample(numel * pos, batch), _per_sample(kept * pos, batch)
         rows.append(
             LayerReport(
                 name=qualname,
                 module_type=type(module).__name__,
-                shape=tuple(weight.shape),
+                shape=wshape,
                 sparsity=_sparsity(kept, numel),
                 nonzeros=kept,
                 params=numel,
                 dense_flops=dense,
                 sparse_flops=sparse,
                 mask_violations=violations,
-                masked=ml is not None,
+                masked=ml is not None or weight is None,
+                storage=storage,
             )
         )
-    total_params = sum(p.numel() for p in model.parameters())
+    # materialized layers hold their weights in buffers: count them as the parameters they were
+    total_params = sum(p.numel() for p in model.parameters()) + materialized_params
     totals = _totals(rows, total_params)
     totals["skipped"] = [f"{name}: {reason}" for name, reason in skipped]
     totals["notes"] = list(notes) + (["weights stay dense; the forward pass applies the masks"] if forward_masked else [])
@@ -551,6 +589,19 @@ def report_from_state_dict(state_dict: Mapping[str, Any], *, mode: str = "simula
     return Report(layers=rows, totals=totals, mode=mode)
 
 
+def _compressed_header(path: Path) -> bool:
+    """True if ``path`` is a safetensors file written by :func:`sparseforge.export.save_compressed`."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return "sparseforge.format" in (f.metadata() or {})
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # unreadable: the plain loader below reports it
+        return False
+
+
 def _load_state_dict_file(path: Path) -> Mapping[str, Any]:
     if path.suffix == ".safetensors":
         try:
@@ -588,6 +639,9 @@ def report_for_path(path: str | os.PathLike) -> Report:
       model, so it has FLOPs and dense rows) has exactly the same masks, that richer report is
       returned, with mask violations re-checked on the checkpoint's weights;
     * ``*.json``: a report written by :meth:`Report.to_json`;
+    * a compressed checkpoint (``.safetensors`` from :func:`sparseforge.export.save_compressed`):
+      decoded and validated, reported with mode ``"materialized"`` and a note with the file size
+      against the dense tensors (``totals["file_bytes"]``, ``totals["dense_bytes"]``);
     * anything else: a training checkpoint or a plain ``state_dict`` (``torch.save`` or
       ``.safetensors``), reported by :func:`report_from_state_dict` (FLOPs unknown).
     """
@@ -613,4 +667,16 @@ def report_for_path(path: str | os.PathLike) -> Report:
         return fresh
     if path.suffix == ".json":
         return Report.from_json(path)
+    if path.suffix == ".safetensors" and _compressed_header(path):
+        # export sits above report in the layering; import it only for this file type
+        from .export.compressed import compressed_size_report, load_compressed_state_dict
+
+        rep = report_from_state_dict(load_compressed_state_dict(path), mode="materialized")
+        size = compressed_size_report(None, path)
+        rep.totals["notes"] = [
+            f"compressed checkpoint: {size['file_bytes']} bytes on disk vs {size['dense_bytes']} bytes of dense "
+            f"tensors ({100 * size['ratio']:.1f} %)"
+        ]
+        rep.totals["file_bytes"], rep.totals["dense_bytes"] = size["file_bytes"], size["dense_bytes"]
+        return rep
     return report_from_state_dict(_load_state_dict_file(path))

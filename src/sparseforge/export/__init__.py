@@ -2,6 +2,9 @@
 
 * :mod:`sparseforge.export.compressed` — compressed sparse checkpoints (one ``.safetensors``
   file whose size scales with density; bitmask or CSR encoding, masks restored on load).
+* :mod:`sparseforge.export.materialize` — swap masked Linear/Conv2d layers for modules that
+  execute their sparsity on CPU (custom C++ kernel, torch CSR/BSR), chosen per layer by a
+  capability check and a micro-benchmark.
 """
 
 from .compressed import (
@@ -13,6 +16,13 @@ from .compressed import (
     load_compressed_state_dict,
     save_compressed,
 )
+from .materialize import (
+    MaterializeDecision,
+    SparseConv2d,
+    SparseLinear,
+    format_materialize_decisions,
+    materialize,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -22,4 +32,9 @@ __all__ = [
     "load_compressed",
     "load_compressed_state_dict",
     "compressed_size_report",
+    "materialize",
+    "MaterializeDecision",
+    "SparseLinear",
+    "SparseConv2d",
+    "format_materialize_decisions",
 ]
