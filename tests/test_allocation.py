@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparseforge.core.allocation import ER, ERK, Global, Uniform, allocation_from_spec, global_sparsities
+from sparseforge.core.allocation import ER, ERK, Global, PerLayer, Uniform, allocation_from_spec, global_sparsities
 from sparseforge.core.patterns import Unstructured, num_pruned
 from sparseforge.errors import ConfigError
 
@@ -193,3 +193,12 @@ def test_allocation_from_spec_passthrough_and_errors() -> None:
     for bad in ("erdos", {"type": "bogus"}, {"type": "erk", "power": 1}, 3):
         with pytest.raises(ConfigError, match="allocation"):
             allocation_from_spec(bad)
+
+
+def test_per_layer_returns_its_values_and_checks_count_and_range() -> None:
+    shapes = [(4, 3), (2, 2)]
+    assert PerLayer((0.5, 0.25)).sparsities(shapes, 0.9) == [0.5, 0.25]  # the global value is ignored
+    with pytest.raises(ConfigError, match="2 values for 3 masked layers"):
+        PerLayer((0.5, 0.25)).sparsities([*shapes, (1, 1)], 0.5)
+    with pytest.raises(ConfigError, match="sparsity"):
+        PerLayer((0.5, 1.0)).sparsities(shapes, 0.5)

@@ -28,7 +28,7 @@ import torch
 from ..errors import ConfigError, check_sparsity
 from .patterns import num_pruned, topk_mask
 
-__all__ = ["Allocation", "Uniform", "ER", "ERK", "Global", "global_sparsities", "allocation_from_spec"]
+__all__ = ["Allocation", "Uniform", "ER", "ERK", "Global", "PerLayer", "global_sparsities", "allocation_from_spec"]
 
 
 class Allocation(ABC):
@@ -127,6 +127,20 @@ class Global(Allocation):
     def sparsities(self, shapes: Sequence[tuple[int, ...]], sparsity: float) -> list[float]:
         """Global allocation depends on scores; use :func:`global_sparsities`."""
         raise ConfigError("Global allocation needs scores: use global_sparsities(scores, sparsity)")
+
+
+@dataclass(frozen=True)
+class PerLayer(Allocation):
+    """Explicit per-layer sparsities (one per masked layer, in model order); the global value is ignored."""
+
+    values: tuple[float, ...] = ()
+    name: str = "per-layer"
+
+    def sparsities(self, shapes: Sequence[tuple[int, ...]], sparsity: float) -> list[float]:
+        """The stored values; their count must match the masked layers."""
+        if len(shapes) != len(self.values):
+            raise ConfigError(f"per-layer allocation has {len(self.values)} values for {len(shapes)} masked layers")
+        return [check_sparsity(v, "per-layer sparsity") for v in self.values]
 
 
 def global_sparsities(scores: Sequence[torch.Tensor], sparsity: float) -> list[float]:

@@ -65,7 +65,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..core.allocation import Allocation
+from ..core.allocation import PerLayer
 from ..errors import ConfigError, LayerError, check_sparsity
 from ..masking import Targets
 
@@ -520,20 +520,6 @@ def ift_targets(model: nn.Module) -> Targets:
     if not names:
         raise ConfigError(f"{type(model).__name__} has no Sparse-IFT layers; call sparse_ift(model, ...) first")
     return Targets(include=tuple(re.escape(n) for n in names))
-
-
-@dataclass(frozen=True)
-class PerLayer(Allocation):
-    """Explicit per-layer sparsities (one per masked layer, in model order); the global value is ignored."""
-
-    values: tuple[float, ...] = ()
-    name: str = "per-layer"
-
-    def sparsities(self, shapes: Sequence[tuple[int, ...]], sparsity: float) -> list[float]:
-        """The stored values; their count must match the masked layers."""
-        if len(shapes) != len(self.values):
-            raise ConfigError(f"per-layer allocation has {len(self.values)} values for {len(shapes)} masked layers")
-        return [check_sparsity(v, "per-layer sparsity") for v in self.values]
 
 
 def ift_method(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, method: str = "rigl",
