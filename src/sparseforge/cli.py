@@ -7,6 +7,7 @@ Commands::
     sparseforge report PATH          per-layer sparsity report of a run folder or checkpoint
     sparseforge bench SUITE          run a benchmark suite from benchmarks/ (see --list)
     sparseforge methods              list the methods and their parameters
+    sparseforge prune MODEL --out D  one-shot prune (magnitude, Wanda, SparseGPT, DSnoT) with calibration data
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("methods", help="list methods and their parameters")
     m.set_defaults(func=_cmd_methods)
+
+    from .oneshot.command import add_prune_parser
+
+    add_prune_parser(sub)
     return p
 
 
