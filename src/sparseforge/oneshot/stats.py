@@ -14,7 +14,7 @@ triangle: the features are cut into tiles of about :data:`GRAM_TILE` columns and
 is ``X_i^T [X_i, X_{i+1}, ...]``. Each entry is still one dot product over the same tokens, and
 with this torch build's BLAS (MKL) the values are bit for bit those of the full ``X^T X`` product
 (a test checks it; another BLAS could differ in the last bit); the strictly lower tiles are copied from the upper ones when :attr:`LayerStats.gram` is
-read. With ``k`` tiles this needs ``(k + 1) / 2k`` of the multiply-adds (5/8 for ``in = 1536``,
+read. With ``k`` tiles this needs ``(k + 1) / 2k`` of the multiply-adds (3/4 for ``in = 384``, 7/12 for ``in = 1536``,
 the largest MiniLM layer), which was 40 % of a Wanda run on MiniLM when errors are measured.
 
 Counting: a ``[..., seq, in]`` input (three or more dims) adds ``prod(shape[:-2])`` sequences of
@@ -35,7 +35,7 @@ __all__ = ["GRAM_TILE", "LayerStats", "reconstruction_error"]
 
 #: feature columns per tile of the block-triangular Gram product (inputs of at most this many
 #: features use one full product)
-GRAM_TILE = 384
+GRAM_TILE = 256
 
 
 @dataclass
