@@ -169,7 +169,10 @@ def render(data: dict[str, Any]) -> str:
           f"ready token windows (forward passes, statistics, rules, reconstruction errors; not the tokenization, "
           f"done once per model, nor the evaluation), {data['runs'][0]['threads'] if data['runs'] else '?'} torch "
           f"thread(s). Peak memory: peak RSS of the whole benchmark process during the call (it includes the "
-          f"dense model copy and the data), MiB.\n"]
+          f"dense model copy and the data), MiB. Runs cached from earlier calls keep the times measured then. "
+          f"1-minute load average of the {data['provenance']['machine']['cores']}-core machine at the start / end of "
+          f"this call: {data['load_average_start'][0]:.1f} / {data['load_average_end'][0]:.1f} (a load above the core "
+          f"count means other processes shared the CPU, inflating wall times).\n"]
     for name, info in data["models"].items():
         runs = [r for r in data["runs"] if r["model"] == name]
         if not runs:
@@ -276,7 +279,11 @@ def main(argv: list[str]) -> None:
     prov = provenance(["oneshot", *argv])
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = {"provenance": prov, "config": {**vars(a)}, "models": {}, "runs": []}
+    import os
+
+    # the machine is shared: the load average says how much the wall times are inflated
+    data: dict[str, Any] = {"provenance": prov, "config": {**vars(a)}, "models": {}, "runs": [],
+                            "load_average_start": list(os.getloadavg())}
     for name in a.models:
         m = _Model(name, a)
         t0 = time.perf_counter()
@@ -305,5 +312,6 @@ def main(argv: list[str]) -> None:
         data["models"][name] = info
         data["runs"] += runs
         del m
+    data["load_average_end"] = list(os.getloadavg())
     jp, mp = write_results(a.name, data, render(data), Path(a.out) if a.out else None)
     print(mp.read_text())
