@@ -4,7 +4,7 @@ Model sources (:func:`load_model`):
 
 * ``"minilm"`` -- the packaged all-MiniLM-L6-v2 (:func:`~.evaluate.load_minilm`), with its tokenizer;
 * ``"austen-gpt"`` -- the cached small Austen GPT (:func:`~.pretrained.austen_gpt`; it must have
-  been trained already, the CLI never starts a 20-minute training run);
+  been trained already, the CLI never starts the training run);
 * a Hugging Face folder (``config.json`` with a ``model_type``, as written by
   ``save_pretrained``): the class named in ``config.architectures`` (else ``AutoModel``), and its
   tokenizer if the folder has one;

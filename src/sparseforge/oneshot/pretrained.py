@@ -7,7 +7,7 @@ weights, the model configuration and a training log into a cache folder outside 
 repository, and loads that folder on every later call instead of training again::
 
     from sparseforge.oneshot.pretrained import austen_gpt
-    lm = austen_gpt()                  # ~20 min on one CPU thread the first time, then < 1 s
+    lm = austen_gpt()                  # 20-50 min on one CPU thread the first time, then < 1 s
     print(lm.log["val_ppl"], lm.log["unigram_val_ppl"])
     logits = lm.model(torch.zeros(1, 16, dtype=torch.long))
 
@@ -55,7 +55,9 @@ CACHE_ENV_VAR = "SPARSEFORGE_CACHE"
 
 #: the budget of the default model: 3.23 M parameters (d 256, 4 layers, 4 heads, context 128,
 #: char vocabulary 81), 1200 AdamW steps of 16 windows x 128 tokens (2.46 M tokens, about
-#: 0.68 of an epoch of the 3.62 M training characters); about 20 minutes on one busy CPU thread.
+#: 0.68 of an epoch of the 3.62 M training characters). Measured: 47 min on one thread of a 2-core
+#: machine shared with other jobs (2.34 s/step), validation perplexity 4.16 on the whole held-out
+#: split (unigram baseline 21.97).
 AUSTEN_GPT_DEFAULTS: dict[str, Any] = {
     "d_model": 256,
     "n_layer": 4,
@@ -165,7 +167,7 @@ def austen_gpt(
             ``"text:PATH"`` for a quick model on another text, as the tests do).
         retrain: train again even if the cache holds this model (the cache is replaced).
         train_if_missing: if False and the model is not cached, raise instead of training
-            (for callers that must not start a 20-minute job by accident).
+            (for callers that must not start a long training job by accident).
         progress: show a progress bar while training.
         **overrides: any of :data:`AUSTEN_GPT_DEFAULTS` (``d_model``, ``n_layer``, ``n_head``,
             ``block_size``, ``steps``, ``batch_size``, ``lr``, ``seed``).
@@ -192,7 +194,7 @@ def austen_gpt(
         return _load(folder)
     if not train_if_missing:
         raise ConfigError(f"no cached Austen GPT for these arguments in {str(folder)!r} and train_if_missing=False; "
-                          f"call austen_gpt() once to train it (about 20 minutes on one CPU thread)")
+                          f"call austen_gpt() once to train it (20-50 minutes on one CPU thread)")
 
     from safetensors.torch import save_file
 
