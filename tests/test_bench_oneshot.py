@@ -14,6 +14,8 @@ from sparseforge.errors import ConfigError
 from sparseforge.models import TinyGPT
 from sparseforge.oneshot.io import save_model_folder
 
+pytestmark = pytest.mark.slow
+
 PROSE = ("It is a truth universally acknowledged, that a single man in possession of a good fortune must be in want "
          "of a wife. However little known the feelings or views of such a man may be on his first entering a "
          "neighbourhood, this truth is so well fixed in the minds of the surrounding families. Emma Woodhouse, "
