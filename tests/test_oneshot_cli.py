@@ -222,3 +222,15 @@ def test_load_tokens_formats(tmp_path):
     (tmp_path / "t.npy").write_bytes(b"")
     with pytest.raises(ValueError, match=".pt/.pth or .safetensors"):
         load_tokens(tmp_path / "t.npy")
+
+
+def test_no_error_flag_same_weights_no_errors(tinygpt_folder, tmp_path):
+    folder, text = tinygpt_folder
+    common = ["prune", str(folder), "--method", "wanda", "--sparsity", "0.5", "--calibration", str(text),
+              "--nsamples", "4", "--seqlen", "16", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--no-error", "--out", str(tmp_path / "b")]) == 0
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the Gram matrix never feeds Wanda's mask
+    sb = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert sb["mean_reconstruction_error"] is None and all(l["reconstruction_error"] is None for l in sb["layers"])
