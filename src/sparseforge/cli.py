@@ -8,6 +8,7 @@ Commands::
     sparseforge bench SUITE          run a benchmark suite from benchmarks/ (see --list)
     sparseforge materialize RUN --out MODEL.pt   swap sparse layers for real sparse kernels
     sparseforge methods              list the methods and their parameters
+    sparseforge prune MODEL --out D  one-shot prune (magnitude, Wanda, SparseGPT, DSnoT) with calibration data
 """
 
 from __future__ import annotations
@@ -187,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("methods", help="list methods and their parameters")
     m.set_defaults(func=_cmd_methods)
+
+    from .oneshot.command import add_prune_parser
+
+    add_prune_parser(sub)
     return p
 
 

@@ -16,6 +16,9 @@
   tokens) and evaluation (:func:`perplexity`, :func:`sentence_embeddings`,
   :func:`embedding_agreement`);
 * :func:`prune_nm` -- N:M magnitude pruning of any model, no data (Conv layers included).
+* :func:`austen_gpt` -- a small character-level GPT trained on Jane Austen once on CPU and cached
+  (``~/.cache/sparseforge``); :func:`load_model` / :func:`save_pruned` -- the model I/O of
+  ``sparseforge prune`` (MiniLM, the Austen GPT, Hugging Face and sparseforge model folders).
 """
 
 from .calibration import TEXT_SOURCES, calibration_text, calibration_windows, heldout_text, load_calibration, tokenize_text
@@ -45,12 +48,14 @@ from .methods import (
     wanda_prune,
     wanda_scores,
 )
+from .io import LoadedModel, load_model, save_pruned
 from .nm import prune_nm
+from .pretrained import PretrainedLM, austen_gpt
 from .sequential import LayerResult, OneShotResult, find_blocks, peak_memory, prune_oneshot
 from .stats import LayerStats, reconstruction_error
 
 __all__ = [
-    "prune_nm",
+    "prune_nm", "austen_gpt", "PretrainedLM", "load_model", "save_pruned", "LoadedModel",
     "prune_oneshot", "find_blocks", "OneShotResult", "LayerResult", "peak_memory",
     "LayerStats", "reconstruction_error",
     "OneShotMethod", "Magnitude", "Wanda", "SparseGPT", "DSnoT", "method_from_spec", "METHOD_NAMES", "MLP_LAYERS",

@@ -9,6 +9,14 @@ in a single pass, without keeping ``X``:
 * optionally ``gram`` = ``sum_t x_t x_t^T`` (float32, ``[in, in]``), from which SparseGPT's
   Hessian ``H = 2 X X^T / n`` and the exact reconstruction error are derived.
 
+The Gram matrix is symmetric, so :meth:`LayerStats.update` computes only its block upper
+triangle: the features are cut into tiles of about :data:`GRAM_TILE` columns and tile row ``i``
+is ``X_i^T [X_i, X_{i+1}, ...]``. Each entry is still one dot product over the same tokens, and
+with this torch build's BLAS (MKL) the values are bit for bit those of the full ``X^T X`` product
+(a test checks it; another BLAS could differ in the last bit); the strictly lower tiles are copied from the upper ones when :attr:`LayerStats.gram` is
+read. With ``k`` tiles this needs ``(k + 1) / 2k`` of the multiply-adds (3/4 for ``in = 384``, 7/12 for ``in = 1536``,
+the largest MiniLM layer), which was 40 % of a Wanda run on MiniLM when errors are measured.
+
 Counting: a ``[..., seq, in]`` input (three or more dims) adds ``prod(shape[:-2])`` sequences of
 ``shape[-2]`` tokens; a ``[rows, in]`` input adds ``rows`` sequences of one token each; a
 ``[in]`` vector one token.
@@ -23,7 +31,11 @@ import torch
 
 from ..errors import LayerError
 
-__all__ = ["LayerStats", "reconstruction_error"]
+__all__ = ["GRAM_TILE", "LayerStats", "reconstruction_error"]
+
+#: feature columns per tile of the block-triangular Gram product (inputs of at most this many
+#: features use one full product)
+GRAM_TILE = 256
 
 
 @dataclass
@@ -36,7 +48,7 @@ class LayerStats:
         n_tokens: tokens seen (rows of ``X^T``).
         n_seqs: sequences seen (Wanda and DSnoT normalise per sequence, as their code does).
         sum, sq_sum: ``[in]`` float64 sums of ``x`` and ``x^2`` over all tokens.
-        gram: ``[in, in]`` float32 ``sum_t x_t x_t^T``, or None.
+        gram: ``[in, in]`` float32 ``sum_t x_t x_t^T``, or None (a property; see the module docstring).
     """
 
     in_features: int
@@ -45,7 +57,26 @@ class LayerStats:
     n_seqs: int = 0
     sum: torch.Tensor | None = field(default=None, repr=False)
     sq_sum: torch.Tensor | None = field(default=None, repr=False)
-    gram: torch.Tensor | None = field(default=None, repr=False)
+    # block upper triangle while accumulating; _lower_stale until the lower tiles are mirrored
+    _gram: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _lower_stale: bool = field(default=False, init=False, repr=False)
+
+    def _tiles(self) -> list[tuple[int, int]]:
+        n = self.in_features
+        k = max(1, math.ceil(n / GRAM_TILE))
+        edges = [round(i * n / k) for i in range(k + 1)]
+        return list(zip(edges[:-1], edges[1:]))
+
+    @property
+    def gram(self) -> torch.Tensor | None:
+        """``[in, in]`` float32 ``sum_t x_t x_t^T`` (symmetric), or None without ``track_gram``."""
+        if self._gram is not None and self._lower_stale:
+            tiles = self._tiles()
+            for i, (a, b) in enumerate(tiles):
+                for c, d in tiles[i + 1:]:
+                    self._gram[c:d, a:b] = self._gram[a:b, c:d].t()
+            self._lower_stale = False
+        return self._gram
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, name: str = "layer") -> None:
@@ -63,14 +94,17 @@ class LayerStats:
             self.sum = torch.zeros(self.in_features, dtype=torch.float64, device=flat.device)
             self.sq_sum = torch.zeros_like(self.sum)
             if self.track_gram:
-                self.gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=flat.device)
+                self._gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=flat.device)
         # per-call sums in float32, accumulated across calls in float64; a matrix-vector product
         # reduces over tokens several times faster than .sum(0) here (measured 1.3 vs 3.3 ms for 4096 x 1536)
         ones = torch.ones(flat.shape[0], dtype=flat.dtype, device=flat.device)
         self.sum += torch.mv(flat.t(), ones).double()
         self.sq_sum += torch.mv((flat * flat).t(), ones).double()
-        if self.gram is not None:
-            self.gram.addmm_(flat.t(), flat)
+        if self._gram is not None:
+            tiles = self._tiles()
+            for a, b in tiles:
+                self._gram[a:b, a:].addmm_(flat[:, a:b].t(), flat[:, a:])
+            self._lower_stale = len(tiles) > 1
         self.n_tokens += flat.shape[0]
         self.n_seqs += seqs
 
