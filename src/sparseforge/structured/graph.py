@@ -3,7 +3,8 @@
 A :class:`Group` is one removable unit: the slots (indices of tensor dimensions) that must go
 together, e.g. output channel 3 of a conv, entry 3 of its BatchNorm's four tensors and input
 channel 3 of the next conv. A :class:`Cluster` is the set of groups that share tensor
-dimensions (all output channels of that conv): per-layer ranking happens inside a cluster.
+output dimension (all output channels of that conv, or of two convs joined by a residual
+add): per-layer ranking happens inside a cluster.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Group:
 
 @dataclass
 class Cluster:
-    """Groups that share tensor dimensions; ``sources`` are the output dimensions among them."""
+    """Groups that share a layer output dimension; ``sources`` are those output dimensions."""
 
     index: int
     groups: list[int]
@@ -151,9 +152,14 @@ def trace_groups(model: nn.Module, example_inputs: Any, *, ignore: Sequence[Any]
             a = parent[a]
         return a
 
+    # two branches concatenated into one consumer share only the consumer's input dimension:
+    # they stay separate clusters, ranked separately
+    source_spaces = {sp for sp in spaces if any(sp.start + i in ctx.sources for i in range(sp.size))}
     first_root_of_space: dict[Space, int] = {}
     for r in roots:
         for sp, _ in members[r]:
+            if sp not in source_spaces:
+                continue
             other = first_root_of_space.setdefault(sp, r)
             ra, rb = find(other), find(r)
             if ra != rb:
