@@ -586,3 +586,76 @@ def test_report_counts_params_and_macs():
     assert report.macs_after == 2 * 18 * 4 + 8 * 3
     assert report.params_before == 4 * 18 + 4 + 16 * 3 + 3 and report.params_after == 2 * 18 + 2 + 8 * 3 + 3
     assert "materialized" in report.table() and report.to_dict()["rows"][0]["achieved"] == 0.5
+
+
+# ------------------------------------------------------------------ Hugging Face models
+transformers = pytest.importorskip("transformers")
+
+
+def _hf_cases():
+    T = transformers
+    ids = {"input_ids": torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))}
+    img = {"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))}
+    small = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=48, num_attention_heads=4)
+    return {
+        "gpt2": (lambda: T.GPT2LMHeadModel(T.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16)), ids),
+        "llama-gqa": (lambda: T.LlamaForCausalLM(T.LlamaConfig(**small, num_key_value_heads=2, vocab_size=50,
+                                                                 max_position_embeddings=16)), ids),
+        "bert": (lambda: T.BertForSequenceClassification(T.BertConfig(**small, vocab_size=50, max_position_embeddings=16)), ids),
+        "vit": (lambda: T.ViTForImageClassification(T.ViTConfig(**small, image_size=16, patch_size=4, num_labels=3)), img),
+        "resnet": (lambda: T.ResNetForImageClassification(T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                                                          num_labels=3, layer_type="bottleneck")), img),
+    }
+
+
+@pytest.mark.parametrize("name", list(_hf_cases()))
+def test_hf_from_config_smoke(name):
+    factory, x = _hf_cases()[name]
+    torch.manual_seed(0)
+    m = factory().eval()
+    pruner = StructuredPruner(m, x, sparsity=0.5)
+    small, report = pruner.prune()
+    a, b, ref = _call(small.eval(), x), _call(pruner.zeroed(), x), _call(m, x)
+    assert a.shape == ref.shape
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert report.params_after < report.params_before and report.macs_after < report.macs_before
+
+
+def test_hf_gqa_heads_kept_whole():
+    factory, x = _hf_cases()["llama-gqa"]
+    torch.manual_seed(0)
+    m = factory().eval()
+    graph = trace_groups(m, x)
+    heads = [c for c in graph.clusters if c.heads]
+    assert len(heads) == 2 and all(len(c.groups) == 2 for c in heads)  # 2 key/value groups per layer
+    g = graph.groups[heads[0].groups[1]]
+    rows = {sp.key.rsplit(".", 2)[-2]: ix for sp, ix in g.slots if sp.dim == 0}
+    assert rows["q_proj"] == tuple(range(16, 32)) and rows["k_proj"] == tuple(range(8, 16))  # 2 q heads + 1 kv head
+    small, _ = StructuredPruner(m, x, sparsity=0.5).prune()
+    attn = small.model.layers[0].self_attn
+    assert attn.q_proj.out_features == 16 and attn.k_proj.out_features == 8 and attn.num_key_value_groups == 2
+    with pytest.raises(ConfigError, match="nearest valid sparsities are 0 .*0.5"):
+        StructuredPruner(m, x, sparsity=0.3).select()
+
+
+def test_hf_save_pretrained_reload_in_a_fresh_process(tmp_path):
+    from sparseforge.structured import update_hf_config
+
+    factory, x = _hf_cases()["llama-gqa"]
+    torch.manual_seed(0)
+    m = factory().eval()
+    small, _ = StructuredPruner(m, x, sparsity=0.5).prune()
+    written = update_hf_config(small)
+    assert written["num_attention_heads"] == 2 and written["num_key_value_heads"] == 1 and written["hidden_size"] == 16
+    small.save_pretrained(tmp_path / "hf")
+    torch.save({"x": x["input_ids"], "y": small.eval()(**x).logits}, tmp_path / "io.pt")
+    script = textwrap.dedent(f"""
+        import torch, transformers
+        m = transformers.AutoModelForCausalLM.from_pretrained({str(tmp_path / 'hf')!r}).eval()
+        io = torch.load({str(tmp_path / 'io.pt')!r})
+        assert torch.allclose(m(input_ids=io["x"]).logits, io["y"], atol=1e-6, rtol=0)
+        print("ok", m.config.hidden_size)
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["ok", "16"]

@@ -11,10 +11,12 @@
   :class:`StructuredReport`.
 """
 
+from . import hf as _hf  # registers the Hugging Face attention rule
 from .graph import Cluster, DependencyGraph, Group, trace_groups
 from .importance import IMPORTANCES, group_importance
 from .pruner import LayerRow, StructuredPruner, StructuredReport, count_params_macs, prune_structured, select_groups
 from .rules import Rule, find_rule, register_rule, unregister_rule
+from .hf import is_hf_attention, update_hf_config
 from .shrink import kept_indices, load_structured, read_structure, save_structured, shrink, zero_groups
 
 __all__ = [
@@ -22,5 +24,6 @@ __all__ = [
     "group_importance", "IMPORTANCES", "select_groups",
     "StructuredPruner", "StructuredReport", "LayerRow", "prune_structured", "count_params_macs",
     "Rule", "register_rule", "unregister_rule", "find_rule",
+    "is_hf_attention", "update_hf_config",
     "kept_indices", "shrink", "zero_groups", "save_structured", "load_structured", "read_structure",
 ]

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 from torch import nn
 
 from ..errors import ConfigError
-from .rules import find_rule, is_head_space
+from .rules import find_rule
 from .trace import Space, TraceContext, run_trace
 
 __all__ = ["Group", "Cluster", "DependencyGraph", "trace_groups"]
@@ -185,7 +185,7 @@ def trace_groups(model: nn.Module, example_inputs: Any, *, ignore: Sequence[Any]
             gidx.append(g.index)
         sp_list = sorted(cspaces, key=lambda s: s.start)
         srcs = [sp for sp in sp_list if any(sp.start + i in ctx.sources for i in range(sp.size))]
-        clusters.append(Cluster(cidx, gidx, sp_list, srcs, heads=any(is_head_space(sp.key) for sp in sp_list)))
+        clusters.append(Cluster(cidx, gidx, sp_list, srcs, heads=any((sp.key, sp.dim) in ctx.head_keys for sp in sp_list)))
 
     # outputs of layers none of whose channels are prunable, with the reasons
     skipped = []

@@ -365,6 +365,7 @@ def _mha_trace(ctx, m, name, args, kwargs, out):
     for h in range(H):
         b = slice(h * hd, (h + 1) * hd)
         ctx.union_all(torch.cat([rows[b], rows[E:][b], rows[2 * E:][b], o_cols[b], o_rows[b], q_cols[b]]), why)
+    ctx.head_keys.add((ctx.tensor_names[id(m.in_proj_weight if m._qkv_same_embed_dim else m.q_proj_weight)], 0))
     ctx.mark_source(o_rows)
     outs = out if isinstance(out, tuple) else (out,)
     if outs and torch.is_tensor(outs[0]):
@@ -383,8 +384,3 @@ def _mha_update(m, sizes):
 
 
 register_rule(nn.MultiheadAttention, _mha_trace, _mha_update, name="MultiheadAttention")
-
-
-def is_head_space(key: str) -> bool:
-    """Whether a tensor name belongs to attention-head slots (used to report head units)."""
-    return key.endswith(("in_proj_weight", "q_proj_weight"))

@@ -227,6 +227,7 @@ class TraceContext:
     sources: set[int] = field(default_factory=set)
     unknown: dict[str, str] = field(default_factory=dict)  # op or layer -> reason
     traced_modules: dict[str, nn.Module] = field(default_factory=dict)  # layers handled by a rule
+    head_keys: set[tuple[str, int]] = field(default_factory=set)  # (tensor, dim) whose units are attention heads
     _labels: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
