@@ -619,6 +619,8 @@ def test_hf_from_config_smoke(name):
     assert a.shape == ref.shape
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert report.params_after < report.params_before and report.macs_after < report.macs_before
+    if name != "resnet":  # attention heads are found in every transformer (GPT-2's fused c_attn too)
+        assert sum(c.heads for c in pruner.graph.clusters) == 2
 
 
 def test_hf_gqa_heads_kept_whole():

@@ -11,6 +11,10 @@ query heads that read it, with their output-projection columns. Heads are never 
 (``head_dim`` and the softmax scale stay), key/value heads are kept whole, and the
 grouped-query ratio is unchanged. Plain multi-head attention is the case of one query head
 per group.
+
+GPT-2's attention (one fused ``c_attn`` Conv1D split by ``split_size``) has its own rule with
+whole heads as units; ``split_size``, ``num_heads`` and ``embed_dim`` (its inner width) are
+updated.
 """
 
 from __future__ import annotations
@@ -105,6 +109,48 @@ def _update(m, sizes):
 
 register_rule(is_hf_attention, _trace, _update, name="HF attention")
 
+
+
+# ------------------------------------------------------------------------------ GPT-2
+def _is_gpt2_attention(m: nn.Module) -> bool:
+    # GPT-2 fuses q, k, v into one Conv1D (weight [in, 3 * inner]) and splits it by split_size
+    return (type(m).__name__ == "GPT2Attention" and type(m).__module__.startswith("transformers")
+            and not getattr(m, "is_cross_attention", False) and isinstance(getattr(m, "head_dim", None), int))
+
+
+def _gpt2_trace(ctx, m, name, args, kwargs, out):
+    x = args[0] if args and torch.is_tensor(args[0]) else kwargs.get("hidden_states")
+    if torch.is_tensor(kwargs.get("encoder_hidden_states")):
+        ctx.unknown_module(m, name, (args, kwargs), out, "cross-attention is not supported")
+        return
+    hd, H = m.head_dim, m.num_heads
+    inner = m.c_attn.weight.shape[1] // 3
+    ctx.couple(x, -1, ctx.slots(m.c_attn.weight, 0), f"{name} input features")
+    cols = ctx.slots(m.c_attn.weight, 1)
+    if m.c_attn.bias is not None:
+        ctx.union(cols, ctx.slots(m.c_attn.bias, 0), f"{name} c_attn bias")
+    prow = ctx.slots(m.c_proj.weight, 0)
+    for h in range(H):
+        b = slice(h * hd, (h + 1) * hd)
+        ctx.union_all(torch.cat([cols[:inner][b], cols[inner:2 * inner][b], cols[2 * inner:][b], prow[b]]), f"{name} attention head")
+    ctx.head_keys.add((ctx.tensor_names[id(m.c_attn.weight)], 1))
+    ctx.mark_source(cols[:inner])
+    o = ctx.slots(m.c_proj.weight, 1)
+    if m.c_proj.bias is not None:
+        ctx.union(o, ctx.slots(m.c_proj.bias, 0), f"{name} c_proj bias")
+    ctx.mark_source(o)
+    first = out[0] if isinstance(out, tuple) else out
+    if torch.is_tensor(first):
+        ctx.channel_output(first, -1, o)
+
+
+def _gpt2_update(m, sizes):
+    inner = m.c_attn.weight.shape[1] // 3
+    m.split_size = m.embed_dim = inner
+    m.num_heads = inner // m.head_dim
+
+
+register_rule(_is_gpt2_attention, _gpt2_trace, _gpt2_update, name="GPT2Attention")
 
 def update_hf_config(model: nn.Module) -> dict[str, Any]:
     """Write the new sizes of a shrunk Hugging Face model into ``model.config``.
