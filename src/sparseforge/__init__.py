@@ -16,6 +16,7 @@ from .masking import Masking, Targets, finalize, load_masked_state_dict
 from .methods import BDWP, GMP, IMP, MDGF, SDGF, SET, SRSTE, STE, Dense, RigL, SparsityMethod, StaticSparse, build_method
 from .oneshot import prune_nm, prune_oneshot
 from .report import Report, sparsity_report
+from .structured import StructuredPruner, prune_structured
 
 __all__ = [
     "__version__",
@@ -26,4 +27,5 @@ __all__ = [
     "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "prune_nm", "prune_oneshot",
     "Report", "sparsity_report",
     "save_compressed", "load_compressed", "compressed_size_report",
+    "StructuredPruner", "prune_structured",
 ]
