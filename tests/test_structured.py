@@ -401,6 +401,67 @@ def test_unknown_operation_is_listed_and_pins_its_inputs():
     assert any("fft" in k for k in graph.unknown)
 
 
+class TokenModel(nn.Module):
+    """ViT-like: a class token and a position embedding used directly in the forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 2, stride=2)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.pos = nn.Parameter(torch.randn(1, 5, 8))
+        self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+        self.mlp = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 6), nn.GELU(), nn.Linear(6, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        t = t + self.gamma * self.mlp(t)
+        return self.head(t[:, 0])
+
+
+def test_parameters_used_directly_shrink_by_whole_slices():
+    torch.manual_seed(0)
+    m = TokenModel()
+    _randomize_norms(m)
+    graph, small = assert_shrink_equals_zeroed(m, torch.randn(2, 3, 4, 4))
+    assert _sizes(graph) == {"patch.weight[dim 0]": 8, "mlp.1.weight[dim 0]": 6}
+    assert small.cls.shape == (1, 1, 4) and small.pos.shape == (1, 5, 4) and small.gamma.shape == (4,)
+
+
+def test_slab_dims_by_hand():
+    from sparseforge.structured.graph import slab_dims
+
+    # shape (2, 3): flat 1 and 4 are column 1; flat 3, 4, 5 are row 1
+    assert slab_dims((2, 3), [1, 4]) == {1: [1]}
+    assert slab_dims((1, 2, 3), [1, 4]) == {2: [1]}
+    assert slab_dims((2, 3), [1, 3, 4, 5]) == {0: [1], 1: [1]}
+    assert slab_dims((2, 3), [1]) is None  # a single element of a 2-D parameter is not a slice
+
+
+def test_sizes_read_from_shapes_are_not_literals():
+    class SE(nn.Module):
+        def __init__(self, literal):
+            super().__init__()
+            self.literal = literal
+            self.c, self.f1, self.f2, self.o = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4), nn.Linear(4, 8), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = self.c(x)
+            b, c = y.shape[:2]
+            w = torch.sigmoid(self.f2(F.relu(self.f1(y.mean((2, 3))))))
+            return self.o(y * w.view(b, 8 if self.literal else c, 1, 1))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 5)
+    graph, small = assert_shrink_equals_zeroed(SE(False), x)
+    assert _sizes(graph) == {"c.weight[dim 0]": 8, "f1.weight[dim 0]": 4} and small.f2.out_features == 4
+    graph = trace_groups(SE(True), x)  # view(b, 8, 1, 1): after shrinking 8 would be wrong
+    assert _sizes(graph) == {"f1.weight[dim 0]": 4}
+    skipped = dict(graph.skipped)
+    assert "literally" in skipped["f2.weight[dim 0]"] and "untracked" in skipped["c.weight[dim 0]"]
+
+
 # ----------------------------------------------------------------- invariants (hypothesis)
 @settings(max_examples=15, deadline=None)
 @given(widths=st.lists(st.integers(1, 6), min_size=1, max_size=3), seed=st.integers(0, 10_000),
@@ -605,6 +666,8 @@ def _hf_cases():
         "vit": (lambda: T.ViTForImageClassification(T.ViTConfig(**small, image_size=16, patch_size=4, num_labels=3)), img),
         "resnet": (lambda: T.ResNetForImageClassification(T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
                                                                           num_labels=3, layer_type="bottleneck")), img),
+        "convnext": (lambda: T.ConvNextForImageClassification(T.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1],
+                                                                               num_stages=2, num_labels=3)), img),
     }
 
 
@@ -619,7 +682,8 @@ def test_hf_from_config_smoke(name):
     assert a.shape == ref.shape
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert report.params_after < report.params_before and report.macs_after < report.macs_before
-    if name != "resnet":  # attention heads are found in every transformer (GPT-2's fused c_attn too)
+    assert not report.unknown  # every layer of these models has a rule
+    if name not in ("resnet", "convnext"):  # attention heads are found in every transformer (GPT-2's fused c_attn too)
         assert sum(c.heads for c in pruner.graph.clusters) == 2
 
 

@@ -9,6 +9,7 @@ add): per-layer ranking happens inside a cluster.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .rules import find_rule
-from .trace import Space, TraceContext, run_trace
+from .trace import ELEMENTS, Space, TraceContext, run_trace
 
 __all__ = ["Group", "Cluster", "DependencyGraph", "trace_groups"]
 
@@ -83,6 +84,33 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
+def slab_dims(shape: Sequence[int], flat: Iterable[int]) -> dict[int, list[int]] | None:
+    """Write the elements ``flat`` (flat indices into ``shape``) as whole slices per dimension.
+
+    Returns ``{dim: indices}`` such that the elements are exactly the union of the slices
+    ``index_select(dim, indices)``, or ``None`` if they are not a union of whole slices.
+    """
+    import torch
+
+    mask = torch.zeros(math.prod(shape), dtype=torch.bool)
+    mask[list(flat)] = True
+    mask = mask.reshape(tuple(shape))
+    cover = torch.zeros_like(mask)
+    out: dict[int, list[int]] = {}
+    for d in range(mask.dim()):
+        if mask.size(d) == 1 and mask.dim() > 1:
+            continue  # a size-1 dimension cannot lose its only slice
+        others = [i for i in range(mask.dim()) if i != d]
+        full = mask.all(dim=others) if others else mask
+        idx = full.nonzero().flatten().tolist()
+        if idx:
+            out[d] = idx
+            shape_d = [1] * mask.dim()
+            shape_d[d] = mask.size(d)
+            cover |= full.reshape(shape_d)
+    return out if bool((cover == mask).all()) and out else None
+
+
 def _resolve_ignore(model: nn.Module, ignore: Iterable[Any]) -> list[tuple[str, nn.Module]]:
     by_name = dict(model.named_modules())
     by_id = {id(m): n for n, m in by_name.items()}
@@ -142,6 +170,20 @@ def trace_groups(model: nn.Module, example_inputs: Any, *, ignore: Sequence[Any]
             if sid in ctx.sources:
                 has_source.add(root)
     roots = [r for r in members if r in has_source]
+    # a parameter used directly in the forward can only lose whole slices
+    params = dict(model.named_parameters(remove_duplicate=False))
+    bad_slab: dict[str, str] = {}
+    keep_roots = []
+    for r in roots:
+        ok = True
+        for sp in {sp for sp, _ in members[r] if sp.dim == ELEMENTS}:
+            flat = [i for s2, i in members[r] if s2 == sp]
+            if slab_dims(params[sp.key].shape, flat) is None:
+                ok = False
+                bad_slab[sp.key] = "its elements coupled to one channel are not whole slices"
+        if ok:
+            keep_roots.append(r)
+    roots = keep_roots
 
     # clusters: groups that share a tensor dimension
     parent = {r: r for r in roots}
@@ -199,4 +241,6 @@ def trace_groups(model: nn.Module, example_inputs: Any, *, ignore: Sequence[Any]
                 if why not in reasons:
                     reasons.append(why)
         skipped.append((str(sp), "; ".join(reasons[:3]) or "no removable channel"))
-    return DependencyGraph(model, ctx, groups, clusters, skipped, dict(ctx.unknown))
+    unknown = dict(ctx.unknown)
+    unknown.update({f"parameter {k}": why for k, why in bad_slab.items()})
+    return DependencyGraph(model, ctx, groups, clusters, skipped, unknown)

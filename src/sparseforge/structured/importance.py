@@ -17,14 +17,12 @@ A group's slices are, for each tensor dimension it touches, the sub-tensors at i
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
-from torch import nn
 
 from ..core import scores as core_scores
 from ..errors import ConfigError
 from .graph import DependencyGraph
+from .trace import ELEMENTS
 
 __all__ = ["IMPORTANCES", "group_importance"]
 
@@ -56,12 +54,16 @@ def group_importance(graph: DependencyGraph, kind: str = "l2", *, seed: int = 0)
             if p is None or sp.virtual:
                 continue
             idx = torch.tensor(ix, dtype=torch.long, device=p.device)
-            w = p.detach().index_select(sp.dim, idx).double()
+            if sp.dim == ELEMENTS:  # a directly used parameter: its coupled elements
+                w, gr_ = p.detach().reshape(-1)[idx].double(), (p.grad.reshape(-1)[idx] if p.grad is not None else None)
+            else:
+                w = p.detach().index_select(sp.dim, idx).double()
+                gr_ = p.grad.index_select(sp.dim, idx) if p.grad is not None else None
             if kind == "l1":
                 acc += float(core_scores.magnitude(w).sum())
             elif kind == "l2":
                 acc += float(w.pow(2).sum())
             else:
-                acc += float((w * p.grad.detach().index_select(sp.dim, idx).double()).sum())
+                acc += float((w * gr_.detach().double()).sum())
         out[gr.index] = acc ** 0.5 if kind == "l2" else acc ** 2 if kind == "taylor" else acc
     return out

@@ -56,13 +56,17 @@ class Rule:
         trace: see the module docstring.
         update: see the module docstring.
         stats_dim: the dimension a normalisation layer computes statistics over (``-1`` for
-            LayerNorm/RMSNorm), or ``None``.
+            LayerNorm/RMSNorm; a function of the module when it depends on it), or ``None``.
     """
 
     name: str
     trace: TraceFn
     update: UpdateFn
-    stats_dim: int | None = None
+    stats_dim: int | Callable[[nn.Module], int] | None = None
+
+    def stats_dim_of(self, module: nn.Module) -> int | None:
+        """``stats_dim`` for this module (it may depend on the module, e.g. its data format)."""
+        return self.stats_dim(module) if callable(self.stats_dim) else self.stats_dim
 
 
 #: Rules by exact layer type (subclasses are not matched: their forward may differ).
@@ -71,7 +75,7 @@ _PREDICATES: list[tuple[Callable[[nn.Module], bool], Rule]] = []
 
 
 def register_rule(layer: type | Callable[[nn.Module], bool], trace: TraceFn, update: UpdateFn, *,
-                  name: str | None = None, stats_dim: int | None = None) -> Rule:
+                  name: str | None = None, stats_dim: int | Callable[[nn.Module], int] | None = None) -> Rule:
     """Register how ``layer`` (a class, or a predicate on modules) is traced and resized.
 
     A class matches its exact type; a predicate is tried, in registration order, for modules
@@ -293,6 +297,31 @@ def _is_hf_rmsnorm(m: nn.Module) -> bool:
 
 register_rule(_is_hf_rmsnorm, _lastdim_norm_trace, _lastdim_norm_update, name="RMSNorm (HF)", stats_dim=-1)
 
+
+
+def _is_format_layernorm(m: nn.Module) -> bool:
+    # LayerNorm subclasses with a data_format (ConvNeXt and its relatives in transformers)
+    return isinstance(m, nn.LayerNorm) and getattr(m, "data_format", None) in ("channels_last", "channels_first")
+
+
+def _format_dim(m: nn.Module) -> int:
+    return 1 if m.data_format == "channels_first" else -1
+
+
+def _format_ln_trace(ctx, m, name, args, kwargs, out):
+    x = _first_input(args, kwargs, "input", "features", "x")
+    if len(tuple(m.normalized_shape)) != 1:
+        ctx.unknown_module(m, name, (args, kwargs), out, "normalises over more than one dimension")
+        return
+    d = _format_dim(m)
+    ids = _tensor_or_virtual(ctx, m, ("weight", "bias"), 0, x.size(d))
+    ctx.couple(x, d, ids, f"{name} normalised channels")
+    if _out_tensor(out) is not None:
+        ctx.channel_output(out, d, ids)
+
+
+register_rule(_is_format_layernorm, _format_ln_trace, _lastdim_norm_update, name="LayerNorm (data_format)",
+              stats_dim=_format_dim)
 
 def _gn_trace(ctx, m, name, args, kwargs, out):
     x = _first_input(args, kwargs, "input")

@@ -25,8 +25,9 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
-from .graph import DependencyGraph
+from ..errors import CheckpointError, ConfigError, LayerError
+from .graph import DependencyGraph, slab_dims
+from .trace import ELEMENTS
 from .rules import find_rule
 
 __all__ = ["kept_indices", "zero_groups", "shrink", "save_structured", "load_structured", "FORMAT"]
@@ -45,6 +46,15 @@ def kept_indices(graph: DependencyGraph, removed: Iterable[int]) -> Kept:
         for sp, ix in graph.groups[gi].slots:
             drop.setdefault((sp.key, sp.dim), set()).update(ix)
             sizes[(sp.key, sp.dim)] = sp.size
+    # per-element slots of directly used parameters become whole slices per dimension
+    shapes = {n: tuple(p.shape) for n, p in graph.model.named_parameters(remove_duplicate=False)}
+    for (name, dim) in [k for k in drop if k[1] == ELEMENTS]:
+        slabs = slab_dims(shapes[name], drop.pop((name, dim)))
+        if slabs is None:
+            raise LayerError(f"parameter {name}: the removed elements are not whole slices; it cannot shrink")
+        for d, idx in slabs.items():
+            drop.setdefault((name, d), set()).update(idx)
+            sizes[(name, d)] = shapes[name][d]
     out: Kept = {}
     for key, d in drop.items():
         n = sizes[key]
@@ -135,15 +145,16 @@ def shrink(model: nn.Module, kept: Kept) -> nn.Module:
     return new
 
 
-def _stats_norms(model: nn.Module, kept: Kept) -> list[tuple[str, nn.Module, Any]]:
+def _stats_norms(model: nn.Module, kept: Kept) -> list[tuple[str, nn.Module, int, torch.Tensor]]:
     out = []
     for name, m in model.named_modules():
         rule = find_rule(m)
-        if rule is None or rule.stats_dim is None:
+        dim = rule.stats_dim_of(m) if rule is not None else None
+        if dim is None:
             continue
-        for (key, dim), (_, idx) in kept.items():
-            if key in (f"{name}.weight", f"{name}.bias", f"{name}::channels") and dim == 0:
-                out.append((name, m, idx))
+        for (key, d), (_, idx) in kept.items():
+            if key in (f"{name}.weight", f"{name}.bias", f"{name}::channels") and d == 0:
+                out.append((name, m, dim, idx))
                 break
     return out
 
@@ -157,17 +168,16 @@ def zero_groups(model: nn.Module, kept: Kept) -> nn.Module:
     new = copy.deepcopy(model)
     norms = _stats_norms(new, kept)
     _apply(new, kept, zero=True)
-    for name, m, idx in norms:
+    for name, m, dim, idx in norms:
         sub_kept = {(k[len(name) + 1:] if not k.startswith(f"{name}::") else "::" + k.split("::", 1)[1], d): v
                     for (k, d), v in kept.items() if k.startswith(f"{name}.") or k.startswith(f"{name}::")}
         small = copy.deepcopy(m)
         _apply_local(small, sub_kept)
 
-        def hook(mod, args, output, small=small, idx=idx):
+        def hook(mod, args, output, small=small, idx=idx, dim=dim):
             x = args[0]
-            out = torch.zeros_like(output)
-            out[..., idx] = small(x[..., idx])
-            return out
+            d = dim % x.dim()
+            return torch.zeros_like(output).index_copy(d, idx.to(x.device), small(x.index_select(d, idx.to(x.device))))
 
         m.register_forward_hook(hook)
     return new

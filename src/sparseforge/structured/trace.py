@@ -19,9 +19,13 @@ outputs of unknown operations); coupling a slot with it pins the slot.
 * Element-wise operations (add, mul, activations ...) unite the labels of operands that are
   not broadcast along the labelled dimensions (a residual add couples both branches; a gate
   of shape ``[B, 1, H, W]`` couples nothing).
+* A parameter used directly in the forward (``x + self.pos_embed``, ``cat([cls_token, x])``,
+  ``gamma * x``) gets one slot per element; it shrinks when the elements coupled to removed
+  channels form whole slices of it.
 * Whatever could break after shrinking is pinned conservatively and listed with its reason:
   reductions and softmax over labelled dimensions, reshapes or splits whose literal sizes
-  equal a labelled dimension (the code would still use the old size), indexing along
+  equal a labelled dimension (the code would still use the old size; sizes read from a
+  tensor's ``shape``/``size()`` during the run are tagged and do not count), indexing along
   labelled dimensions, matrix products between activations, unknown operations and layers
   without a rule, and everything that reaches the model's outputs.
 
@@ -31,9 +35,8 @@ pinned and contains at least one *source* slot (an output channel of a layer).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -41,10 +44,13 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import ConfigError
 
-__all__ = ["UNKNOWN", "UnionFind", "Space", "TraceContext", "run_trace"]
+__all__ = ["UNKNOWN", "ELEMENTS", "UnionFind", "Space", "TraceContext", "run_trace"]
 
 #: Label of elements whose origin is unknown; coupling a slot with it pins the slot.
 UNKNOWN = 0
+#: ``Space.dim`` of the per-element slots of a parameter used outside any layer with a rule
+#: (a position embedding, a class token, a layer-scale vector).
+ELEMENTS = -1
 
 
 class UnionFind:
@@ -81,7 +87,7 @@ class UnionFind:
     def union(self, a: int, b: int, why: str) -> None:
         """Unite the sets of ``a`` and ``b``; coupling with :data:`UNKNOWN` pins the other."""
         if a == UNKNOWN or b == UNKNOWN:
-            self.pin(b if a == UNKNOWN else a, why)
+            self.pin(b if a == UNKNOWN else a, f"{why} with an untracked tensor (an input, constant or pinned result)")
             return
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
@@ -112,7 +118,9 @@ class Space:
     virtual: bool = False
 
     def __str__(self) -> str:
-        return f"{self.key}[dim {self.dim}]" if not self.virtual else self.key
+        if self.virtual:
+            return self.key
+        return f"{self.key}[elements]" if self.dim == ELEMENTS else f"{self.key}[dim {self.dim}]"
 
 
 def _flatten_tensors(x: Any) -> list[torch.Tensor]:
@@ -170,13 +178,13 @@ _ALONG_DIM = frozenset({"softmax", "log_softmax", "cumsum", "cumprod", "softmin"
 _POOL = frozenset("""
 avg_pool1d avg_pool2d avg_pool3d max_pool1d max_pool2d max_pool3d adaptive_avg_pool1d
 adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d
-lp_pool1d lp_pool2d interpolate upsample pixel_shuffle_never
+lp_pool1d lp_pool2d interpolate upsample
 """.split())
 # No data dependence on the input's values: output gets unknown labels, nothing is pinned.
 _NO_DATA = frozenset("""
 zeros_like ones_like empty_like full_like rand_like randn_like randint_like new_zeros new_ones
 new_empty new_full new_tensor size dim numel get stride element_size data_ptr is_floating_point
-is_contiguous tolist item len bool nonzero_never
+is_contiguous tolist item len bool
 """.split())
 _LITERAL_SIZE_OPS = frozenset({"view", "reshape", "unflatten", "expand", "split", "split_with_sizes",
                                "tensor_split", "narrow", "repeat"})
@@ -194,8 +202,13 @@ def _op_name(func: Any) -> str:
     return n
 
 
+class _ShapeInt(int):
+    """An int read from a tensor's shape during tracing: code that passes it on is not hard-coding it."""
+
+
 def _ints_in(x: Any) -> set[int]:
-    if isinstance(x, bool):
+    """Plain ints in ``x`` (sizes the code wrote literally; ints read from shapes are skipped)."""
+    if isinstance(x, (bool, _ShapeInt)):
         return set()
     if isinstance(x, int):
         return {x}
@@ -267,7 +280,22 @@ class TraceContext:
         """Compressed label tensor of ``x`` (all :data:`UNKNOWN` if ``x`` was not produced here)."""
         entry = self._labels.get(id(x))
         if entry is not None and entry[0] is x:
-            return entry[1]
+            lab = entry[1]
+            if lab.numel() > 1:
+                # name every set by its current root: labels that were united since (a class
+                # token added to a position embedding) no longer count as different
+                uniq, inv = lab.unique(return_inverse=True)
+                roots = torch.tensor([self.uf.find(int(u)) for u in uniq], dtype=torch.long)
+                lab = _compress(roots[inv])
+                self._labels[id(x)] = (x, lab)
+            return lab
+        key = self.tensor_names.get(id(x))
+        if key is not None and isinstance(x, nn.Parameter) and x.dim() > 0:
+            # a parameter used directly in the forward: every element is its own slot; it can
+            # shrink when the elements coupled to removed channels form whole slices
+            lab = self._space(key, ELEMENTS, x.numel(), virtual=False).reshape(x.shape)
+            self._labels[id(x)] = (x, lab)
+            return lab
         return torch.zeros([1] * x.dim(), dtype=torch.long)
 
     def set_labels(self, x: torch.Tensor, lab: torch.Tensor) -> None:
@@ -336,6 +364,12 @@ class _Tracer(TorchFunctionMode):
         out = func(*args, **kwargs)
         if self.depth or self.busy:
             return out
+        # tag sizes read from tensors, so that view(b, c, 1, 1) with c = x.shape[1] is not
+        # mistaken for a size written in the code (which shrinking would make wrong)
+        if isinstance(out, torch.Size):
+            return torch.Size([_ShapeInt(v) for v in out])
+        if isinstance(out, int) and not isinstance(out, bool) and _op_name(func) == "size":
+            return _ShapeInt(out)
         self.busy = True
         try:
             self._propagate(func, args, kwargs, out)
