@@ -46,24 +46,31 @@ def group_importance(graph: DependencyGraph, kind: str = "l2", *, seed: int = 0)
             raise ConfigError(
                 f"importance='taylor' needs gradients, but {missing[:3]} have no .grad; "
                 "run loss.backward() on a batch before pruning")
+    # one reduction per tensor dimension, then a sum per group over its indices
+    per_index: dict = {}
+    for gr in graph.groups:
+        for sp, _ in gr.slots:
+            if sp in per_index or sp.virtual or sp.key not in params:
+                continue
+            p = params[sp.key]
+            w = p.detach().double()
+            if kind == "l1":
+                v = core_scores.magnitude(w)
+            elif kind == "l2":
+                v = w.pow(2)
+            else:
+                v = w * p.grad.detach().double()
+            if sp.dim == ELEMENTS:  # a directly used parameter: one slot per element
+                per_index[sp] = v.reshape(-1).cpu()
+            else:
+                others = [d for d in range(v.dim()) if d != sp.dim]
+                per_index[sp] = (v.sum(dim=others) if others else v).cpu()
     out = torch.zeros(n, dtype=torch.float64)
     for gr in graph.groups:
         acc = 0.0
         for sp, ix in gr.slots:
-            p = params.get(sp.key)
-            if p is None or sp.virtual:
-                continue
-            idx = torch.tensor(ix, dtype=torch.long, device=p.device)
-            if sp.dim == ELEMENTS:  # a directly used parameter: its coupled elements
-                w, gr_ = p.detach().reshape(-1)[idx].double(), (p.grad.reshape(-1)[idx] if p.grad is not None else None)
-            else:
-                w = p.detach().index_select(sp.dim, idx).double()
-                gr_ = p.grad.index_select(sp.dim, idx) if p.grad is not None else None
-            if kind == "l1":
-                acc += float(core_scores.magnitude(w).sum())
-            elif kind == "l2":
-                acc += float(w.pow(2).sum())
-            else:
-                acc += float((w * gr_.detach().double()).sum())
+            vec = per_index.get(sp)
+            if vec is not None:
+                acc += float(vec[list(ix)].sum())
         out[gr.index] = acc ** 0.5 if kind == "l2" else acc ** 2 if kind == "taylor" else acc
     return out
