@@ -7,6 +7,7 @@
   those to remove per layer or globally.
 * :func:`shrink` builds the smaller plain ``nn.Module``; :func:`zero_groups` the group-zeroed
   reference; :func:`save_structured` / :func:`load_structured` store it without pickling.
+* :func:`.onnx.export_onnx` exports the shrunk model and checks it in onnxruntime.
 * :class:`StructuredPruner` / :func:`prune_structured` do all of it in one call with a
   :class:`StructuredReport`.
 """
