@@ -663,6 +663,68 @@ def test_onnx_export_matches_onnxruntime(tmp_path, model_cls, shape):
     assert diff <= 1e-4 and (tmp_path / "m.onnx").stat().st_size > 0
 
 
+# --------------------------------------------------------------------------------- HESSO
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_hesso_reaches_exactly_the_target_and_shrinks_identically(opt):
+    from sparseforge.structured import HESSO
+
+    m = _mlp()
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    inner = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) if opt == "sgd" else torch.optim.Adam(m.parameters(), lr=1e-2)
+    h = HESSO(m, x[:2], inner, target_group_sparsity=0.5, start_pruning_step=3, pruning_steps=10, pruning_periods=2)
+    assert h.target_num == 14 and h.per_period == [7, 7]  # int(28 * 0.5) groups over 2 periods
+    zeros = []
+    for _ in range(20):
+        h.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        h.step()
+        zeros.append(h.zero_groups_count())
+    # warm-up 3 steps, period 1 = steps 4..8 (7 groups reach zero at step 8), period 2 = steps 9..13
+    assert zeros[:7] == [0] * 7 and zeros[7] == 7 and zeros[11] == 7 and zeros[12:] == [14] * 8
+    assert h.finished and len(h.pruned) == 14
+    small = h.shrink()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), m(x), atol=1e-5, rtol=0)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in m.parameters())
+
+
+def test_hesso_decays_linearly_within_a_period():
+    from sparseforge.structured import HESSO
+
+    m = _mlp()
+    inner = torch.optim.SGD(m.parameters(), lr=0.0)  # no learning: only the projection moves weights
+    h = HESSO(m, torch.randn(2, 4), inner, target_group_sparsity=0.25, pruning_steps=4)
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)
+    n0 = h._group_stats()["ww"].sqrt()
+    norms = []
+    for _ in range(4):
+        h.step()
+        g = (h.active or h.pruned)[0]
+        norms.append(float(h._group_stats()["ww"].sqrt()[g] / n0[g]))
+    assert norms == pytest.approx([0.75, 0.5, 0.25, 0.0])
+
+
+def test_hesso_bad_input():
+    from sparseforge.structured import HESSO
+
+    m = _mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match="target_group_sparsity"):
+        HESSO(m, torch.randn(2, 4), opt, target_group_sparsity=1.0, pruning_steps=4)
+    with pytest.raises(ConfigError, match="at most 26"):
+        HESSO(m, torch.randn(2, 4), opt, target_group_sparsity=0.99, pruning_steps=4)
+    with pytest.raises(ConfigError, match="pruning_steps"):
+        HESSO(m, torch.randn(2, 4), opt, target_group_sparsity=0.5, pruning_steps=1, pruning_periods=2)
+    with pytest.raises(ConfigError, match="criteria"):
+        HESSO(m, torch.randn(2, 4), opt, target_group_sparsity=0.5, pruning_steps=4, criteria={"hessian": 1.0})
+
+
 # ------------------------------------------------------------------ Hugging Face models
 transformers = pytest.importorskip("transformers")
 

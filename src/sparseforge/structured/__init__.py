@@ -7,6 +7,8 @@
   those to remove per layer or globally.
 * :func:`shrink` builds the smaller plain ``nn.Module``; :func:`zero_groups` the group-zeroed
   reference; :func:`save_structured` / :func:`load_structured` store it without pickling.
+* :class:`HESSO` wraps a torch optimizer and drives a target fraction of the groups to exact
+  zeros during training (Chen et al. 2024).
 * :func:`.onnx.export_onnx` exports the shrunk model and checks it in onnxruntime.
 * :class:`StructuredPruner` / :func:`prune_structured` do all of it in one call with a
   :class:`StructuredReport`.
@@ -17,6 +19,7 @@ from .graph import Cluster, DependencyGraph, Group, trace_groups
 from .importance import IMPORTANCES, group_importance
 from .pruner import LayerRow, StructuredPruner, StructuredReport, count_params_macs, prune_structured, select_groups
 from .rules import Rule, find_rule, register_rule, unregister_rule
+from .hesso import DEFAULT_CRITERIA, HESSO
 from .hf import is_hf_attention, update_hf_config
 from .shrink import kept_indices, load_structured, read_structure, save_structured, shrink, zero_groups
 
@@ -25,6 +28,6 @@ __all__ = [
     "group_importance", "IMPORTANCES", "select_groups",
     "StructuredPruner", "StructuredReport", "LayerRow", "prune_structured", "count_params_macs",
     "Rule", "register_rule", "unregister_rule", "find_rule",
-    "is_hf_attention", "update_hf_config",
+    "is_hf_attention", "update_hf_config", "HESSO", "DEFAULT_CRITERIA",
     "kept_indices", "shrink", "zero_groups", "save_structured", "load_structured", "read_structure",
 ]
