@@ -725,6 +725,71 @@ def test_hesso_bad_input():
         HESSO(m, torch.randn(2, 4), opt, target_group_sparsity=0.5, pruning_steps=4, criteria={"hessian": 1.0})
 
 
+# ------------------------------------------------------------- proximal group sparsity
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 7), data=st.data())
+def test_sef_prox_matches_a_generic_convex_solver(n, data):
+    scipy_opt = pytest.importorskip("scipy.optimize")
+    from sparseforge.structured import sef, sef_prox
+
+    k = data.draw(st.integers(1, n))
+    t = data.draw(st.floats(0.01, 2.0))
+    u = torch.tensor(data.draw(st.lists(st.floats(0.0, 3.0), min_size=n, max_size=n)), dtype=torch.float64)
+    v = sef_prox(u, k, t)
+
+    def objective(x):
+        x = torch.as_tensor(x, dtype=torch.float64)
+        return t * sef(x, k) + 0.5 * float((x - u).pow(2).sum())
+
+    best = min((scipy_opt.minimize(objective, x0, method="Powell", options=dict(xtol=1e-12, ftol=1e-15, maxiter=100_000))
+                for x0 in (u.numpy() / (1 + t), u.numpy())), key=lambda r: r.fun)
+    assert objective(v.numpy()) <= best.fun + 1e-9  # our prox is at least as good as the solver's point
+    assert float((torch.as_tensor(best.x) - v).abs().max()) < 1e-4
+    assert int((v > 0).sum()) >= min(k, int((u > 0).sum()))  # at least k groups stay free
+
+
+def test_sef_by_hand():
+    from sparseforge.structured import sef, sef_prox
+
+    # k >= n: plain 1/2 ||u||^2; k = 1: 1/2 ||u||_1^2 (the 1-support norm is the l1 norm)
+    u = torch.tensor([3.0, 1.0, 2.0])
+    assert sef(u, 3) == pytest.approx(0.5 * 14)
+    assert sef(u, 1) == pytest.approx(0.5 * 36)
+    # k = 2 on (3, 2, 1): r = 0 needs 3 > 2 + 1 (false); r = 1: inf > 3 >= 3 -> 1/4 (3+2+1)^2
+    assert sef(u, 2) == pytest.approx(9.0)
+    torch.testing.assert_close(sef_prox(u, 3, 1.0), u.double() / 2)
+    v = sef_prox(torch.tensor([5.0, 0.1, 0.05]), 1, 1.0)
+    assert v[0] > 0 and v[1] == 0 and v[2] == 0  # small groups go to exactly zero
+
+
+def test_group_lasso_prox_by_hand():
+    from sparseforge.structured import group_lasso_prox
+
+    out = group_lasso_prox(torch.tensor([3.0, 0.5, 2.0]), 1.0, torch.tensor([1.0, 1.0, 4.0]))
+    torch.testing.assert_close(out, torch.tensor([2.0, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("penalty, lam", [("sef", 0.5), ("group_lasso", 0.07)])
+def test_group_prox_training_reaches_exact_target_and_shrinks(penalty, lam):
+    from sparseforge.structured import GroupProx
+
+    m = _mlp()
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    gp = GroupProx(m, x[:2], torch.optim.SGD(m.parameters(), lr=0.1), lam=lam, target_group_sparsity=0.5, penalty=penalty)
+    for _ in range(15):
+        gp.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        gp.step()
+    assert 0 < gp.zero_groups_count() <= 14  # the prox itself produces exact zeros
+    zeroed = gp.finalize()
+    assert len(zeroed) == 14 and gp.zero_groups_count() == 14
+    small = gp.shrink()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), m(x), atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="lam"):
+        GroupProx(m, x[:2], torch.optim.SGD(m.parameters(), lr=0.1), lam=0, target_group_sparsity=0.5)
+
+
 # ------------------------------------------------------------------ Hugging Face models
 transformers = pytest.importorskip("transformers")
 
