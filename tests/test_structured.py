@@ -850,6 +850,21 @@ def test_hf_gqa_heads_kept_whole():
         StructuredPruner(m, x, sparsity=0.3).select()
 
 
+def test_hf_attention_rule_skips_modules_with_their_own_tensors():
+    from sparseforge.structured import is_hf_attention
+
+    class Attn(nn.Module):
+        def __init__(self, extra):
+            super().__init__()
+            self.head_dim = 4
+            self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(8, 8) for _ in range(4))
+            if extra:  # like Swin's relative position bias table, one column per head
+                self.bias_table = nn.Parameter(torch.zeros(9, 2))
+
+    Attn.__module__ = "transformers.models.fake.modeling_fake"
+    assert is_hf_attention(Attn(False)) and not is_hf_attention(Attn(True))
+
+
 def test_hf_save_pretrained_reload_in_a_fresh_process(tmp_path):
     from sparseforge.structured import update_hf_config
 

@@ -48,8 +48,18 @@ def _parts(m: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear | N
 
 
 def is_hf_attention(m: nn.Module) -> bool:
-    """Whether ``m`` is an attention module this rule handles (see the module docstring)."""
-    return type(m).__module__.startswith("transformers") and _parts(m) is not None
+    """Whether ``m`` is an attention module this rule handles (see the module docstring).
+
+    Modules with tensors of their own besides the projections (Swin's relative position
+    bias per head, for instance) are left to the generic tracer: the rule would not slice them.
+    """
+    if not type(m).__module__.startswith("transformers"):
+        return False
+    parts = _parts(m)
+    if parts is None:
+        return False
+    mine = {id(t) for lin in parts[:4] if lin is not None for t in lin.parameters()}
+    return all(id(t) in mine for t in m.parameters()) and not any(True for _ in m.buffers())
 
 
 def _trace(ctx, m, name, args, kwargs, out):
