@@ -462,6 +462,13 @@ def test_sizes_read_from_shapes_are_not_literals():
     assert "literally" in skipped["f2.weight[dim 0]"] and "untracked" in skipped["c.weight[dim 0]"]
 
 
+def test_padding_keeps_channel_labels():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ZeroPad2d((1, 1, 1, 1)), nn.ReLU(), nn.Conv2d(6, 2, 3))
+    graph, small = assert_shrink_equals_zeroed(m, torch.randn(2, 3, 6, 6))
+    assert _sizes(graph) == {"0.weight[dim 0]": 6} and small[3].in_channels == 3
+
+
 # ----------------------------------------------------------------- invariants (hypothesis)
 @settings(max_examples=15, deadline=None)
 @given(widths=st.lists(st.integers(1, 6), min_size=1, max_size=3), seed=st.integers(0, 10_000),

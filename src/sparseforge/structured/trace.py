@@ -135,6 +135,15 @@ def _flatten_tensors(x: Any) -> list[torch.Tensor]:
     return []
 
 
+def _to_cpu(x: Any) -> Any:
+    """Index tensors and other arguments replayed on the (CPU) label tensors."""
+    if torch.is_tensor(x):
+        return x.cpu()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_cpu(v) for v in x)
+    return x
+
+
 def _compress(lab: torch.Tensor) -> torch.Tensor:
     """Shrink every dimension along which all label slices are equal to size 1."""
     for d in range(lab.dim()):
@@ -415,6 +424,18 @@ class _Tracer(TorchFunctionMode):
                 if o.dim() == first.dim():
                     ctx.set_labels(o, lab)
             return
+        if name == "pad" and first is not None:
+            pad = args[1] if len(args) > 1 else kwargs.get("pad")
+            lab = ctx.labels(first)
+            padded = list(range(first.dim() - len(pad) // 2, first.dim())) if isinstance(pad, (tuple, list)) else []
+            # padding only adds positions along the padded dimensions: labels elsewhere stay
+            if padded and not any(lab.size(d) > 1 for d in padded):
+                for o in outs:
+                    if o.dim() == first.dim():
+                        ctx.set_labels(o, lab)
+                return
+            ctx.pin_labels(lab, "pad along a labelled dimension")
+            return
         why = f"used by operation {name!r}, which has no structured rule"
         if any(int(ctx.labels(t).abs().sum()) for t in ins):
             ctx.unknown.setdefault(f"op {name}", "no structured rule: its inputs' channels are kept")
@@ -474,8 +495,8 @@ class _Tracer(TorchFunctionMode):
             if name in ("getitem", "narrow", "select", "index_select") and self._indexes_labelled(name, x, lab, args, kwargs):
                 ctx.pin_labels(lab, f"{name} indexes a labelled dimension with fixed indices")
                 return
-            new_args = (lab.expand(x.shape).contiguous(),) + tuple(args[1:])
-        new_out = func(*new_args, **kwargs)
+            new_args = (lab.expand(x.shape).contiguous(),) + tuple(_to_cpu(a) for a in args[1:])
+        new_out = func(*new_args, **{k: _to_cpu(v) for k, v in kwargs.items()})
         lab_outs = _flatten_tensors(new_out)
         if len(lab_outs) != len(outs):
             ctx.pin(src, f"{name}: could not replay on labels")
