@@ -139,7 +139,7 @@ class GroupProx:
         params = {}
         for name, p in model.named_parameters(remove_duplicate=False):
             params.setdefault(name, p)
-        self._slices = [[(params[sp.key], sp.dim, torch.tensor(ix, dtype=torch.long)) for sp, ix in g.slots
+        self._slices = [[(params[sp.key], sp.dim, torch.tensor(ix, dtype=torch.long, device=params[sp.key].device)) for sp, ix in g.slots
                          if sp.key in params and not sp.virtual] for g in graph.groups]
         # elements per group (for the group-lasso weights sqrt(n_g))
         self.sizes = torch.tensor([sum(idx.numel() * (1 if d == ELEMENTS else p.numel() // p.size(d)) for p, d, idx in sl)
