@@ -148,6 +148,24 @@ def test_chunk_couples_pieces_and_literal_split_is_pinned():
     assert any(name.startswith("c.weight") and "split" in why for name, why in graph.skipped)
 
 
+def test_chunk_pieces_used_apart_still_shrink_alike():
+    class ChunkApart(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.l1, self.l2 = nn.Linear(4, 8), nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            u, v = self.a(x).chunk(2, dim=-1)  # nothing element-wise joins u and v
+            return self.l1(u) + self.l2(v)
+
+    torch.manual_seed(0)
+    m = ChunkApart()
+    graph = trace_groups(m, torch.randn(2, 4))
+    first = graph.clusters[0].groups[0]
+    assert dict((sp.key, ix) for sp, ix in graph.groups[first].slots if sp.dim == 0)["a.weight"] == (0, 4)
+    assert_shrink_equals_zeroed(m, torch.randn(3, 4), [first])
+
+
 class GroupedConvs(nn.Module):
     def __init__(self):
         super().__init__()
