@@ -573,6 +573,11 @@ def test_round_to_min_channels_and_global_scope():
     p = StructuredPruner(m, x, sparsity=0.5, scope="global")
     removed = p.select()
     assert len(removed) == 13
+    # exactly the 13 lowest importances after dividing by each cluster's mean
+    norm = p.scores.clone()
+    for c in p.graph.clusters:
+        norm[c.groups] = norm[c.groups] / norm[c.groups].mean()
+    assert removed == sorted(norm.argsort()[:13].tolist())
 
 
 def test_ignored_layer_keeps_both_dimensions():
