@@ -19,6 +19,7 @@ from .report import Report, sparsity_report
 from .search import random_search
 from .soups import greedy_soup, recalibrate_bn, sparse_model_soups, uniform_soup
 from .transforms import ift_method, iso_flop_report, sparse_ift
+from .structured import StructuredPruner, prune_structured
 
 __all__ = [
     "__version__",
@@ -29,6 +30,7 @@ __all__ = [
     "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "prune_nm", "prune_oneshot",
     "Report", "sparsity_report",
     "save_compressed", "load_compressed", "compressed_size_report", "materialize",
+    "StructuredPruner", "prune_structured",
     "sparse_ift", "ift_method", "iso_flop_report",
     "sparse_model_soups", "uniform_soup", "greedy_soup", "recalibrate_bn",
     "random_search",
