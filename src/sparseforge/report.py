@@ -41,6 +41,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from .utils import call_model, preserved_modes
 from .errors import CheckpointError, ConfigError, LayerError
 from .masking import MASK_SUFFIX, MaskedLayer, find_masked_layers, is_hf_conv1d
 
@@ -380,22 +381,13 @@ def _count_positions(model: nn.Module, modules: list[nn.Module], example_input: 
 
     # the report must not change the model: eval() keeps BatchNorm statistics and dropout
     # untouched, and each submodule gets its own mode back (models can mix train/eval parts)
-    modes = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_hook(hook) for m in modules]
     try:
-        model.eval()
-        with torch.no_grad():
-            if isinstance(example_input, Mapping):
-                model(**example_input)
-            elif isinstance(example_input, (tuple, list)):
-                model(*example_input)
-            else:
-                model(example_input)
+        with preserved_modes(model), torch.no_grad():
+            call_model(model, example_input)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes:
-            m.training = training
     for key in unsupported:
         positions.pop(key, None)
     return positions, batch

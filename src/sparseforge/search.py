@@ -34,6 +34,7 @@ from torch import nn
 
 from .core.patterns import num_pruned
 from .core.rng import stream_generator
+from .utils import preserved_modes
 from .errors import ConfigError, LayerError, check_int, check_sparsity
 from .masking import Masking, Targets, find_masked_layers
 
@@ -153,13 +154,8 @@ def score_at_init(model: nn.Module, x: torch.Tensor, y: torch.Tensor, metric: st
     """Score of an untrained (sub-)network on ``(x, y)`` in eval mode: cross-entropy or accuracy."""
     if metric not in ("loss", "accuracy"):
         raise ConfigError(f"metric must be 'loss' or 'accuracy'; got {metric!r}")
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with preserved_modes(model):
         out = model(x)
-    finally:
-        for m, t in modes:
-            m.training = t
     if metric == "loss":
         return float(F.cross_entropy(out, y))
     return float((out.argmax(1) == y).float().mean())

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core.patterns import num_pruned, topk_mask
+from .utils import preserved_modes
 from .errors import ConfigError, LayerError, check_int, check_sparsity
 from .masking import MASK_SUFFIX, Masking, Targets, find_masked_layers
 
@@ -192,13 +193,10 @@ def greedy_soup(models: Sequence[nn.Module], score: Callable[[nn.Module], float]
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)`` in eval mode (the model's mode is restored)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     correct = 0
-    for i in range(0, x.shape[0], batch_size):
-        correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-    for m, t in modes:
-        m.training = t
+    with preserved_modes(model):
+        for i in range(0, x.shape[0], batch_size):
+            correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
     return correct / max(1, x.shape[0])
 
 

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..utils import call_model, preserved_modes
 from ..errors import ConfigError, LayerError, check_int, check_sparsity
 from ..masking import is_hf_conv1d
 from .graph import DependencyGraph, trace_groups
@@ -102,7 +103,6 @@ def count_params_macs(model: nn.Module, example_inputs: Any) -> tuple[int, int]:
     """Parameters, and weight multiply-accumulates per sample of one forward pass (see :class:`StructuredReport`)."""
     params = sum(p.numel() for p in model.parameters())
     macs = 0
-    batch = [1]
 
     def hook(m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
         nonlocal macs
@@ -128,24 +128,18 @@ def count_params_macs(model: nn.Module, example_inputs: Any) -> tuple[int, int]:
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                           nn.ConvTranspose3d, nn.MultiheadAttention)) or is_hf_conv1d(m):
             handles.append(m.register_forward_hook(hook, with_kwargs=True))
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
-            if isinstance(example_inputs, dict):
-                model(**example_inputs)
-                first = next(v for v in example_inputs.values() if torch.is_tensor(v))
-            elif isinstance(example_inputs, (tuple, list)):
-                model(*example_inputs)
-                first = next(v for v in example_inputs if torch.is_tensor(v))
-            else:
-                model(example_inputs)
-                first = example_inputs
+        with preserved_modes(model), torch.no_grad():
+            call_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
-        for m, t in modes:
-            m.training = t
+    if isinstance(example_inputs, dict):
+        first = next(v for v in example_inputs.values() if torch.is_tensor(v))
+    elif isinstance(example_inputs, (tuple, list)):
+        first = next(v for v in example_inputs if torch.is_tensor(v))
+    else:
+        first = example_inputs
     b = int(first.shape[0]) if first.dim() else 1
     return params, macs // max(b, 1)
 

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..utils import call_model, preserved_modes
 from ..errors import ConfigError
 
 __all__ = ["UNKNOWN", "ELEMENTS", "UnionFind", "Space", "TraceContext", "run_trace"]
@@ -629,17 +630,10 @@ def run_trace(model: nn.Module, example_inputs: Any, find_rule: Callable[[nn.Mod
             visit(child, f"{prefix}.{n}" if prefix else n)
 
     visit(model, "")
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad(), tracer:
+        with preserved_modes(model), torch.no_grad(), tracer:
             try:
-                if isinstance(example_inputs, Mapping):
-                    output = model(**example_inputs)
-                elif isinstance(example_inputs, (tuple, list)):
-                    output = model(*example_inputs)
-                else:
-                    output = model(example_inputs)
+                output = call_model(model, example_inputs)
             except ConfigError:
                 raise
             except Exception as e:  # the user's inputs do not fit the model: say so clearly
@@ -650,7 +644,5 @@ def run_trace(model: nn.Module, example_inputs: Any, find_rule: Callable[[nn.Mod
     finally:
         for h in handles:
             h.remove()
-        for m, t in modes:
-            m.training = t
     ctx.pin(output, "reaches the model's output (its shape must be kept)")
     return ctx, output

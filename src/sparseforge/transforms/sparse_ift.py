@@ -66,6 +66,7 @@ import torch
 from torch import nn
 
 from ..core.allocation import PerLayer
+from ..utils import preserved_modes
 from ..errors import ConfigError, LayerError, check_sparsity
 from ..masking import Targets
 
@@ -437,17 +438,12 @@ def sparse_ift(model: nn.Module, kind: str, sparsity: float, *, include: Sequenc
         return out
     _widen(out, chosen, s)
     if example_input is not None:
-        modes = [(m, m.training) for m in out.modules()]
         try:
-            with torch.no_grad():
-                out.eval()
+            with preserved_modes(out), torch.no_grad():
                 out(example_input)
         except RuntimeError as e:
             raise LayerError(f"Sparse Wide: the widened model does not run on example_input ({e}); the width rule "
                              "supports chains of Linear/Conv2d layers (MLPs, plain CNNs), not residual networks") from None
-        finally:
-            for m, training in modes:
-                m.training = training
     return out
 
 

@@ -1,0 +1,37 @@
+"""Small helpers shared across layers: run a model on example inputs without changing its state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from torch import nn
+
+__all__ = ["preserved_modes", "call_model"]
+
+
+@contextmanager
+def preserved_modes(model: nn.Module, training: bool = False) -> Iterator[nn.Module]:
+    """Put ``model`` in eval (or, with ``training=True``, train) mode for the block.
+
+    Afterwards every submodule gets back its own mode, not one mode for all: models can mix
+    train and eval parts (a frozen BatchNorm inside a training model), and a probe must not
+    change them.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.train(training)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def call_model(model: nn.Module, example_input: Any) -> Any:
+    """``model(**x)`` for a mapping, ``model(*x)`` for a tuple or list, ``model(x)`` otherwise."""
+    if isinstance(example_input, Mapping):
+        return model(**example_input)
+    if isinstance(example_input, (tuple, list)):
+        return model(*example_input)
+    return model(example_input)
