@@ -13,6 +13,8 @@ import pickle
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
@@ -627,6 +629,31 @@ def test_rigl_drop_noise_breaks_exact_ties_by_seed_only() -> None:
         RigL(mlp(), sparsity=0.5, end=10, drop_noise=-1)
     with pytest.raises(ConfigError, match=r"skip_step.*'yes'"):
         RigL(mlp(), sparsity=0.5, end=10, skip_step="yes")
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), density=st.floats(0.2, 0.8), alpha=st.floats(0.05, 0.9))
+def test_prop_rigl_update_step_is_the_official_rule_and_moves_no_weight(seed, density, alpha) -> None:
+    g_ = torch.Generator().manual_seed(seed)
+    model = _single_linear(3, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    method = RigL(model, opt, sparsity=0.0, update_interval=3, end=6, drop_fraction=alpha, decay="constant",
+                  allocation="uniform", drop_noise=0.0)
+    layer = method.layers[0]
+    old = torch.rand(3, 5, generator=g_) < density
+    old.view(-1)[0] = True  # at least one active weight
+    w = torch.randn(3, 5, generator=g_)
+    set_layer(method, layer, old, w)
+    g = torch.randn(3, 5, generator=g_)
+    (layer.weight * g).sum().backward()
+    opt.step()  # t = 0: update step
+    new = layer.mask
+    assert int(new.sum()) == int(old.sum())
+    assert torch.equal(new, _expected_rigl_mask(old, w * old, g, alpha))
+    stay = new & old
+    assert torch.equal(layer.weight.detach()[stay], (w * old)[stay])  # skipped step: no SGD, no decay
+    assert bool((layer.weight.detach()[new & ~old] == 0).all())
+    assert torch.equal(layer.weight.grad, g)
 
 
 def test_rigl_drop_fraction_follows_cosine_schedule() -> None:
