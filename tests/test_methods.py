@@ -13,6 +13,8 @@ import pickle
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
@@ -494,6 +496,24 @@ def test_set_update_keeps_count_and_regrows_at_zero() -> None:
     assert method.last_update["step"] == 1
 
 
+@pytest.mark.parametrize("cls, kw", [(SET, {"update_interval": 10, "total_steps": 30}),
+                                     (RigL, {"update_interval": 5, "total_steps": 11, "end": 10})])
+def test_dst_never_updates_in_the_last_step(cls, kw) -> None:
+    # regrown weights start at zero: an update in the last step would leave them dead in the
+    # final model (the official SET code skips the last epoch's update)
+    model = mlp()
+    opt = sgd(model)
+    method = cls(model, opt, sparsity=0.7, **kw)
+    calls = []
+
+    def rec(t: int) -> None:
+        if method.last_update.get("step") == t + 1:
+            calls.append(t)
+
+    train(model, opt, kw["total_steps"], on_step=rec)
+    assert calls == ([9, 19] if cls is SET else [0, 5])
+
+
 def test_set_requires_update_interval() -> None:
     with pytest.raises(ConfigError, match="update_interval"):
         build_method("set", mlp(), sparsity=0.5)
@@ -503,10 +523,11 @@ def test_set_requires_update_interval() -> None:
 
 
 # ============================================================================ RigL
-def _rigl_hand(drop_fraction: float = 0.5, lr: float = 0.1, momentum: float = 0.9):
+def _rigl_hand(drop_fraction: float = 0.5, lr: float = 0.1, momentum: float = 0.9, **kw):
     model = _single_linear(4, 4)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    method = RigL(model, opt, sparsity=0.5, update_interval=1, end=10, drop_fraction=drop_fraction, allocation="uniform")
+    method = RigL(model, opt, sparsity=0.5, update_interval=2, end=10, drop_fraction=drop_fraction,
+                  allocation="uniform", **kw)
     layer = method.layers[0]
     w = torch.tensor([[0.5, -0.1, 0.9, -0.3], [0.2, 0.8, -0.05, 0.7], [0.0] * 4, [0.0] * 4])
     set_layer(method, layer, w != 0, w)
@@ -518,29 +539,61 @@ def test_rigl_grows_top_gradient_drops_smallest_weight() -> None:
     g = torch.tensor([[0.0] * 4, [0.0] * 4, [0.1, -0.9, 0.3, 0.05], [-0.6, 0.2, 0.8, -0.4]])
     (layer.weight * g).sum().backward()  # custom loss: dL/dW = g exactly
     opt.step()
-    frac = 0.5 / 2 * (1 + math.cos(math.pi * 1 / 10))
-    assert int(8 * frac) == 3
-    assert method.last_update["drop_fraction"] == pytest.approx(frac)
+    # step 0 is an update step (the official last_update_step starts at -interval): f(0) = alpha
+    assert method.last_update["drop_fraction"] == pytest.approx(0.5) and method.last_update["step"] == 1
     expected = torch.tensor(
         [
-            [T, F_, T, T],  # -0.1 dropped
+            [T, F_, T, F_],  # -0.1 and -0.3 dropped
             [F_, T, F_, T],  # 0.2 and -0.05 dropped
             [F_, T, F_, F_],  # |g| 0.9
-            [T, F_, T, F_],  # |g| 0.6 and 0.8
+            [T, F_, T, T],  # |g| 0.6, 0.8 and 0.4
         ]
     )
     assert torch.equal(layer.mask, expected)
     stats = method.last_update["layers"]["0.weight"]
-    assert stats == {"active": 8, "dropped": 3, "grown": 3}
+    assert stats == {"active": 8, "dropped": 4, "grown": 4}
     grown = expected & (w == 0)
     assert bool((layer.weight[grown] == 0).all())  # grow_init = zeros
-    assert bool((opt.state[layer.weight]["momentum_buffer"][grown] == 0).all())
     assert bool((layer.weight[~expected] == 0).all())
-    assert torch.equal(layer.weight[expected & (w != 0)], w[expected & (w != 0)])  # zero grad there
-    # the next step trains the grown weights
+    assert torch.equal(layer.weight[expected & (w != 0)], w[expected & (w != 0)])
+    # the next step trains the grown weights, and their momentum starts from zero
     opt.zero_grad()
     (layer.weight * torch.ones(4, 4)).sum().backward()
     opt.step()
+    assert torch.allclose(layer.weight[grown], torch.full((4,), -0.1))
+    assert torch.equal(opt.state[layer.weight]["momentum_buffer"][grown], torch.ones(4))
+
+
+def test_rigl_skips_the_optimizer_step_on_update_steps() -> None:
+    # official: cond(mask_update_step, mask_update, apply_gradients) -- the update step's batch
+    # only ranks the regrown positions; weights, momentum and weight decay do not move
+    model, opt, method, layer, w = _rigl_hand(drop_fraction=0.25)
+    g = torch.full((4, 4), 0.5)
+    g[3, 1] = 2.0
+    (layer.weight * g).sum().backward()
+    opt.step()  # t = 0: update, no SGD step
+    assert method.last_update["step"] == 1
+    kept = (w != 0) & (w.abs() > 0.1)  # int(8 * 0.25) = 2 dropped: -0.05 and -0.1
+    assert torch.equal(layer.weight.detach()[kept], w[kept])  # no SGD step
+    assert opt.state[layer.weight] == {}  # no momentum buffer either
+    assert torch.equal(layer.weight.grad, g)  # the gradients are handed back untouched
+    assert bool(layer.mask[3, 1]) and int(layer.mask.sum()) == 8
+    opt.step()  # t = 1: a plain step (mask grads, then SGD)
+    assert bool((layer.weight.detach()[kept] < w[kept]).all())
+
+
+def test_rigl_without_skip_applies_the_step_then_updates() -> None:
+    model, opt, method, layer, w = _rigl_hand(lr=0.01, momentum=0.0, skip_step=False)
+    g = torch.tensor([[0.0] * 4, [5.0, 0.0, 0.0, 0.0], [0.1, -0.9, 0.3, 0.05], [-0.6, 0.2, 0.8, -0.4]])
+    (layer.weight * g).sum().backward()
+    opt.step()
+    # (1,0): 0.2 - 0.01*5 = 0.15 is among the 4 smallest after the step and is dropped, but
+    # its dense gradient is the largest, so it is regrown with its value; three fresh positions
+    assert bool(layer.mask[1, 0])
+    assert float(layer.weight[1, 0].detach()) == pytest.approx(0.15)
+    assert bool(layer.mask[2, 1]) and bool(layer.mask[3, 2]) and bool(layer.mask[3, 0])
+    assert method.last_update["layers"]["0.weight"] == {"active": 8, "dropped": 3, "grown": 3}
+    assert int(layer.mask.sum()) == 8
 
 
 def test_rigl_just_dropped_weight_can_be_regrown_and_keeps_its_value() -> None:
@@ -548,13 +601,59 @@ def test_rigl_just_dropped_weight_can_be_regrown_and_keeps_its_value() -> None:
     g = torch.tensor([[0.0] * 4, [5.0, 0.0, 0.0, 0.0], [0.1, -0.9, 0.3, 0.05], [-0.6, 0.2, 0.8, -0.4]])
     (layer.weight * g).sum().backward()
     opt.step()
-    # (1,0): 0.2 - 0.01*5 = 0.15 is still among the 3 smallest and is dropped, but its dense
-    # gradient is the largest, so it is regrown with its value; two fresh positions join it
-    assert bool(layer.mask[1, 0])
-    assert float(layer.weight[1, 0].detach()) == pytest.approx(0.15)
-    assert bool(layer.mask[2, 1]) and bool(layer.mask[3, 2]) and not bool(layer.mask[3, 0])
-    assert method.last_update["layers"]["0.weight"] == {"active": 8, "dropped": 2, "grown": 2}
-    assert int(layer.mask.sum()) == 8
+    assert bool(layer.mask[1, 0]) and float(layer.weight[1, 0].detach()) == pytest.approx(0.2)
+    assert method.last_update["layers"]["0.weight"] == {"active": 8, "dropped": 3, "grown": 3}
+
+
+def test_rigl_drop_noise_breaks_exact_ties_by_seed_only() -> None:
+    def dropped(seed: int, noise: float) -> torch.Tensor:
+        model = _single_linear(1, 12)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        method = RigL(model, opt, sparsity=0.0, update_interval=1, end=5, drop_fraction=0.5,
+                      allocation="uniform", seed=seed, drop_noise=noise)
+        layer = method.layers[0]
+        # eight tied magnitudes and four clearly larger ones (gap 1e-2 >> noise 1e-5)
+        w = torch.tensor([[0.3, -0.3, 0.3, -0.3, 0.3, -0.3, 0.3, -0.3, 0.31, -0.31, 0.31, -0.31]])
+        set_layer(method, layer, torch.ones(1, 12, dtype=torch.bool), w)
+        kept = method.drop(layer, layer.mask, n_drop=6).reshape(-1)
+        return ~kept
+
+    # without noise: ties by position, the lower index goes first
+    assert torch.equal(dropped(0, 0.0), torch.tensor([T] * 6 + [F_] * 6))
+    runs = [dropped(s, 1e-5) for s in range(6)]
+    for d in runs:
+        assert int(d.sum()) == 6 and not bool(d[8:].any())  # only the tied ones compete
+    assert any(not torch.equal(runs[0], d) for d in runs[1:])  # which ones depends on the seed
+    assert torch.equal(dropped(3, 1e-5), runs[3])  # and nothing else
+    with pytest.raises(ConfigError, match=r"drop_noise.*-1"):
+        RigL(mlp(), sparsity=0.5, end=10, drop_noise=-1)
+    with pytest.raises(ConfigError, match=r"skip_step.*'yes'"):
+        RigL(mlp(), sparsity=0.5, end=10, skip_step="yes")
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), density=st.floats(0.2, 0.8), alpha=st.floats(0.05, 0.9))
+def test_prop_rigl_update_step_is_the_official_rule_and_moves_no_weight(seed, density, alpha) -> None:
+    g_ = torch.Generator().manual_seed(seed)
+    model = _single_linear(3, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    method = RigL(model, opt, sparsity=0.0, update_interval=3, end=6, drop_fraction=alpha, decay="constant",
+                  allocation="uniform", drop_noise=0.0)
+    layer = method.layers[0]
+    old = torch.rand(3, 5, generator=g_) < density
+    old.view(-1)[0] = True  # at least one active weight
+    w = torch.randn(3, 5, generator=g_)
+    set_layer(method, layer, old, w)
+    g = torch.randn(3, 5, generator=g_)
+    (layer.weight * g).sum().backward()
+    opt.step()  # t = 0: update step
+    new = layer.mask
+    assert int(new.sum()) == int(old.sum())
+    assert torch.equal(new, _expected_rigl_mask(old, w * old, g, alpha))
+    stay = new & old
+    assert torch.equal(layer.weight.detach()[stay], (w * old)[stay])  # skipped step: no SGD, no decay
+    assert bool((layer.weight.detach()[new & ~old] == 0).all())
+    assert torch.equal(layer.weight.grad, g)
 
 
 def test_rigl_drop_fraction_follows_cosine_schedule() -> None:
@@ -566,10 +665,10 @@ def test_rigl_drop_fraction_follows_cosine_schedule() -> None:
 
     def rec(t: int) -> None:
         if method.last_update.get("step") == t + 1:
-            fracs[t + 1] = method.last_update["drop_fraction"]
+            fracs[t] = method.last_update["drop_fraction"]
 
     train(model, opt, 200, on_step=rec)
-    assert sorted(fracs) == list(range(10, 151, 10))  # updates stop at end
+    assert sorted(fracs) == list(range(0, 151, 10))  # from step 0 to end inclusive
     for step, f in fracs.items():
         assert f == pytest.approx(0.15 * (1 + math.cos(math.pi * step / 150)))
 
@@ -598,12 +697,13 @@ def test_dst_invariants_over_many_updates(cls) -> None:
     model = mlp()
     opt = sgd(model, lr=0.1)
     kw = dict(sparsity=0.8, update_interval=5)
-    method = cls(model, **kw, total_steps=300) if cls is RigL else cls(model, **kw)
+    method = cls(model, **kw, total_steps=300, drop_noise=0.0) if cls is RigL else cls(model, **kw)
     probe: dict[str, list] = {}
 
     def pre(o, a, k):
         probe["old"] = masks_of(method)
         probe["g"] = [l.weight.grad.detach().clone() for l in method.layers]
+        probe["w_pre"] = [l.weight.detach().clone() for l in method.layers]
 
     def post(o, a, k):
         probe["w"] = [l.weight.detach().clone() for l in method.layers]
@@ -633,9 +733,12 @@ def test_dst_invariants_over_many_updates(cls) -> None:
             assert bool((w[grown] == 0).all())  # grown positions were inactive (zero) before
             assert bool((layer.weight[grown] == 0).all())  # and start at zero
             assert bool((layer.weight[dropped] == 0).all())
-            assert bool((opt.state[layer.weight]["momentum_buffer"][grown] == 0).all())
+            buf = opt.state[layer.weight].get("momentum_buffer")
+            assert (buf is None and t == 0 and cls is RigL) or bool((buf[grown] == 0).all())
             if cls is RigL:
                 assert torch.equal(new, _expected_rigl_mask(old, w, g, frac)), layer.qualname
+        if cls is RigL:  # the update step's optimizer step is skipped: no weight moved
+            assert all(torch.equal(a, b_) for a, b_ in zip(probe["w_pre"], probe["w"]))
         if n_updates > 1:
             assert any(method.last_update["layers"][l.qualname]["grown"] > 0 for l in method.layers)
 
@@ -741,7 +844,7 @@ def test_pickled_or_reattached_method_counts_each_step_once() -> None:
     train(model, opt, 13, start=7)
     train(clone.model, opt_c, 13, start=7)
     assert method.step == clone.step == 20
-    assert clone.last_update["step"] == method.last_update["step"] == 20
+    assert clone.last_update["step"] == method.last_update["step"] == 16  # the update in call t = 15
     for a, b_ in zip(model.state_dict().values(), clone.model.state_dict().values()):
         assert torch.equal(a, b_)
     # a new optimizer (say, for a new phase): detach, attach, still one update per interval
@@ -749,7 +852,7 @@ def test_pickled_or_reattached_method_counts_each_step_once() -> None:
     opt2 = sgd(model)
     method.attach(opt2)
     train(model, opt2, 5, start=20)
-    assert method.step == 25 and method.last_update["step"] == 25
+    assert method.step == 25 and method.last_update["step"] == 21  # call t = 20
     assert len(method.masking._after) == 1
 
 

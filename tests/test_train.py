@@ -69,6 +69,14 @@ def test_every_method_trains_and_hits_its_sparsity(method: dict, bigger_data) ->
         assert t.total_steps == 128 + 2 * (128 - 3)  # 32 steps per epoch, rounds restart at step 3
 
 
+def test_trainer_gives_set_the_run_length(data) -> None:
+    # SET updates once per epoch but not after the last one (official SciPy code)
+    t = Trainer(recipe({"name": "set", "sparsity": 0.9}, epochs=2), progress=False, dataset=data)
+    assert t.method.update_interval == 8 and t.method.total_steps == t.total_steps == 16
+    t.fit()
+    assert t.method.last_update["step"] == 8
+
+
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 

@@ -182,7 +182,7 @@ def _resolve_method(name: Any, params: dict[str, Any], steps: int, first_batch: 
         if k in STEP_KEYS:
             p[k] = resolve_steps(k, p[k], total_steps=steps, steps_per_epoch=steps)
     # run-length defaults, as the Trainer sets them; explicit values win
-    if name == "rigl" or name in NM_METHODS:
+    if name in ("rigl", "set") or name in NM_METHODS:
         p.setdefault("total_steps", steps)
     elif name == "gmp":
         p.setdefault("begin", 0)
@@ -234,7 +234,7 @@ def train_lm(
         method: a registry name (:data:`sparseforge.methods.METHODS` or ``"snip"``); not ``"imp"``.
         method_params: the method's keyword arguments, e.g. ``{"pattern": "2:4"}`` or
             ``{"pattern": "1:8", "decay": "exp", "decay_coef": 1e-3}``. ``total_steps``
-            (N:M methods, RigL) defaults to ``steps``; GMP's ``begin``/``end`` to 0 and 75 %;
+            (N:M methods, RigL, SET) defaults to ``steps``; GMP's ``begin``/``end`` to 0 and 75 %;
             step-valued entries may be ``"N%"`` of ``steps``.
         model: a registry model name (sized from the corpus; default ``"tiny-gpt"``) or a
             module mapping ``[B, T]`` token ids to ``[B, T, V]`` logits.

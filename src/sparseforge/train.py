@@ -178,6 +178,7 @@ class Trainer:
             p.setdefault("total_steps", train_steps)
         elif name == "set":
             p.setdefault("update_interval", self.steps_per_epoch)  # official SET: once per epoch
+            p.setdefault("total_steps", train_steps)  # no topology change after the last epoch
         elif name == "gmp":
             p.setdefault("begin", 0)
             p.setdefault("end", "75%")

@@ -11,7 +11,11 @@ per-layer rounding).
 * :class:`ERK` (Evci et al. 2020, RigL): density proportional to ``(sum(dims) / prod(dims))**p``
   over all dims, ``p = power_scale`` (default 1; 0 gives uniform). Layers whose density would
   exceed 1 are made dense and their excess is redistributed over the rest, iterating as in
-  RigL's ``get_sparsities_erdos_renyi``.
+  RigL's ``get_sparsities_erdos_renyi`` (which counts each layer's budget as
+  ``n - floor(S n)`` where this uses ``(1 - S) n``: less than one weight per layer apart).
+  No layer is special-cased: RigL's scripts keep the first layer dense only with the uniform
+  split (ImageNet) or set custom per-layer sparsities (MNIST); use ``Targets(first_layer="dense")``
+  for the former.
 * :class:`Global`: no fixed split; one threshold over the pooled scores of all layers (the
   per-layer sparsities follow from the scores; see :func:`global_sparsities`).
 """

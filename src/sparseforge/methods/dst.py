@@ -1,25 +1,45 @@
 """Dynamic sparse training: SET and RigL share one prune-and-regrow loop.
 
-Every ``update_interval`` optimizer steps (until ``end``) each layer drops ``int(f(t) n_active)``
-of its active weights and regrows the same number among the positions not kept after the
-drop (a just-dropped position may be regrown), so every layer's nonzero count stays
-constant. Regrown weights start at zero with zeroed optimizer state (RigL's default
-``grow_init='zeros'``); a weight dropped and regrown in the same update keeps its value.
+On each update step every layer drops ``int(f(t) n_active)`` of its active weights and regrows
+the same number among the positions not kept after the drop (a just-dropped position may be
+regrown), so every layer's nonzero count stays constant. Regrown weights start at zero with
+zeroed optimizer state (RigL's default ``grow_init='zeros'``, ``initial_acc_scale=0``); a
+weight dropped and regrown in the same update keeps its value and its state.
 
 * :class:`RigL` (Evci et al. 2020, "Rigging the Lottery: Making All Tickets Winners";
-  ``google-research/rigl``): drop the smallest ``|w|``; grow where the dense gradient
-  ``|dL/dw|`` of the current batch is largest; ``f(t) = alpha/2 (1 + cos(pi t / T_end))``.
-  Defaults: ``alpha = 0.3``, ``update_interval = 100``, ``end = 0.75 * total_steps``, ERK.
+  ``google-research/rigl``, ``SparseRigLOptimizerBase``): drop the smallest ``|w|`` (plus
+  ``N(0, drop_noise^2)`` noise, which only breaks near-ties); grow where the dense gradient
+  ``|dL/d(m*w)|`` of the update step's batch is largest, including at inactive positions;
+  ``f(t) = alpha/2 (1 + cos(pi min(t - begin, T) / T))``, ``T = end - begin``.
+  Update steps are ``t = begin, begin + dT, ...`` up to ``end`` (the official
+  ``last_update_step`` starts at ``-dT``, so step ``begin`` already updates), and on an update
+  step the optimizer step is skipped: that batch only chooses the regrown positions.
+  Defaults: ``alpha = 0.3``, ``dT = 100``, ``end = 0.75 * total_steps``, ERK allocation,
+  ``drop_noise = 1e-5``, ``skip_step = True``.
 * :class:`SET` (Mocanu et al. 2018, "Scalable training of artificial neural networks with
   adaptive sparse connectivity inspired by network science"): the official rule drops the
   fraction ``zeta`` of the *negative* weights closest to zero and ``zeta`` of the *positive*
   weights closest to zero (active weights that are exactly zero are dropped too, as the
-  official Keras code does), then regrows uniformly at random. Defaults: ``zeta = 0.3``
-  constant, ER allocation, an update once per epoch (pass ``update_interval`` = steps per epoch).
+  official Keras code does), then regrows uniformly at random. The topology changes after the
+  optimizer step, once every ``update_interval`` steps (pass the steps per epoch for the
+  official once-per-epoch rule), never after the last step of training (the official SciPy
+  code skips the last epoch's update, and the Keras code reports the accuracy measured before
+  it). Defaults: ``zeta = 0.3`` constant, ER allocation.
 
-Differences from the official code, on purpose: ties are broken by position rather than by
-random noise so every rank of a distributed run computes the same masks (they are also
-broadcast from rank 0); RigL applies the optimizer step on update steps instead of skipping it.
+Conventions kept on purpose, where they differ from ``google-research/rigl``:
+
+* drop candidates are the active weights only; the official code ranks all positions with
+  inactive ones at score ``|noise|``, which can keep an inactive position only when an active
+  weight is smaller than about ``1e-5``;
+* the noise comes from the method's seeded generator (``seed``), so every rank of a
+  distributed run draws the same values (masks are also broadcast from rank 0); remaining
+  exact ties (``drop_noise=0``) go by position;
+* the drop fraction uses ``t - begin`` (TF ``cosine_decay`` uses the global step ``t``, the
+  paper ``t / T_end``); all three agree for the default ``begin = 0``;
+* our step counter ``t`` counts the skipped steps too (the official global step does not, so
+  its run does ``#updates`` more SGD steps); the difference is one step in ``dT``;
+* per-layer counts of the initial random masks round ``S n`` half up
+  (:func:`~sparseforge.core.patterns.num_pruned`); the official code floors it.
 """
 
 from __future__ import annotations
@@ -42,7 +62,7 @@ _FOREVER = 2**62  # "update until training stops" for constant drop fractions
 
 
 class DynamicSparse(SparsityMethod):
-    """Prune-and-regrow loop shared by SET and RigL; subclasses choose drop and grow.
+    """Prune-and-regrow loop shared by SET and RigL; subclasses choose drop, grow and timing.
 
     Args:
         sparsity: target sparsity, reached at initialisation with random masks.
@@ -51,7 +71,9 @@ class DynamicSparse(SparsityMethod):
         update_interval: optimizer steps between updates.
         end: last step with an update (required unless ``total_steps`` is given or the
             decay is constant, in which case updates never stop).
-        total_steps: length of training; ``end`` defaults to ``end_fraction * total_steps``.
+        total_steps: length of training; ``end`` defaults to ``end_fraction * total_steps``,
+            and no update happens on or after the last step (its regrown weights would stay
+            zero in the final model).
         begin: first step with an update (default 0).
     """
 
@@ -59,6 +81,10 @@ class DynamicSparse(SparsityMethod):
     default_allocation = "erk"
     default_decay = "cosine"
     default_end_fraction = 0.75
+    #: skip the optimizer step on update steps (RigL); SET applies it and updates afterwards
+    skip_step = False
+    #: standard deviation of the noise added to the drop scores ``|w|`` (RigL: 1e-5)
+    drop_noise = 0.0
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
                  drop_fraction: float = 0.3, decay: str | None = None, update_interval: int = 100,
@@ -67,13 +93,15 @@ class DynamicSparse(SparsityMethod):
         self.drop_fraction = check_fraction(drop_fraction, "drop_fraction")
         self.update_interval = check_int(update_interval, "update_interval", minimum=1)
         check_int(begin, "begin", minimum=0)
+        if total_steps is not None:
+            check_int(total_steps, "total_steps", minimum=1)
+        self.total_steps = total_steps
         decay = decay or self.default_decay
         if end is None and total_steps is None:
             if decay != "constant":
                 raise ConfigError(f"{type(self).__name__} with decay={decay!r} needs end= (last update step) or total_steps=")
             end = _FOREVER
         if end is None:
-            check_int(total_steps, "total_steps", minimum=1)
             frac = check_fraction(end_fraction if end_fraction is not None else self.default_end_fraction, "end_fraction")
             end = int(frac * total_steps)
         check_int(end, "end", minimum=1)
@@ -87,6 +115,7 @@ class DynamicSparse(SparsityMethod):
         else:
             raise ConfigError(f"decay must be 'cosine' or 'constant'; got {decay!r}")
         self.last_update: dict[str, Any] = {}
+        self._held_grads: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
 
     @torch.no_grad()
@@ -95,10 +124,21 @@ class DynamicSparse(SparsityMethod):
         scores = [torch.rand(l.canonical_shape, generator=self.generator) for l in self.layers]
         self.set_masks(self.masks_from_scores(scores))
 
+    def _before_last_step(self, t: int) -> bool:
+        return self.total_steps is None or t + 1 < self.total_steps
+
     def is_update_step(self, t: int) -> bool:
-        """True if masks change after optimizer step ``t`` (every ``update_interval`` steps)."""
-        done = t + 1
-        return self.begin < done <= self.end and (done - self.begin) % self.update_interval == 0
+        """True if the masks change in optimizer call ``t`` (0-based): ``t = begin + k dT <= end``.
+
+        This is RigL's timing (``last_update_step`` starts at ``-dT``, so ``t = begin``
+        updates); :class:`SET` overrides it.
+        """
+        return (self.begin <= t <= self.end and (t - self.begin) % self.update_interval == 0
+                and self._before_last_step(t))
+
+    def drop_fraction_at(self, t: int) -> float:
+        """Drop fraction used by an update in optimizer call ``t``: ``f(t)``."""
+        return self.schedule(t)
 
     def needs_grads(self, t: int) -> bool:
         """Grow criteria that read gradients stash them on update steps only."""
@@ -106,9 +146,34 @@ class DynamicSparse(SparsityMethod):
 
     grow_needs_grads = False
 
+    def _before_step(self) -> None:
+        super()._before_step()  # stashes the dense gradients first
+        if self.skip_step and self.optimizer is not None and self.is_update_step(self.step):
+            # an optimizer skips every parameter whose .grad is None (no update, no weight
+            # decay, no change to its state): the whole step becomes a no-op, as the official
+            # cond(update, mask_update, apply_gradients); the gradients are put back afterwards
+            held = []
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        held.append((p, p.grad))
+                        p.grad = None
+            self._held_grads = held
+
+    def _after_step(self) -> None:
+        held, self._held_grads = self._held_grads, None
+        try:
+            super()._after_step()
+        finally:
+            for p, g in held or ():
+                p.grad = g
+
     def drop(self, layer: MaskedLayer, mask: torch.Tensor, n_drop: int) -> torch.Tensor:
-        """Canonical mask of the active weights that survive: drop the ``n_drop`` smallest ``|w|``."""
+        """Canonical mask of the active weights that survive: drop the ``n_drop`` smallest ``|w| + noise``."""
         w = layer.canonical(layer.weight.detach()).abs()
+        if self.drop_noise > 0:
+            noise = torch.randn(w.shape, generator=self.generator, dtype=torch.float32)
+            w = w.float() + self.drop_noise * noise.to(w.device)
         n_keep = int(mask.sum()) - n_drop
         return topk_mask(w, n_keep, eligible=mask)
 
@@ -121,7 +186,7 @@ class DynamicSparse(SparsityMethod):
         """Drop and regrow on update steps; record counts in :attr:`last_update`."""
         if not self.is_update_step(t):
             return
-        frac = self.schedule(t + 1)
+        frac = self.drop_fraction_at(t)
         new_masks, stats = [], {}
         for layer in self.layers:
             mask = layer.canonical(layer.mask)
@@ -134,7 +199,7 @@ class DynamicSparse(SparsityMethod):
             new_masks.append(new)
             stats[layer.qualname] = {"active": n_active, "dropped": int((mask & ~new).sum()), "grown": int((grown & ~mask).sum())}
         self.set_masks(new_masks)  # newly grown positions were zero with zero state: grow_init = zeros
-        self.last_update = {"step": t + 1, "drop_fraction": frac, "layers": stats}
+        self.last_update = {"step": t + 1, "drop_fraction": frac, "skipped_step": self.skip_step, "layers": stats}
 
     def extra_state(self) -> dict[str, Any]:
         """Schedule window, for reports."""
@@ -142,10 +207,30 @@ class DynamicSparse(SparsityMethod):
 
 
 class RigL(DynamicSparse):
-    """RigL: drop by magnitude, grow by dense gradient magnitude, cosine-decayed drop fraction."""
+    """RigL: drop by magnitude, grow by dense gradient magnitude, cosine-decayed drop fraction.
+
+    Args:
+        skip_step: skip the optimizer step on update steps (official, default True); False
+            applies it and updates the masks right after (the gradient still comes from before
+            the step).
+        drop_noise: standard deviation of the Gaussian noise added to ``|w|`` before
+            dropping (official ``noise_std = 1e-5``); 0 breaks ties by position.
+    Other arguments as :class:`DynamicSparse`; ``total_steps`` (or ``end``) is required.
+    """
 
     name = "rigl"
     grow_needs_grads = True
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
+                 skip_step: bool = True, drop_noise: float = 1e-5, **kwargs: Any) -> None:
+        if not isinstance(skip_step, bool):
+            raise ConfigError(f"skip_step must be True or False; got {skip_step!r}")
+        if (isinstance(drop_noise, bool) or not isinstance(drop_noise, (int, float))
+                or not math.isfinite(drop_noise) or drop_noise < 0):
+            raise ConfigError(f"drop_noise must be a finite number >= 0; got {drop_noise!r}")
+        self.skip_step = skip_step
+        self.drop_noise = float(drop_noise)
+        super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
 
     def grow_scores(self, layer: MaskedLayer) -> torch.Tensor:
         """``|dL/dw|`` of the batch of the update step, at every position."""
@@ -165,6 +250,20 @@ class SET(DynamicSparse):
         if zeta is not None:
             kwargs["drop_fraction"] = zeta
         super().__init__(model, optimizer, sparsity=sparsity, update_interval=update_interval, **kwargs)
+
+    def is_update_step(self, t: int) -> bool:
+        """True after optimizer step ``t`` when ``t + 1 - begin`` is a multiple of ``update_interval``.
+
+        With ``update_interval`` = steps per epoch this is the end of every epoch; no update
+        after ``end`` or on the last step of training (``total_steps``).
+        """
+        done = t + 1
+        return (self.begin < done <= self.end and (done - self.begin) % self.update_interval == 0
+                and self._before_last_step(t))
+
+    def drop_fraction_at(self, t: int) -> float:
+        """``zeta`` at the end of step ``t``: ``f(t + 1)``."""
+        return self.schedule(t + 1)
 
     def drop(self, layer: MaskedLayer, mask: torch.Tensor, n_drop: int) -> torch.Tensor:
         """Official SET rule; ``n_drop`` is ignored, the fraction applies to each sign separately.

@@ -1,7 +1,8 @@
 """Static sparse training: a mask chosen once at initialisation and kept fixed.
 
-* Random masks with a layer-wise allocation (uniform, ER or ERK). Counts are exact per layer
-  (RigL's convention: ``round(s n)`` zeros placed uniformly at random), not Bernoulli.
+* Random masks with a layer-wise allocation (uniform, ER or ERK). Counts are exact per layer,
+  not Bernoulli: ``round(s n)`` zeros (half up) placed uniformly at random, as RigL's
+  ``get_mask_random`` does except that it floors ``s n`` (at most one weight per layer apart).
   Reference for random + ERK at init: Liu et al. 2022, "The Unreasonable Effectiveness of
   Random Pruning: Return of the Most Naive Baseline for Sparse Training".
 * SNIP (Lee et al. 2019, "SNIP: Single-shot Network Pruning based on Connection
