@@ -636,9 +636,18 @@ def test_reload_in_a_fresh_process(tmp_path):
     pruner = StructuredPruner(m, x, sparsity=0.5)
     small, _ = pruner.prune()
     save_structured(small, pruner.kept, tmp_path / "out")
-    torch.save({"x": x, "y": small.eval()(x).detach()}, tmp_path / "io.pt")
+    # one thread on both sides: with several, a convolution may split its reduction differently
+    # in another process (last-bit differences), which says nothing about the saved weights
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        y = small.eval()(x).detach()
+    finally:
+        torch.set_num_threads(threads)
+    torch.save({"x": x, "y": y}, tmp_path / "io.pt")
     script = textwrap.dedent(f"""
         import sys, torch
+        torch.set_num_threads(1)
         sys.path.insert(0, {SRC!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_structured import ResidualCat
         from sparseforge.structured import load_structured
