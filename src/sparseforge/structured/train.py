@@ -163,7 +163,8 @@ def train_structured(model: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
         batch_size, lr, momentum, weight_decay, seed: SGD, cosine schedule per step, batch order.
         hesso_warmup, hesso_pruning: fractions of the run's steps spent in warm-up and in the
             pruning periods (defaults 0.2 and 0.5: the last 30 % train with the final groups
-            at zero); ``hesso_periods`` pruning periods (default 5).
+            at zero); ``hesso_periods`` pruning periods (default 5; fewer when the pruning
+            phase has fewer steps than that).
         lam: penalty strength of ``"group_lasso"`` / ``"wgsef"`` (required for them).
         importance, scope: of the one-shot pruner (defaults ``"l2"``, ``"global"``).
         evaluate: called on the model after every epoch; its dict goes into the history.
@@ -186,6 +187,7 @@ def train_structured(model: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
     if method == "hesso":
         _check_fraction(hesso_warmup, "hesso_warmup")
         _check_fraction(hesso_pruning, "hesso_pruning", low_open=True)
+        hesso_periods = check_int(hesso_periods, "hesso_periods", minimum=1)
         if hesso_warmup + hesso_pruning > 1:
             raise ConfigError(f"hesso_warmup + hesso_pruning must be <= 1; got {hesso_warmup} + {hesso_pruning}")
     if x_train.shape[0] != y_train.shape[0] or x_train.shape[0] == 0:
@@ -208,13 +210,11 @@ def train_structured(model: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
     hesso: HESSO | None = None
     if method == "hesso":
         start = int(hesso_warmup * total)
-        pruning_steps = max(int(hesso_pruning * total), hesso_periods)
+        pruning_steps = max(int(hesso_pruning * total), 1)
+        # a very short run gets fewer periods (at least one step each), so pruning ends inside the run
         hesso = HESSO(model, optimizer=opt, graph=graph, target_group_sparsity=s, pruning_steps=pruning_steps,
-                      start_pruning_step=start, pruning_periods=hesso_periods)
+                      start_pruning_step=start, pruning_periods=min(hesso_periods, pruning_steps))
         stepper, target = hesso, hesso.target_num
-        if start + hesso.period_len * hesso.pruning_periods > total:
-            raise ConfigError(f"HESSO would still be pruning after the last of {total} steps; lower hesso_warmup/"
-                              f"hesso_pruning or hesso_periods")
     elif method in ("group_lasso", "wgsef"):
         prox = GroupProx(model, optimizer=opt, graph=graph, lam=float(lam), target_group_sparsity=s,  # type: ignore[arg-type]
                          penalty="sef" if method == "wgsef" else "group_lasso")
