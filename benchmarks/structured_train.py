@@ -58,6 +58,27 @@ def _key(job: dict) -> str:
     return f"{job['model']}_{job['method']}_{job.get('target_group_sparsity', 0.0)}_{job['seed']}_{job['epochs']}_{digest}"
 
 
+def _per_sparsity(spec: list[str], sparsities: list[float], flag: str) -> dict[float, float]:
+    """``["1e-3"]`` -> every sparsity 1e-3; ``["0.5=3e-4", "0.7=1e-3"]`` -> per sparsity."""
+    out: dict[float, float] = {}
+    for item in spec:
+        key, _, value = item.rpartition("=")
+        try:
+            lam = float(value)
+            targets = [float(key)] if key else list(sparsities)
+        except ValueError:
+            lam = -1.0
+            targets = []
+        if not lam > 0 or not targets:
+            raise ConfigError(f"{flag}: expected a positive number or SPARSITY=NUMBER; got {item!r}")
+        for t in targets:
+            out[t] = lam
+    missing = [s for s in sparsities if s not in out]
+    if missing:
+        raise ConfigError(f"{flag}: no value for sparsity(ies) {missing}")
+    return out
+
+
 def _jobs(a: argparse.Namespace, data_name: str) -> tuple[list[dict], list[dict]]:
     """(first wave, second wave): one-shot runs start from a dense run of the first wave."""
     base = {"model": a.model, "dataset": data_name, "n_train": a.n_train, "n_test": a.n_test}
@@ -75,9 +96,9 @@ def _jobs(a: argparse.Namespace, data_name: str) -> tuple[list[dict], list[dict]
                 else:
                     job["epochs"] = a.epochs
                     if m == "group_lasso":
-                        job["lam"] = a.lam_gl
+                        job["lam"] = a.lam_gl[s]
                     elif m == "wgsef":
-                        job["lam"] = a.lam_sef
+                        job["lam"] = a.lam_sef[s]
                     first.append(job)
     # a pretrain run equal to the dense run (F = 0) is the same job: keep one
     uniq: dict[str, dict] = {}
@@ -159,8 +180,10 @@ def main(argv: list[str]) -> None:
     p.add_argument("--finetune-epochs", type=int, default=None,
                    help="F: one-shot fine-tuning epochs after E - F dense epochs (default E // 2)")
     p.add_argument("--finetune-lr", type=float, default=0.01, help="peak lr of the one-shot fine-tuning (cosine)")
-    p.add_argument("--lam-gl", type=float, default=2e-3, help="group lasso strength lambda")
-    p.add_argument("--lam-sef", type=float, default=0.05, help="group sparse envelope strength lambda")
+    p.add_argument("--lam-gl", nargs="+", default=["2e-3"],
+                   help="group lasso strength lambda: one value or SPARSITY=VALUE ... (default %(default)s)")
+    p.add_argument("--lam-sef", nargs="+", default=["0.05"],
+                   help="group sparse envelope strength lambda: one value or SPARSITY=VALUE ... (default %(default)s)")
     p.add_argument("--batches", nargs="+", type=int, default=[8, 64], help="latency batch sizes")
     p.add_argument("--latency-rounds", type=int, default=7)
     p.add_argument("--latency-calls", type=int, default=20)
@@ -179,6 +202,8 @@ def main(argv: list[str]) -> None:
     for s in a.sparsities:
         if not 0 < s < 1:
             raise ConfigError(f"--sparsities must be in (0, 1); got {s}")
+    a.lam_gl = _per_sparsity(a.lam_gl, a.sparsities, "--lam-gl")
+    a.lam_sef = _per_sparsity(a.lam_sef, a.sparsities, "--lam-sef")
     prov = provenance(["structured_train", *argv])
     data = load_dataset(a.dataset, n_train=a.n_train, n_test=a.n_test)
     if a.model == "cnn1d":
@@ -229,7 +254,7 @@ def main(argv: list[str]) -> None:
     ft = a.finetune_epochs
     md = [f"Dataset {data.name} ({data.num_train} train / {data.num_test} test), model {a.model}, seeds {a.seeds}; "
           f"every run E = {a.epochs} epochs (one-shot: {a.epochs - ft} dense + {ft} fine-tuning at lr {a.finetune_lr}); "
-          f"group lasso lambda {a.lam_gl}, WGSEF lambda {a.lam_sef}. Accuracy = final test accuracy (%) of the exported "
+          f"lambda per sparsity: group lasso {a.lam_gl}, WGSEF {a.lam_sef}. Accuracy = final test accuracy (%) of the exported "
           f"(shrunk) model, mean ± std over seeds; `=zeroed`: the group-zeroed model has the same accuracy in every run "
           f"(largest logit difference in brackets). Speedup = dense / exported forward time, median over seeds, "
           f"1 thread, interleaved rounds.\n",
@@ -254,6 +279,8 @@ def main(argv: list[str]) -> None:
         md.append("Groups already exactly zero from the proximal steps alone, before the hard selection: " + "; ".join(
             f"{r['method']} {100 * r['sparsity']:g} %: {r['prox_zero_groups']}" for r in prox) + ".")
     out = Path(a.out) if a.out else None
-    data_out = {"provenance": prov, "config": vars(a), "dataset": data.name, "summary": summary, "runs": runs}
+    config = {**vars(a), "lam_gl": {str(k): v for k, v in a.lam_gl.items()},
+              "lam_sef": {str(k): v for k, v in a.lam_sef.items()}}
+    data_out = {"provenance": prov, "config": config, "dataset": data.name, "summary": summary, "runs": runs}
     jp, mp = write_results(a.name, data_out, "\n".join(md), out)
     print(mp.read_text())

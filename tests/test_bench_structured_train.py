@@ -127,6 +127,9 @@ def test_listed():
     (["--epochs", "2", "--finetune-epochs", "2"], r"--finetune-epochs must be in \[1, 1\]"),
     (["--sparsities", "1.0"], r"--sparsities must be in \(0, 1\)"),
     (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--lam-gl", "0.5=1e-3"], r"--lam-gl: no value for sparsity\(ies\) \[0.7\]"),
+    (["--lam-sef", "0.5=x"], "--lam-sef: expected a positive number or SPARSITY=NUMBER; got '0.5=x'"),
+    (["--lam-sef", "-1"], "--lam-sef: expected a positive number"),
 ])
 def test_suite_bad_args(args, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
@@ -137,7 +140,8 @@ def test_suite_bad_args(args, match, tmp_path):
 @pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST files not installed")
 def test_suite_tiny(tmp_path, capsys):
     args = ["--n-train", "256", "--n-test", "128", "--seeds", "0", "--epochs", "2", "--finetune-epochs", "1",
-            "--sparsities", "0.5", "--latency-rounds", "1", "--latency-calls", "2", "--batches", "8",
+            "--sparsities", "0.5", "--lam-gl", "0.5=1e-3", "--lam-sef", "0.02", "--latency-rounds", "1",
+            "--latency-calls", "2", "--batches", "8",
             "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]
     run_suite("structured_train", args)
     first = capsys.readouterr().out
@@ -156,6 +160,8 @@ def test_suite_tiny(tmp_path, capsys):
         assert r["params_after"] < r["params_before"] and r["macs_after"] < r["macs_before"]
         lat = r["latency"]["8"]
         assert lat["speedup"] == pytest.approx(lat["dense_s"] / lat["exported_s"])
+    lam = {r["role"]: r["train_kwargs"].get("lam") for r in runs}
+    assert lam["group_lasso"] == 1e-3 and lam["wgsef"] == 0.02 and lam["hesso"] is None
     pre = next(r for r in runs if r["role"] == "pretrain")
     one = next(r for r in runs if r["role"] == "oneshot")
     assert pre["epochs"] + one["epochs"] == 2 and one["init_from"].endswith(pre["key"])

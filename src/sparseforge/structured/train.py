@@ -284,7 +284,8 @@ def run_structured(*, model: str, dataset: str, method: str, epochs: int, seed: 
 
     Returns a JSON-ready dict: test accuracy of the group-zeroed model and of the exported one,
     the largest absolute logit difference between them on the test set, params and MACs per
-    sample of both, group counts (total, target, zeroed, left by the prox alone), history, time.
+    sample of both, group counts (total, target, zeroed, left by the prox alone), the extra
+    training arguments, history, time.
     """
     from ..data import load_dataset
     from ..models import build_model
@@ -319,4 +320,5 @@ def run_structured(*, model: str, dataset: str, method: str, epochs: int, seed: 
             "params_before": p0, "params_after": p1, "macs_before": m0, "macs_after": m1,
             "num_groups": res.num_groups, "target_groups": res.target_groups, "zero_groups": res.zero_groups,
             "removed_groups": len(res.removed), "prox_zero_groups": res.prox_zero_groups,
-            "history": res.history, "train_seconds": res.seconds, "out_dir": str(Path(out_dir))}
+            "train_kwargs": dict(train_kwargs), "history": res.history, "train_seconds": res.seconds,
+            "out_dir": str(Path(out_dir))}
