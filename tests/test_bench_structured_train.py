@@ -168,7 +168,7 @@ def test_suite_tiny(tmp_path, capsys):
     md = (tmp_path / "structured-train.md").read_text()
     for m in ("dense", "hesso", "oneshot", "group_lasso", "wgsef"):
         assert f"| {m} |" in md
-    assert "112 / 112 of 224" in md and "yes (" in md and "load average" in md
+    assert "112 / 112 of 224 (112)" in md and "yes (" in md and "load average" in md
     # second call: everything from the cache, same accuracies
     run_suite("structured_train", args)
     again = capsys.readouterr().out
