@@ -15,7 +15,7 @@ from sparseforge.bench import list_suites, run_suite
 from sparseforge.data import fashion_mnist_available
 from sparseforge.errors import ConfigError
 from sparseforge.structured import trace_groups
-from sparseforge.structured.train import _hold_zero_fn, train_structured, zero_group_count
+from sparseforge.structured.train import _hold_zero_fn, run_structured, train_structured, zero_group_count
 from sparseforge.structured.shrink import kept_indices
 
 
@@ -117,6 +117,12 @@ def test_mismatched_data():
     x, y = _data()
     with pytest.raises(ConfigError, match="same"):
         train_structured(_mlp(), x, y[:10], method="dense", epochs=1)
+
+
+def test_run_structured_oneshot_needs_a_trained_model(tmp_path):
+    with pytest.raises(ConfigError, match="method 'oneshot' prunes a trained model: pass init_from"):
+        run_structured(model="small-cnn", dataset="fashion-mnist", method="oneshot", epochs=1, seed=0,
+                       out_dir=str(tmp_path), target_group_sparsity=0.5)
 
 
 def test_listed():

@@ -291,6 +291,8 @@ def run_structured(*, model: str, dataset: str, method: str, epochs: int, seed: 
     from ..models import build_model
     from .shrink import load_structured, save_structured
 
+    if method == "oneshot" and init_from is None:
+        raise ConfigError("method 'oneshot' prunes a trained model: pass init_from (a dense run's folder)")
     data = load_dataset(dataset, n_train=n_train, n_test=n_test)
     if model == "cnn1d":
         data = data.as_channels()
@@ -298,8 +300,6 @@ def run_structured(*, model: str, dataset: str, method: str, epochs: int, seed: 
     net = build_model(model, data)
     if init_from is not None:
         net = load_structured(init_from, lambda: build_model(model, data))
-    elif method == "oneshot":
-        raise ConfigError("method 'oneshot' prunes a trained model: pass init_from (a dense run's folder)")
     example = data.x_train[:2]
 
     def ev(m: nn.Module) -> dict[str, float]:
