@@ -5,13 +5,18 @@ sparsity, all on the groups of :func:`.trace_groups` (a group = one channel of a
 every slice coupled to it):
 
 * ``"dense"``: plain training (nothing removed);
-* ``"hesso"``: :class:`.HESSO` around SGD for the whole run (warm-up, pruning periods, then
-  training on with the pruned groups held at zero), no fine-tuning;
-* ``"oneshot"``: :class:`.StructuredPruner` on the *given* (already trained) model, then
-  fine-tuning with the removed groups held at exactly zero after every step;
-* ``"group_lasso"`` / ``"wgsef"``: :class:`.GroupProx` (proximal SGD with the group lasso or
-  the group sparse envelope penalty) for the whole run, then :meth:`.GroupProx.finalize`
-  keeps exactly the target number of groups (hard selection, no fine-tuning).
+* ``"hesso"``: :class:`.HESSO` (Chen et al. 2024) around SGD for the whole run (warm-up,
+  pruning periods, then training on with the pruned groups held at zero), no fine-tuning;
+* ``"oneshot"``: :class:`.StructuredPruner` (magnitude ranking of coupled channel groups, as
+  in Li et al. 2017, "Pruning Filters for Efficient ConvNets") on the *given* (already
+  trained) model, then fine-tuning with the removed groups held at exactly zero after every
+  step;
+* ``"group_lasso"`` / ``"wgsef"``: :class:`.GroupProx` (proximal SGD with the group lasso
+  penalty of Yuan & Lin 2006, or the group sparse envelope of Refael, Arbel & Huleihel,
+  arXiv 2212.12921, without per-group weights) for the whole run, then
+  :meth:`.GroupProx.finalize` keeps exactly the target number of groups (hard selection by
+  group norm, no fine-tuning). Group lasso alone may zero more groups than the target; those
+  stay in the export as all-zero channels (``zero_groups`` then exceeds ``target_groups``).
 
 Every method trains the full-size model (removed groups are exact zeros), so the returned
 ``model`` is the group-zeroed reference and ``small`` the shrunk export (:func:`.shrink`):
