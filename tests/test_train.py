@@ -185,7 +185,10 @@ def test_cli_errors_are_one_line_messages(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path: Path) -> None:
-    rp = _write_recipe(tmp_path, METHODS[5], epochs=400, checkpoint_every_steps=5)
+    # far more steps than can finish in the half second before the signal, even on an idle machine
+    # (400 epochs of this tiny run once completed in under a second and exited 0)
+    epochs = 100_000
+    rp = _write_recipe(tmp_path, METHODS[5], epochs=epochs, checkpoint_every_steps=5)
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "sparseforge.cli", "train", str(rp), "--run-dir", str(run), "--no-progress"],
@@ -199,7 +202,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "interrupted at step" in err
     ck = torch.load(run / "checkpoint.pt", weights_only=False)
-    assert 0 < ck["step"] < 400 * 8
+    assert 0 < ck["step"] < epochs * 8
     part = _cli("train", str(rp), "--run-dir", str(run), "--no-progress", "--max-steps", "3")
     assert f"from step {ck['step']}/" in part.stderr
 
