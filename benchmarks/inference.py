@@ -441,7 +441,8 @@ def _markdown(data: dict[str, Any], a: argparse.Namespace) -> str:
     md = [f"Median latency per forward call over {a.rounds} interleaved rounds, {a.threads} thread(s); "
           f"speedup = dense fp32 torch / variant (higher is better). Load average before "
           f"{lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}, after {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f} "
-          f"(shared machine: rerun on a quiet one). Custom kernel: {data['kernel']}. "
+          f"({'busy machine: other processes shared the cores, rerun on a quiet one' if lb[0] > a.threads + 0.5 else 'no more runnable work than the benchmark threads'}). "
+          f"Custom kernel: {data['kernel']}. "
           f"DeepSparse: {data['deepsparse']}.\n"]
     if data["targets"]:
         md.append("\n## Targets (4 x Linear MLP, speedup over dense fp32 torch)\n")
