@@ -18,31 +18,16 @@ import json
 import statistics
 from pathlib import Path
 
-from sparseforge.bench import parallel_map, provenance, write_results
+from sparseforge.bench import parallel_map, per_key_values, provenance, write_results
 from sparseforge.data import load_dataset
 from sparseforge.demo import run_method
-from sparseforge.errors import ConfigError
 
 METHODS = ["dense", "static-uniform", "static-erk", "snip", "gmp", "set", "rigl"]
 
 
 def _epochs_per_model(spec: list[str], models: list[str]) -> dict[str, int]:
     """``["20"]`` -> every model 20; ``["lenet300100=20", "small-cnn=3"]`` -> per model."""
-    out: dict[str, int] = {}
-    for item in spec:
-        name, _, value = item.rpartition("=")
-        try:
-            n = int(value)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ConfigError(f"--epochs: expected a positive integer or MODEL=INT; got {item!r}")
-        for m in ([name] if name else models):
-            out[m] = n
-    missing = [m for m in models if m not in out]
-    if missing:
-        raise ConfigError(f"--epochs: no epoch count for model(s) {missing}")
-    return {m: out[m] for m in models}
+    return per_key_values(spec, models, "--epochs", kind=int, unit="model", missing="epoch count")
 
 
 def _key(job: dict) -> str:

@@ -75,3 +75,15 @@ def test_parallel_map_rejects_bad_jobs() -> None:
     with pytest.raises(ConfigError, match="jobs"):
         list(parallel_map(dict, [{}], jobs=0))
     assert list(parallel_map(dict, [{"a": 1}, {"b": 2}])) == [(0, {"a": 1}), (1, {"b": 2})]
+
+
+def test_per_key_values_one_value_for_all_or_per_key_and_bad_items() -> None:
+    from sparseforge.bench import per_key_values
+
+    assert per_key_values(["5"], ["a", "b"], "--x") == {"a": 5.0, "b": 5.0}
+    assert per_key_values(["2", "b=0.5"], ["a", "b"], "--x") == {"a": 2.0, "b": 0.5}
+    assert per_key_values(["a=3", "b=4"], ["a", "b"], "--n", kind=int, unit="model") == {"a": 3, "b": 4}
+    with pytest.raises(ConfigError, match="--n: expected a positive integer or MODEL=INT; got 'a=1.5'"):
+        per_key_values(["a=1.5"], ["a"], "--n", kind=int, unit="model")
+    with pytest.raises(ConfigError, match=r"--x: no value for dataset\(s\) \['b'\]"):
+        per_key_values(["a=1"], ["a", "b"], "--x")

@@ -170,3 +170,28 @@ def parallel_map(fn: Callable[..., Any], kwargs_list: Sequence[dict[str, Any]], 
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 yield pending.pop(fut), fut.result()
+
+
+def per_key_values(spec: Sequence[str], keys: Sequence[str], flag: str, *, kind: type = float,
+                   unit: str = "dataset", missing: str = "value") -> dict[str, Any]:
+    """Parse a per-key command-line value: ``["5"]`` -> every key 5; ``["a=5", "b=30"]`` -> per key.
+
+    ``kind`` is ``int`` or ``float``; every value must be positive and every key must get one,
+    else :class:`ConfigError` names ``flag``, the item and what is allowed.
+    """
+    what = "a positive integer or {}=INT" if kind is int else "a positive number or {}=NUMBER"
+    out: dict[str, Any] = {}
+    for item in spec:
+        name, _, value = item.rpartition("=")
+        try:
+            v = kind(value)
+        except ValueError:
+            v = kind(0)
+        if not v > 0:
+            raise ConfigError(f"{flag}: expected {what.format(unit.upper())}; got {item!r}")
+        for k in ([name] if name else keys):
+            out[k] = v
+    absent = [k for k in keys if k not in out]
+    if absent:
+        raise ConfigError(f"{flag}: no {missing} for {unit}(s) {absent}")
+    return {k: out[k] for k in keys}

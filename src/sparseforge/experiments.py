@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .bench import per_key_values
 from .errors import ConfigError
 
 __all__ = ["NormMLP", "mlp_for", "load_data", "param_matched_width", "run_ift", "run_soups", "run_search", "parse_per_dataset",
@@ -257,18 +258,4 @@ def run_grid(fn: Any, jobs: list[dict[str, Any]], *, cache: Any, workers: int = 
 
 def parse_per_dataset(spec: Sequence[str], datasets: Sequence[str], flag: str) -> dict[str, float]:
     """``["5"]`` -> every dataset 5; ``["fashion-mnist=5", "mnist1d=30"]`` -> per dataset."""
-    out: dict[str, float] = {}
-    for item in spec:
-        name, _, value = item.rpartition("=")
-        try:
-            v = float(value)
-        except ValueError:
-            v = 0.0
-        if not v > 0:
-            raise ConfigError(f"{flag}: expected a positive number or DATASET=NUMBER; got {item!r}")
-        for d in ([name] if name else datasets):
-            out[d] = v
-    missing = [d for d in datasets if d not in out]
-    if missing:
-        raise ConfigError(f"{flag}: no value for dataset(s) {missing}")
-    return {d: out[d] for d in datasets}
+    return per_key_values(spec, datasets, flag, kind=float, unit="dataset")
