@@ -504,3 +504,8 @@ def test_nm_select_by_hand_with_infinities_ties_and_signed_zero() -> None:
                                                       [True, False, True, True],
                                                       [True, True, True, False]]))
     assert not nm_select(g, 0).any() and nm_select(g, 4).all()
+
+
+def test_nm_select_rejects_n_outside_the_group() -> None:
+    with pytest.raises(LayerError, match=r"n must be in \[0, 4\]; got 5"):
+        nm_select(torch.zeros(2, 4), 5)
