@@ -20,6 +20,7 @@ from sparseforge.core.patterns import (
     num_pruned,
     pattern_from_spec,
     nm_select,
+    random_mask,
     topk_mask,
 )
 from sparseforge.errors import ConfigError, LayerError, SparseforgeError
@@ -99,6 +100,56 @@ def test_topk_mask_bad_k_and_nan() -> None:
         topk_mask(torch.ones(3), -1)
     with pytest.raises(LayerError, match="NaN"):
         topk_mask(_t([1.0, float("nan")]), 1)
+
+
+def test_topk_mask_ignores_nan_outside_eligible() -> None:
+    s = _t([float("nan"), 2.0, 1.0])
+    assert torch.equal(topk_mask(s, 1, eligible=_b([F, T, T])), _b([F, T, F]))
+    with pytest.raises(LayerError, match="NaN"):
+        topk_mask(s, 1, eligible=_b([T, T, F]))
+
+
+# ============================================================================ random_mask
+@given(n=st.integers(1, 400), frac_free=st.floats(0.0, 1.0), frac_k=st.floats(0.0, 1.0), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_random_mask_exact_count_inside_eligible_and_deterministic(n: int, frac_free: float, frac_k: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    eligible = torch.rand(n, generator=g) < frac_free
+    k = int(frac_k * int(eligible.sum()))
+    m1 = random_mask(eligible.reshape(1, n), k, torch.Generator().manual_seed(seed))
+    m2 = random_mask(eligible.reshape(1, n), k, torch.Generator().manual_seed(seed))
+    assert m1.shape == (1, n) and m1.dtype == torch.bool
+    assert int(m1.sum()) == k
+    assert not bool((m1.reshape(-1) & ~eligible).any())
+    assert torch.equal(m1, m2)
+
+
+@pytest.mark.parametrize("k", [3, 15])  # rejection sampling (2k <= free) and the ranking fallback
+def test_random_mask_is_uniform_over_eligible_positions(k: int) -> None:
+    # 20 eligible positions of 40; over 4000 draws each is picked k/20 of the time
+    eligible = torch.arange(40) % 2 == 1
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(40)
+    trials = 4000
+    for _ in range(trials):
+        counts += random_mask(eligible, k, g).float()
+    assert counts[~eligible].sum() == 0
+    p = k / 20
+    expected = trials * p
+    sd = math.sqrt(trials * p * (1 - p))
+    # a biased sampler (e.g. favouring low indices) would be many standard deviations off
+    assert float((counts[eligible] - expected).abs().max()) < 4.5 * sd
+    # chi-square over the 20 cells with 19 dof: the 0.999 quantile is 43.8
+    chi2 = float(((counts[eligible] - expected) ** 2 / expected).sum()) * (1 - p) ** -1
+    assert chi2 < 43.8
+
+
+def test_random_mask_bad_k() -> None:
+    with pytest.raises(LayerError, match="k=3 of 2 eligible"):
+        random_mask(_b([T, F, T]), 3)
+    with pytest.raises(LayerError, match="k=-1"):
+        random_mask(_b([T, F, T]), -1)
+    assert not random_mask(_b([T, F, T]), 0).any()
 
 
 # ============================================================================ Unstructured

@@ -30,6 +30,7 @@ __all__ = [
     "Channel",
     "num_pruned",
     "topk_mask",
+    "random_mask",
     "nm_select",
     "is_valid_nm",
     "nm_groups_view",
@@ -55,8 +56,6 @@ def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None
     threshold go to the highest-index ties. ``k`` may be 0.
     """
     flat = scores.detach().reshape(-1).float()
-    if torch.isnan(flat).any():
-        raise LayerError("scores contain NaN; cannot rank weights (check the weights or gradients)")
     n = flat.numel()
     if not 0 <= k <= n:
         raise LayerError(f"k must be in [0, {n}]; got {k}")
@@ -66,6 +65,9 @@ def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None
         if k > idx.numel():
             raise LayerError(f"cannot select k={k} of only {idx.numel()} eligible positions")
         flat = flat[idx]
+    # only the ranked scores need to be numbers (a NaN outside ``eligible`` is never compared)
+    if torch.isnan(flat).any():
+        raise LayerError("scores contain NaN; cannot rank weights (check the weights or gradients)")
     m = flat.numel()
     if k == m:
         keep = torch.ones(m, dtype=torch.bool, device=flat.device)
@@ -95,6 +97,43 @@ def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None
     mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
     mask[idx[keep]] = True
     return mask.reshape(scores.shape)
+
+
+def random_mask(eligible: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Boolean mask of ``k`` positions drawn uniformly without replacement from ``eligible``.
+
+    Every ``k``-subset of the eligible positions is equally likely, as with ranking uniform
+    random scores, but the cost grows with ``k``, not with the tensor: SET regrows a few
+    thousand weights of a layer with hundreds of thousands of empty positions at every update.
+    Rejection sampling: draw positions uniformly, keep the distinct ones that are still
+    free; if a round yields more than needed, a random subset of them is taken. Each round's
+    distinct draws are an exchangeable subset of the free positions, so the result is uniform.
+    Deterministic for a given ``generator`` state (draws happen on the CPU).
+    """
+    flat = eligible.reshape(-1).to(torch.bool)
+    n = flat.numel()
+    free = flat.cpu().clone()
+    n_free = int(free.sum())
+    if not 0 <= k <= n_free:
+        raise LayerError(f"cannot draw k={k} of {n_free} eligible positions")
+    chosen = torch.zeros(n, dtype=torch.bool)
+    if 2 * k > n_free:
+        # most eligible positions are taken: ranking random scores beats rejection here
+        scores = torch.rand(n, generator=generator)
+        chosen = topk_mask(scores, k, eligible=free)
+    else:
+        need = k
+        while need:
+            draws = int(1.25 * need * n / n_free) + 16  # expected hits about 1.25 x need
+            cand = torch.randint(n, (draws,), generator=generator)
+            cand = torch.unique(cand[free[cand]])
+            if cand.numel() > need:
+                cand = cand[torch.randperm(cand.numel(), generator=generator)[:need]]
+            chosen[cand] = True
+            free[cand] = False
+            need -= cand.numel()
+            n_free -= cand.numel()
+    return chosen.to(eligible.device).reshape(eligible.shape)
 
 
 def nm_select(groups: torch.Tensor, n: int) -> torch.Tensor:

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.patterns import Unstructured, topk_mask
+from ..core.patterns import Unstructured, random_mask, topk_mask
 from ..core.schedules import Constant, CosineDecay, Schedule
 from ..errors import ConfigError, check_fraction, check_int
 from ..masking import MaskedLayer
@@ -177,8 +177,8 @@ class DynamicSparse(SparsityMethod):
         n_keep = int(mask.sum()) - n_drop
         return topk_mask(w, n_keep, eligible=mask)
 
-    def grow_scores(self, layer: MaskedLayer) -> torch.Tensor:
-        """Canonical scores for regrowth (higher = grown first)."""
+    def grow(self, layer: MaskedLayer, kept: torch.Tensor, n_regrow: int) -> torch.Tensor:
+        """Canonical mask of ``n_regrow`` positions to grow among those not in ``kept``."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -194,7 +194,7 @@ class DynamicSparse(SparsityMethod):
             n_drop = int(n_active * frac)
             kept = self.drop(layer, mask, n_drop)
             n_regrow = n_active - int(kept.sum())
-            grown = topk_mask(self.grow_scores(layer), n_regrow, eligible=~kept)
+            grown = self.grow(layer, kept, n_regrow)
             new = kept | grown
             new_masks.append(new)
             stats[layer.qualname] = {"active": n_active, "dropped": int((mask & ~new).sum()), "grown": int((grown & ~mask).sum())}
@@ -232,9 +232,9 @@ class RigL(DynamicSparse):
         self.drop_noise = float(drop_noise)
         super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
 
-    def grow_scores(self, layer: MaskedLayer) -> torch.Tensor:
-        """``|dL/dw|`` of the batch of the update step, at every position."""
-        return self.dense_grad(layer).abs()
+    def grow(self, layer: MaskedLayer, kept: torch.Tensor, n_regrow: int) -> torch.Tensor:
+        """The ``n_regrow`` positions outside ``kept`` with the largest ``|dL/dw|`` of the update step's batch."""
+        return topk_mask(self.dense_grad(layer).abs(), n_regrow, eligible=~kept)
 
 
 class SET(DynamicSparse):
@@ -283,6 +283,10 @@ class SET(DynamicSparse):
         keep_neg = topk_mask(-w, int(math.floor((1.0 - frac) * n_neg + 1e-9)), eligible=neg)  # most negative
         return keep_pos | keep_neg
 
-    def grow_scores(self, layer: MaskedLayer) -> torch.Tensor:
-        """Uniform random scores from the method's generator."""
-        return torch.rand(layer.canonical_shape, generator=self.generator).to(layer.weight.device)
+    def grow(self, layer: MaskedLayer, kept: torch.Tensor, n_regrow: int) -> torch.Tensor:
+        """``n_regrow`` positions outside ``kept``, uniformly at random (the method's generator).
+
+        Sampled in time proportional to ``n_regrow`` (:func:`~sparseforge.core.patterns.random_mask`),
+        not by ranking a random score at every position of the layer.
+        """
+        return random_mask(~kept, n_regrow, self.generator)
