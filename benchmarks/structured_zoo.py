@@ -144,7 +144,12 @@ def _hf_cases() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], Any]
                max_position_embeddings=64)
     vis = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=8, image_size=32,
                patch_size=8, num_labels=10)
-    lm = lambda b: dict(_ids(b), use_cache=False)  # noqa: E731
+    def lm(b: int) -> dict[str, Any]:
+        # an explicit all-ones mask: without one, HF decoders scan position ids for packed
+        # sequences with torch.diff, which ONNX cannot export
+        ids = _ids(b)["input_ids"]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
+
     return {
         "gpt2": (lambda: T.GPT2LMHeadModel(T.GPT2Config(n_layer=2, n_embd=64, n_head=8, vocab_size=100, n_positions=64)), lm, "decoder"),
         "llama-gqa": (lambda: T.LlamaForCausalLM(T.LlamaConfig(**gqa)), lm, "decoder"),

@@ -30,6 +30,19 @@ def _tensors(x: Any) -> list[torch.Tensor]:
     return []
 
 
+class _KeywordCall(nn.Module):
+    """Calls ``model(**dict(zip(names, tensors)), **options)`` from positional tensors."""
+
+    def __init__(self, model: nn.Module, names: list[str], options: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+        self.options = options
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        return self.model(**dict(zip(self.names, tensors)), **self.options)
+
+
 def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, *, atol: float = 1e-4,
                 opset: int = 17) -> float:
     """Export ``model`` to ``path`` and return the largest absolute output difference vs onnxruntime.
@@ -48,9 +61,14 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(example_inputs, Mapping):
         names = [k for k, v in example_inputs.items() if torch.is_tensor(v)]
-        args: tuple = ()
-        kwargs = dict(example_inputs)  # non-tensor options (use_cache=False ...) are passed too
-        feeds = {k: kwargs[k] for k in names}
+        options = {k: v for k, v in example_inputs.items() if not torch.is_tensor(v)}
+        # the graph's inputs are exactly the tensors given, in order: exporting the model with
+        # keyword arguments would make every parameter before them in forward's signature
+        # (e.g. an optional ``logits_to_keep``) a required input of the graph
+        model = _KeywordCall(model, names, options)
+        args: tuple = tuple(example_inputs[k] for k in names)
+        kwargs: dict = {}
+        feeds = dict(zip(names, args))
     else:
         args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
         if not all(torch.is_tensor(a) for a in args):
@@ -64,8 +82,16 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
         with torch.no_grad():
             expected = _tensors(model(*args, **kwargs))
         # not under no_grad: there nn.MultiheadAttention takes a fused fast path ONNX cannot export
-        torch.onnx.export(model, args, str(path), kwargs=kwargs or None, input_names=names,
-                          opset_version=opset, dynamo=False)
+        try:
+            torch.onnx.export(model, args, str(path), kwargs=kwargs or None, input_names=names,
+                              opset_version=opset, dynamo=False)
+        except Exception as e:
+            if "aten::diff" in str(e) and "attention_mask" not in names:
+                # Hugging Face decoders look for packed sequences in position ids (torch.diff)
+                # when no attention mask is given; ONNX has no such operator
+                raise ConfigError("ONNX export failed on aten::diff; for a Hugging Face decoder pass an "
+                                  "attention_mask (e.g. torch.ones_like(input_ids)) in example_inputs") from e
+            raise
     finally:
         model.train(was_training)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
