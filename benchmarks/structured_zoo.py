@@ -5,14 +5,17 @@ edge case), pruned at one channel sparsity (default 50 %, per-layer L2 ranking, 
 Linear/Conv layer ignored) and checked: the pruned model runs and keeps the output shape, it equals the
 group-zeroed model, it reloads from disk (``save_structured``/``load_structured`` with the
 model's factory), and its ONNX export runs in onnxruntime. Reported: params and MACs (weight
-multiply-accumulates per sample) before/after, CPU latency before/after at the given batch
-(interleaved medians; small models are dominated by per-call overhead, so the latency ratio
-says little about big ones), layers left alone and unknown operations. Torch-Pruning
+multiply-accumulates per sample) before/after, requested vs achieved sparsity per layer (JSON),
+layers left alone and unknown operations, and CPU latency before/after at the given batch.
+Latency is timed on the same architecture rebuilt ``--latency-scale`` times wider (default 4;
+sequences and images grow too), where compute rather than per-call overhead dominates, and
+compared with the MAC reduction at that size (target: speedup >= 0.9 x MAC reduction). Torch-Pruning
 (``torch-pruning`` from PyPI, ``MetaPruner`` with ``GroupMagnitudeImportance(p=2)`` at the
 same ratio and ignored layer) runs on a fresh copy of the same model in the same process,
 with a time limit per model (``--tp-limit``, it can hang on some Hugging Face models).
 
-    sparseforge bench structured_zoo [--sparsity 0.5] [--batch 8] [--rounds 5] [--only NAME ...] [--no-tp] [--tp-limit 120]
+    sparseforge bench structured_zoo [--sparsity 0.5] [--batch 8] [--rounds 5] [--latency-scale 4] [--only NAME ...]
+                                     [--no-tp] [--tp-limit 120]
 """
 
 from __future__ import annotations
@@ -36,11 +39,11 @@ from sparseforge.structured.onnx import export_onnx
 
 # ------------------------------------------------------------------ hand-written edge cases
 class Concat(nn.Module):
-    def __init__(self):
+    def __init__(self, w: int = 1):
         super().__init__()
-        self.a, self.b = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(3, 16, 3, padding=1)
-        self.bn, self.c = nn.BatchNorm2d(48), nn.Conv2d(48, 32, 3, padding=1)
-        self.fc = nn.Linear(32, 10)
+        self.a, self.b = nn.Conv2d(3, 32 * w, 3, padding=1), nn.Conv2d(3, 16 * w, 3, padding=1)
+        self.bn, self.c = nn.BatchNorm2d(48 * w), nn.Conv2d(48 * w, 32 * w, 3, padding=1)
+        self.fc = nn.Linear(32 * w, 10)
 
     def forward(self, x):
         y = F.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
@@ -48,9 +51,9 @@ class Concat(nn.Module):
 
 
 class Chunk(nn.Module):
-    def __init__(self):
+    def __init__(self, w: int = 1):
         super().__init__()
-        self.up, self.down, self.fc = nn.Linear(32, 256), nn.Linear(128, 32), nn.Linear(32, 10)
+        self.up, self.down, self.fc = nn.Linear(32 * w, 256 * w), nn.Linear(128 * w, 32 * w), nn.Linear(32 * w, 10)
 
     def forward(self, x):
         u, g = self.up(x).chunk(2, dim=-1)
@@ -58,13 +61,14 @@ class Chunk(nn.Module):
 
 
 class GroupedDepthwise(nn.Module):
-    def __init__(self):
+    def __init__(self, w: int = 1):
         super().__init__()
-        self.stem = nn.Conv2d(3, 64, 3, padding=1)
-        self.grouped = nn.Conv2d(64, 64, 3, padding=1, groups=8)
-        self.dw = nn.Conv2d(64, 64, 3, padding=1, groups=64)
-        self.pw = nn.Conv2d(64, 64, 1)
-        self.fc = nn.Linear(64, 10)
+        c = 64 * w
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.grouped = nn.Conv2d(c, c, 3, padding=1, groups=8)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.pw = nn.Conv2d(c, c, 1)
+        self.fc = nn.Linear(c, 10)
 
     def forward(self, x):
         y = F.relu(self.stem(x))
@@ -74,10 +78,10 @@ class GroupedDepthwise(nn.Module):
 
 
 class FlattenLinear(nn.Module):
-    def __init__(self):
+    def __init__(self, w: int = 1):
         super().__init__()
-        self.c1, self.c2 = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1)
-        self.fc1, self.fc2 = nn.Linear(32 * 8 * 8, 128), nn.Linear(128, 10)
+        self.c1, self.c2 = nn.Conv2d(3, 32 * w, 3, padding=1), nn.Conv2d(32 * w, 32 * w, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(32 * w * 8 * 8, 128 * w), nn.Linear(128 * w, 10)
 
     def forward(self, x):
         y = F.max_pool2d(F.relu(self.c2(F.relu(self.c1(x)))), 4)
@@ -85,12 +89,12 @@ class FlattenLinear(nn.Module):
 
 
 class TiedLM(nn.Module):
-    def __init__(self):
+    def __init__(self, w: int = 1):
         super().__init__()
-        self.emb = nn.Embedding(100, 64)
-        self.ff1, self.ff2 = nn.Linear(64, 256), nn.Linear(256, 64)
-        self.norm = nn.LayerNorm(64)
-        self.head = nn.Linear(64, 100, bias=False)
+        self.emb = nn.Embedding(100, 64 * w)
+        self.ff1, self.ff2 = nn.Linear(64 * w, 256 * w), nn.Linear(256 * w, 64 * w)
+        self.norm = nn.LayerNorm(64 * w)
+        self.head = nn.Linear(64 * w, 100, bias=False)
         self.head.weight = self.emb.weight
 
     def forward(self, ids):
@@ -100,12 +104,12 @@ class TiedLM(nn.Module):
 
 
 class MHA(nn.Module):
-    def __init__(self):
+    def __init__(self, w: int = 1):
         super().__init__()
-        self.inp = nn.Linear(16, 64)
-        self.att = nn.MultiheadAttention(64, 8, batch_first=True)
-        self.ff1, self.ff2 = nn.Linear(64, 128), nn.Linear(128, 64)
-        self.fc = nn.Linear(64, 10)
+        self.inp = nn.Linear(16, 64 * w)
+        self.att = nn.MultiheadAttention(64 * w, 8, batch_first=True)
+        self.ff1, self.ff2 = nn.Linear(64 * w, 128 * w), nn.Linear(128 * w, 64 * w)
+        self.fc = nn.Linear(64 * w, 10)
 
     def forward(self, x):
         h = self.inp(x)
@@ -115,12 +119,12 @@ class MHA(nn.Module):
 
 
 class ConvTranspose(nn.Module):
-    def __init__(self):
+    def __init__(self, w: int = 1):
         super().__init__()
-        self.enc = nn.Conv2d(3, 32, 3, stride=2, padding=1)
-        self.dec = nn.ConvTranspose2d(32, 16, 2, stride=2)
-        self.bn = nn.BatchNorm2d(16)
-        self.out = nn.Conv2d(16, 3, 1)
+        self.enc = nn.Conv2d(3, 32 * w, 3, stride=2, padding=1)
+        self.dec = nn.ConvTranspose2d(32 * w, 16 * w, 2, stride=2)
+        self.bn = nn.BatchNorm2d(16 * w)
+        self.out = nn.Conv2d(16 * w, 3, 1)
 
     def forward(self, x):
         return self.out(F.relu(self.bn(self.dec(F.relu(self.enc(x))))))
@@ -134,67 +138,88 @@ def _ids(b: int, vocab: int = 100, t: int = 16) -> dict[str, torch.Tensor]:
     return {"input_ids": torch.randint(0, vocab, (b, t), generator=torch.Generator().manual_seed(0))}
 
 
-def _hf_cases() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], Any], str]]:
+Case = tuple[Callable[[], nn.Module], Callable[[int], Any], str]
+
+
+def _hf_cases(k: int = 1) -> dict[str, Case]:
+    """The Hugging Face models; ``k`` scales widths (and sequence length / image size) for the latency pass."""
     import transformers as T
 
-    dec = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=8, vocab_size=100,
-               max_position_embeddings=64)
+    h, ff, t, img = 64 * k, 128 * k, 16 * k, 32 * max(1, k // 2)
+    dec = dict(num_hidden_layers=2, hidden_size=h, intermediate_size=ff, num_attention_heads=8, vocab_size=100,
+               max_position_embeddings=max(64, t))
     gqa = dict(dec, num_key_value_heads=2)
-    enc = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=8, vocab_size=100,
-               max_position_embeddings=64)
-    vis = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=8, image_size=32,
+    enc = dec
+    vis = dict(num_hidden_layers=2, hidden_size=h, intermediate_size=ff, num_attention_heads=8, image_size=img,
                patch_size=8, num_labels=10)
+
     def lm(b: int) -> dict[str, Any]:
         # an explicit all-ones mask: without one, HF decoders scan position ids for packed
         # sequences with torch.diff, which ONNX cannot export
-        ids = _ids(b)["input_ids"]
+        ids = _ids(b, t=t)["input_ids"]
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
 
+    def ids(b: int) -> dict[str, Any]:
+        return _ids(b, t=t)
+
+    def pix(b: int) -> dict[str, Any]:
+        return {"pixel_values": _img(b, img)}
+
+    c = [16 * k, 32 * k, 64 * k]
     return {
-        "gpt2": (lambda: T.GPT2LMHeadModel(T.GPT2Config(n_layer=2, n_embd=64, n_head=8, vocab_size=100, n_positions=64)), lm, "decoder"),
+        "gpt2": (lambda: T.GPT2LMHeadModel(T.GPT2Config(n_layer=2, n_embd=h, n_head=8, vocab_size=100, n_positions=max(64, t))), lm, "decoder"),
         "llama-gqa": (lambda: T.LlamaForCausalLM(T.LlamaConfig(**gqa)), lm, "decoder"),
         "mistral-gqa": (lambda: T.MistralForCausalLM(T.MistralConfig(**gqa)), lm, "decoder"),
         "qwen2-gqa": (lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**gqa)), lm, "decoder"),
-        "gemma": (lambda: T.GemmaForCausalLM(T.GemmaConfig(**dict(gqa, head_dim=8))), lm, "decoder"),
-        "opt": (lambda: T.OPTForCausalLM(T.OPTConfig(num_hidden_layers=2, hidden_size=64, ffn_dim=128, num_attention_heads=8,
-                                                      vocab_size=100, max_position_embeddings=64, word_embed_proj_dim=64)), lm, "decoder"),
-        "gpt-neo": (lambda: T.GPTNeoForCausalLM(T.GPTNeoConfig(num_layers=2, hidden_size=64, num_heads=8, vocab_size=100,
-                                                                max_position_embeddings=64, attention_types=[[["global"], 2]])), lm, "decoder"),
-        "bloom": (lambda: T.BloomForCausalLM(T.BloomConfig(n_layer=2, hidden_size=64, n_head=8, vocab_size=100)), lm, "decoder"),
+        "gemma": (lambda: T.GemmaForCausalLM(T.GemmaConfig(**dict(gqa, head_dim=h // 8))), lm, "decoder"),
+        "opt": (lambda: T.OPTForCausalLM(T.OPTConfig(num_hidden_layers=2, hidden_size=h, ffn_dim=ff, num_attention_heads=8,
+                                                      vocab_size=100, max_position_embeddings=max(64, t), word_embed_proj_dim=h)),
+                lm, "decoder"),
+        "gpt-neo": (lambda: T.GPTNeoForCausalLM(T.GPTNeoConfig(num_layers=2, hidden_size=h, num_heads=8, vocab_size=100,
+                                                                max_position_embeddings=max(64, t), attention_types=[[["global"], 2]])),
+                    lm, "decoder"),
+        "bloom": (lambda: T.BloomForCausalLM(T.BloomConfig(n_layer=2, hidden_size=h, n_head=8, vocab_size=100)), lm, "decoder"),
         "phi": (lambda: T.PhiForCausalLM(T.PhiConfig(**dec)), lm, "decoder"),
-        "bert": (lambda: T.BertForSequenceClassification(T.BertConfig(**enc)), _ids, "encoder"),
-        "roberta": (lambda: T.RobertaForSequenceClassification(T.RobertaConfig(**dict(enc, pad_token_id=1))), _ids, "encoder"),
-        "distilbert": (lambda: T.DistilBertForSequenceClassification(T.DistilBertConfig(n_layers=2, dim=64, hidden_dim=128, n_heads=8,
-                                                                                         vocab_size=100, max_position_embeddings=64)), _ids, "encoder"),
-        "electra": (lambda: T.ElectraForSequenceClassification(T.ElectraConfig(**dict(enc, embedding_size=64))), _ids, "encoder"),
-        "vit": (lambda: T.ViTForImageClassification(T.ViTConfig(**vis)), lambda b: {"pixel_values": _img(b)}, "vision transformer"),
-        "deit": (lambda: T.DeiTForImageClassification(T.DeiTConfig(**vis)), lambda b: {"pixel_values": _img(b)}, "vision transformer"),
-        "resnet": (lambda: T.ResNetForImageClassification(T.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1],
-                                                                           num_labels=10, layer_type="bottleneck")),
-                   lambda b: {"pixel_values": _img(b)}, "CNN"),
-        "convnext": (lambda: T.ConvNextForImageClassification(T.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2,
-                                                                               num_labels=10)), lambda b: {"pixel_values": _img(b)}, "CNN"),
-        "mobilenet-v2": (lambda: T.MobileNetV2ForImageClassification(T.MobileNetV2Config(num_labels=10, depth_multiplier=0.35, image_size=32)),
-                         lambda b: {"pixel_values": _img(b)}, "CNN"),
-        "regnet": (lambda: T.RegNetForImageClassification(T.RegNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
-                                                                           groups_width=8, num_labels=10)), lambda b: {"pixel_values": _img(b)}, "CNN"),
-        "swin": (lambda: T.SwinForImageClassification(T.SwinConfig(image_size=32, patch_size=4, embed_dim=32, depths=[1, 1],
+        "bert": (lambda: T.BertForSequenceClassification(T.BertConfig(**enc)), ids, "encoder"),
+        "roberta": (lambda: T.RobertaForSequenceClassification(T.RobertaConfig(**dict(enc, pad_token_id=1,
+                                                                                       max_position_embeddings=max(64, t) + 2))),
+                    ids, "encoder"),
+        "distilbert": (lambda: T.DistilBertForSequenceClassification(T.DistilBertConfig(n_layers=2, dim=h, hidden_dim=ff, n_heads=8,
+                                                                                         vocab_size=100, max_position_embeddings=max(64, t))),
+                       ids, "encoder"),
+        "electra": (lambda: T.ElectraForSequenceClassification(T.ElectraConfig(**dict(enc, embedding_size=h))), ids, "encoder"),
+        "vit": (lambda: T.ViTForImageClassification(T.ViTConfig(**vis)), pix, "vision transformer"),
+        "deit": (lambda: T.DeiTForImageClassification(T.DeiTConfig(**vis)), pix, "vision transformer"),
+        "resnet": (lambda: T.ResNetForImageClassification(T.ResNetConfig(embedding_size=16 * k, hidden_sizes=c, depths=[1, 1, 1],
+                                                                           num_labels=10, layer_type="bottleneck")), pix, "CNN"),
+        "convnext": (lambda: T.ConvNextForImageClassification(T.ConvNextConfig(hidden_sizes=c[:2], depths=[1, 1], num_stages=2,
+                                                                               num_labels=10)), pix, "CNN"),
+        "mobilenet-v2": (lambda: T.MobileNetV2ForImageClassification(T.MobileNetV2Config(num_labels=10, depth_multiplier=0.35 * k,
+                                                                                         image_size=img)), pix, "CNN"),
+        "regnet": (lambda: T.RegNetForImageClassification(T.RegNetConfig(embedding_size=16 * k, hidden_sizes=c[:2], depths=[1, 1],
+                                                                           groups_width=8, num_labels=10)), pix, "CNN"),
+        "swin": (lambda: T.SwinForImageClassification(T.SwinConfig(image_size=img, patch_size=4, embed_dim=32 * k, depths=[1, 1],
                                                                     num_heads=[2, 4], window_size=4, num_labels=10)),
-                 lambda b: {"pixel_values": _img(b)}, "vision transformer"),
+                 pix, "vision transformer"),
     }
 
 
-def _cases() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], Any], str]]:
-    hand: dict[str, tuple[Callable[[], nn.Module], Callable[[int], Any], str]] = {
-        "edge-concat": (Concat, _img, "edge case"),
-        "edge-chunk": (Chunk, lambda b: torch.randn(b, 32, generator=torch.Generator().manual_seed(0)), "edge case"),
-        "edge-grouped-depthwise": (GroupedDepthwise, _img, "edge case"),
-        "edge-flatten-linear": (FlattenLinear, _img, "edge case"),
-        "edge-tied-embeddings": (TiedLM, lambda b: _ids(b)["input_ids"], "edge case"),
-        "edge-multihead-attention": (MHA, lambda b: torch.randn(b, 16, 16, generator=torch.Generator().manual_seed(0)), "edge case"),
-        "edge-conv-transpose": (ConvTranspose, _img, "edge case"),
+def _cases(k: int = 1) -> dict[str, Case]:
+    """Every model of the zoo at width multiplier ``k`` (1: the coverage run)."""
+    def img(b: int) -> torch.Tensor:
+        return _img(b)
+
+    hand: dict[str, Case] = {
+        "edge-concat": (lambda: Concat(k), img, "edge case"),
+        "edge-chunk": (lambda: Chunk(k), lambda b: torch.randn(b, 32 * k, generator=torch.Generator().manual_seed(0)), "edge case"),
+        "edge-grouped-depthwise": (lambda: GroupedDepthwise(k), img, "edge case"),
+        "edge-flatten-linear": (lambda: FlattenLinear(k), img, "edge case"),
+        "edge-tied-embeddings": (lambda: TiedLM(k), lambda b: _ids(b, t=16 * k)["input_ids"], "edge case"),
+        "edge-multihead-attention": (lambda: MHA(k), lambda b: torch.randn(b, 16 * k, 16, generator=torch.Generator().manual_seed(0)),
+                                     "edge case"),
+        "edge-conv-transpose": (lambda: ConvTranspose(k), img, "edge case"),
     }
-    return {**hand, **_hf_cases()}
+    return {**hand, **_hf_cases(k)}
 
 
 def _classifier(model: nn.Module) -> list[nn.Module]:
@@ -217,7 +242,41 @@ def _call(model: nn.Module, x: Any) -> Any:
     return model(**x) if isinstance(x, dict) else model(x)
 
 
-def _ours(name: str, factory, make_x, sparsity: float, batch: int, rounds: int) -> dict[str, Any]:
+def _latency(factory, make_x, sparsity: float, batch: int, rounds: int) -> dict[str, Any]:
+    """Prune a fresh model the same way and time it before and after (interleaved medians, batch ``batch``)."""
+    torch.manual_seed(0)
+    model = factory().eval()
+    x = make_x(batch)
+    small, rep = StructuredPruner(model, x, sparsity=sparsity, ignore=_classifier(model)).prune()
+    small.eval()
+    with torch.no_grad():
+        lat = interleaved_medians({"dense": lambda: _call(model, x), "pruned": lambda: _call(small, x)},
+                                  rounds=rounds, calls=5, warmup=2)
+        weight_ms = {k: _weight_op_ms(lambda m=m: _call(m, x)) for k, m in (("dense", model), ("pruned", small))}
+    return {"latency_dense_ms": lat["dense"] * 1e3, "latency_pruned_ms": lat["pruned"] * 1e3,
+            "weight_ops_dense_ms": weight_ms["dense"], "weight_ops_pruned_ms": weight_ms["pruned"],
+            "latency_macs_before": rep.macs_before, "latency_macs_after": rep.macs_after}
+
+
+# the kernels that do the weight multiply-accumulates counted as MACs (Linear and convolutions);
+# attention's activation-by-activation products, norms, activations and copies are the rest
+WEIGHT_OPS = frozenset({"aten::addmm", "aten::mm", "aten::mkldnn_convolution", "aten::_slow_conv2d_forward",
+                        "aten::slow_conv_transpose2d", "aten::slow_conv3d_forward", "aten::slow_conv_dilated2d",
+                        "aten::_nnpack_spatial_convolution", "aten::convolution_overrideable"})
+
+
+def _weight_op_ms(fn: Callable[[], Any], calls: int = 5) -> float:
+    """Milliseconds per call spent in :data:`WEIGHT_OPS` (self CPU time under ``torch.profiler``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in WEIGHT_OPS) / calls / 1e3
+
+
+def _ours(name: str, factory, make_x, sparsity: float, batch: int, rounds: int, big: Case) -> dict[str, Any]:
     torch.manual_seed(0)
     model = factory().eval()
     x = make_x(batch)
@@ -236,10 +295,8 @@ def _ours(name: str, factory, make_x, sparsity: float, batch: int, rounds: int) 
                groups=len(pruner.graph.groups), removed=len(pruner.removed or []),
                channels_before=sum(r.channels_before for r in rep.rows), channels_after=sum(r.channels_after for r in rep.rows),
                skipped=len(rep.skipped), unknown=sorted(rep.unknown))
-    with torch.no_grad():
-        lat = interleaved_medians({"dense": lambda: _call(model, x), "pruned": lambda: _call(small, x)},
-                                  rounds=rounds, calls=5, warmup=2)
-    row["latency_dense_ms"], row["latency_pruned_ms"] = lat["dense"] * 1e3, lat["pruned"] * 1e3
+    row["layers"] = [{"layer": r.layer, "requested": r.requested, "achieved": r.achieved, "note": r.note} for r in rep.rows]
+    row.update(_latency(big[0], big[1], sparsity, batch, rounds))
     with tempfile.TemporaryDirectory() as d:
         try:
             save_structured(small, pruner.kept, d)
@@ -299,6 +356,23 @@ def _safe(fn, *args, limit_s: int = 0) -> dict[str, Any]:
             signal.signal(signal.SIGALRM, old)
 
 
+def _efficiency(o: dict[str, Any]) -> float:
+    """Measured speedup divided by the MAC reduction at the latency size (1.0: latency falls with the MACs)."""
+    speedup = o["latency_dense_ms"] / o["latency_pruned_ms"]
+    return speedup / (o["latency_macs_before"] / o["latency_macs_after"])
+
+
+def _speed_cell(o: dict[str, Any]) -> str:
+    speedup = o["latency_dense_ms"] / o["latency_pruned_ms"]
+    red = o["latency_macs_before"] / o["latency_macs_after"]
+    cell = f"{speedup:.2f} / {red:.2f} = {_efficiency(o):.2f}" + (" ✓" if _efficiency(o) >= 0.9 else "")
+    if o.get("weight_ops_pruned_ms"):
+        w = o["weight_ops_dense_ms"] / o["weight_ops_pruned_ms"] / red
+        share = o["weight_ops_dense_ms"] / o["latency_dense_ms"]
+        cell += f" (weight ops {w:.2f}, {100 * share:.0f} % of dense time)"
+    return cell
+
+
 def _fmt_ratio(a: float | None, b: float | None) -> str:
     return f"{b / a:.2f}" if a and b is not None else "-"
 
@@ -312,10 +386,24 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--tp-limit", type=int, default=120, help="seconds per model for Torch-Pruning (it can hang)")
+    ap.add_argument("--latency-scale", type=int, default=4,
+                    help="latency is timed on each model rebuilt this many times wider (longer sequences, larger "
+                         "images), where compute rather than per-call overhead dominates (1: the coverage size)")
     ap.add_argument("--out", default="structured-zoo")
     args = ap.parse_args(argv)
+    if args.latency_scale < 1:
+        ap.error(f"--latency-scale must be >= 1; got {args.latency_scale}")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        _run(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> None:
     cases = _cases()
+    big_cases = _cases(args.latency_scale)
     names = args.only or list(cases)
     try:
         import torch_pruning as tp
@@ -325,7 +413,7 @@ def main(argv: list[str]) -> None:
     results = []
     for name in names:
         factory, make_x, family = cases[name]
-        ours = _safe(_ours, name, factory, make_x, args.sparsity, args.batch, args.rounds)
+        ours = _safe(_ours, name, factory, make_x, args.sparsity, args.batch, args.rounds, big_cases[name])
         theirs = (_safe(_torch_pruning, name, factory, make_x, args.sparsity, args.batch, limit_s=args.tp_limit)
                   if tp_version and not args.no_tp else {"success": None, "error": "not run"})
         results.append({"model": name, "family": family, "sparseforge": ours, "torch_pruning": theirs})
@@ -334,22 +422,28 @@ def main(argv: list[str]) -> None:
 
     lines = [f"Channel sparsity {args.sparsity}, batch {args.batch}, per-layer L2, the last Linear/Conv layer ignored by both tools; "
              f"Torch-Pruning {tp_version or 'not installed'}. MACs = weight multiply-accumulates per sample.",
-             "Latencies are medians of interleaved rounds on a shared 2-core machine: noisy, and tiny models are "
-             "dominated by per-call overhead.", "",
-             "| model | family | ours: ok / shape / zeroed diff | params after/before | MACs after/before | latency after/before | "
+             f"Latency: each model rebuilt {args.latency_scale}x wider (sequences and images scaled too), pruned the same way, "
+             f"timed at batch {args.batch} with 1 thread (medians of {args.rounds} interleaved rounds); speedup = dense / pruned "
+             "latency, MAC reduction = MACs before / after at that size, and the target is speedup >= 0.9 x MAC reduction. "
+             "In brackets: the same ratio for the time spent in the Linear/convolution kernels alone (torch.profiler self "
+             "time; the MACs are theirs) and their share of the dense model's time: the rest (norms, activations, attention "
+             "products, copies, per-call overhead) shrinks with the activation width, not with the weight MACs.", "",
+             "| model | family | ours: ok / shape / zeroed diff | params after/before | MACs after/before | "
+             f"latency ms before → after (x{args.latency_scale}) | speedup / MAC reduction | "
              "reload diff | ONNX diff | groups removed | skipped / unknown | Torch-Pruning: ok / shape | TP params | TP MACs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         o, t = r["sparseforge"], r["torch_pruning"]
         if o.get("success"):
             ours_cells = [f"yes / {'yes' if o['shape_kept'] else 'NO'} / {o['zeroed_max_diff']:.1e}",
                           _fmt_ratio(o["params_before"], o["params_after"]), _fmt_ratio(o["macs_before"], o["macs_after"]),
-                          _fmt_ratio(o["latency_dense_ms"], o["latency_pruned_ms"]),
+                          f"{o['latency_dense_ms']:.2f} → {o['latency_pruned_ms']:.2f}",
+                          _speed_cell(o),
                           f"{o['reload_max_diff']:.1e}" if "reload_max_diff" in o else o.get("reload_error", "-"),
                           f"{o['onnx_max_diff']:.1e}" if "onnx_max_diff" in o else o.get("onnx_error", "-")[:60],
                           f"{o['removed']}/{o['groups']}", f"{o['skipped']} / {len(o['unknown'])}"]
         else:
-            ours_cells = [f"FAILED: {o.get('error', '')[:80]}"] + ["-"] * 7
+            ours_cells = [f"FAILED: {o.get('error', '')[:80]}"] + ["-"] * 8
         if t.get("success"):
             tp_cells = [f"yes / {'yes' if t['shape_kept'] else 'NO'}", _fmt_ratio(t["params_before"], t["params_after"]),
                         _fmt_ratio(t["macs_before"], t["macs_after"])]
@@ -357,9 +451,11 @@ def main(argv: list[str]) -> None:
             tp_cells = [f"no: {t.get('error', '')[:80]}", "-", "-"]
         lines.append("| " + " | ".join([r["model"], r["family"]] + ours_cells + tp_cells) + " |")
     ok = sum(1 for r in results if r["sparseforge"].get("success") and r["sparseforge"].get("shape_kept"))
+    fast = [r["model"] for r in results if r["sparseforge"].get("success") and _efficiency(r["sparseforge"]) >= 0.9]
     tp_ok = sum(1 for r in results if r["torch_pruning"].get("success") and r["torch_pruning"].get("shape_kept"))
     lines += ["", f"sparseforge: {ok}/{len(results)} pruned with the output shape kept; "
-                  f"Torch-Pruning: {tp_ok}/{len(results)}."]
+                  f"Torch-Pruning: {tp_ok}/{len(results)}.",
+              f"Speedup at least 0.9 x the MAC reduction: {len(fast)}/{len(results)}."]
     data = {"args": vars(args), "torch_pruning": tp_version, "results": results, "provenance": provenance(["structured_zoo"] + argv)}
     jp, mp = write_results(args.out, data, "\n".join(lines))
     print(f"wrote {jp} and {mp}")

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from sparseforge.bench import interleaved_medians, list_suites, parallel_map, provenance, run_suite
 from sparseforge.errors import ConfigError
@@ -48,6 +49,23 @@ def test_overhead_suite_tiny(tmp_path: Path) -> None:
     res = data["results"]["lenet300100"]
     assert res["dense"]["ratio_to_dense"] == 1.0
     assert {"static", "rigl", "set", "torch.nn.utils.prune", "torch.ao WeightNormSparsifier"} <= set(res)
+
+
+def test_structured_zoo_suite_tiny(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    threads = torch.get_num_threads()
+    run_suite("structured_zoo", ["--only", "edge-chunk", "edge-multihead-attention", "--no-tp", "--rounds", "1",
+                                 "--latency-scale", "2", "--out", str(tmp_path / "zoo")])
+    assert torch.get_num_threads() == threads  # the suite times with one thread and puts the setting back
+    rows = {r["model"]: r["sparseforge"] for r in json.loads((tmp_path / "zoo.json").read_text())["results"]}
+    for row in rows.values():
+        assert row["success"] and row["shape_kept"] and row["onnx_max_diff"] <= 1e-4
+        assert row["layers"] and all(0.0 <= l["achieved"] <= 1.0 for l in row["layers"])
+        # latency is timed at twice the width: more MACs than the coverage model
+        assert row["latency_macs_before"] > row["macs_before"] and row["latency_dense_ms"] > 0
+        assert row["weight_ops_dense_ms"] > 0
+    md = (tmp_path / "zoo.md").read_text()
+    assert "speedup / MAC reduction" in md and "Speedup at least 0.9 x the MAC reduction" in md
 
 
 def test_interleaved_medians_counts_calls() -> None:
