@@ -789,9 +789,9 @@ def test_hesso_bad_input():
 
 
 # ------------------------------------------------------------- proximal group sparsity
-@settings(max_examples=25, deadline=None)
-@given(n=st.integers(2, 7), data=st.data())
-def test_sef_prox_matches_a_generic_convex_solver(n, data):
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 7), weighted=st.booleans(), data=st.data())
+def test_sef_prox_matches_a_generic_convex_solver(n, weighted, data):
     scipy_opt = pytest.importorskip("scipy.optimize")
     from sparseforge.structured import sef, sef_prox
 
@@ -800,14 +800,16 @@ def test_sef_prox_matches_a_generic_convex_solver(n, data):
     # zero or a norm of a sensible size (a subnormal group norm underflows to an exact zero)
     u = torch.tensor(data.draw(st.lists(st.one_of(st.just(0.0), st.floats(1e-6, 3.0)), min_size=n, max_size=n)),
                      dtype=torch.float64)
-    v = sef_prox(u, k, t)
+    d = torch.tensor(data.draw(st.lists(st.floats(0.2, 5.0), min_size=n, max_size=n)), dtype=torch.float64) if weighted else None
+    v = sef_prox(u, k, t, d)
 
     def objective(x):
         x = torch.as_tensor(x, dtype=torch.float64)
-        return t * sef(x, k) + 0.5 * float((x - u).pow(2).sum())
+        return t * sef(x, k, d) + 0.5 * float((x - u).pow(2).sum())
 
+    start = u / (1 + t * (1 if d is None else d))
     best = min((scipy_opt.minimize(objective, x0, method="Powell", options=dict(xtol=1e-12, ftol=1e-15, maxiter=100_000))
-                for x0 in (u.numpy() / (1 + t), u.numpy())), key=lambda r: r.fun)
+                for x0 in (start.numpy(), u.numpy())), key=lambda r: r.fun)
     assert objective(v.numpy()) <= best.fun + 1e-9  # our prox is at least as good as the solver's point
     assert float((torch.as_tensor(best.x) - v).abs().max()) < 1e-4
     assert int((v > 0).sum()) >= min(k, int((u > 0).sum()))  # at least k groups stay free
@@ -827,6 +829,24 @@ def test_sef_by_hand():
     assert v[0] > 0 and v[1] == 0 and v[2] == 0  # small groups go to exactly zero
 
 
+def test_weighted_sef_by_hand():
+    from sparseforge.structured import sef, sef_prox
+
+    # weights d scale the group norms by sqrt(d): (3, 1, 2) with d = (1, 9, 4) is (3, 3, 4) unweighted
+    u, d = torch.tensor([3.0, 1.0, 2.0]), torch.tensor([1.0, 9.0, 4.0])
+    assert sef(u, 3, d) == pytest.approx(0.5 * (9 + 9 + 16))
+    assert sef(u, 1, d) == pytest.approx(0.5 * 10 ** 2)
+    # k >= number of groups: every theta is 1 and v = u / (1 + t d)
+    torch.testing.assert_close(sef_prox(u, 3, 0.5, d), u.double() / (1 + 0.5 * d.double()))
+    # k = 1, t = 1: with equal norms the lighter group is the one that stays
+    v = sef_prox(torch.tensor([1.0, 1.0]), 1, 1.0, torch.tensor([1.0, 4.0]))
+    assert v[0] > 0 and v[1] == 0
+    with pytest.raises(ConfigError, match="weights"):
+        sef(u, 1, torch.tensor([1.0, 0.0, 1.0]))
+    with pytest.raises(ConfigError, match="one entry per group"):
+        sef_prox(u, 1, 1.0, torch.tensor([1.0, 1.0]))
+
+
 def test_group_lasso_prox_by_hand():
     from sparseforge.structured import group_lasso_prox
 
@@ -834,13 +854,14 @@ def test_group_lasso_prox_by_hand():
     torch.testing.assert_close(out, torch.tensor([2.0, 0.0, 0.0]))
 
 
-@pytest.mark.parametrize("penalty, lam", [("sef", 0.5), ("group_lasso", 0.07)])
-def test_group_prox_training_reaches_exact_target_and_shrinks(penalty, lam):
+@pytest.mark.parametrize("penalty, lam, weights", [("sef", 0.5, None), ("sef", 0.5, "size"), ("group_lasso", 0.07, None)])
+def test_group_prox_training_reaches_exact_target_and_shrinks(penalty, lam, weights):
     from sparseforge.structured import GroupProx
 
     m = _mlp()
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
-    gp = GroupProx(m, x[:2], torch.optim.SGD(m.parameters(), lr=0.1), lam=lam, target_group_sparsity=0.5, penalty=penalty)
+    gp = GroupProx(m, x[:2], torch.optim.SGD(m.parameters(), lr=0.1), lam=lam, target_group_sparsity=0.5, penalty=penalty,
+                   weights=weights)
     for _ in range(15):
         gp.zero_grad()
         F.cross_entropy(m(x), y).backward()
@@ -853,6 +874,13 @@ def test_group_prox_training_reaches_exact_target_and_shrinks(penalty, lam):
         torch.testing.assert_close(small(x), m(x), atol=1e-5, rtol=0)
     with pytest.raises(ConfigError, match="lam"):
         GroupProx(m, x[:2], torch.optim.SGD(m.parameters(), lr=0.1), lam=0, target_group_sparsity=0.5)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match="penalty='sef' only"):
+        GroupProx(m, x[:2], opt, lam=0.1, target_group_sparsity=0.5, penalty="group_lasso", weights="size")
+    with pytest.raises(ConfigError, match="'size'"):
+        GroupProx(m, x[:2], opt, lam=0.1, target_group_sparsity=0.5, weights="elements")
+    with pytest.raises(ConfigError, match="one entry per group"):
+        GroupProx(m, x[:2], opt, lam=0.1, target_group_sparsity=0.5, weights=[1.0, 2.0])
 
 
 # ------------------------------------------------------------------ Hugging Face models
