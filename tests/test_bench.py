@@ -81,6 +81,13 @@ def test_interleaved_medians_counts_calls() -> None:
     assert provenance(["x"])["command"] == "sparseforge bench x"
 
 
+def test_interleaved_medians_rotates_the_order() -> None:
+    seen: list[str] = []
+    fns = {k: (lambda k=k: seen.append(k)) for k in "abc"}
+    interleaved_medians(fns, rounds=3, calls=1, warmup=0)
+    assert seen == list("abc") + list("bca") + list("cab")  # each candidate leads one round
+
+
 @pytest.mark.parametrize("spec, needle", [(["0"], "positive integer"), (["lenet300100=x"], "MODEL=INT"),
                                           (["small-cnn=3"], "no epoch count")])
 def test_fmnist_bad_epochs_is_a_clear_error(tmp_path: Path, spec, needle) -> None:

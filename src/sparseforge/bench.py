@@ -126,15 +126,17 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], *, rounds: int = 7, c
     """Median per-call time of each ``fns`` entry, measured in interleaved rounds.
 
     Each round times ``calls`` consecutive calls of every function in turn, so slow drifts of
-    the machine (another process, frequency changes) hit all candidates alike; the result is
-    the median over rounds of the per-call mean.
+    the machine (another process, frequency changes) hit all candidates alike; the order
+    rotates from round to round, so no candidate always runs first (after the others have
+    evicted its data from the caches). The result is the median over rounds of the per-call mean.
     """
     for f in fns.values():
         for _ in range(warmup):
             f()
     per: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
+    order = list(fns.items())
+    for r in range(rounds):
+        for k, f in order[r % len(order):] + order[: r % len(order)]:
             t0 = time.perf_counter()
             for _ in range(calls):
                 f()
