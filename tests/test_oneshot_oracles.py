@@ -81,7 +81,7 @@ def dsnot_oracle(w, stats, keep0, target, *, max_cycles=50, thr=0.1, p=1.0, same
     """Row by row with Python lists, as the rule is stated."""
     nm = isinstance(target, NM)
     same_sign = nm if same_sign is None else same_sign
-    mu, var = stats.seq_sum.tolist(), stats.var.tolist()
+    mu, var = stats.seq_sum.tolist(), stats.seq_var.tolist()
     wanda = wanda_scores(w, stats)
     metric = (wanda if initial is None else initial).tolist()
     keep = keep0.clone()

@@ -456,15 +456,25 @@ def dsnot_prune(
 
     Every swap keeps the row's count, so the sparsity of the initial mask is kept exactly.
 
-    Deviations from the reference, for robustness on small layers: the variance is the exact
-    variance over all tokens (the reference averages per-sequence variances), a zero variance is
-    clamped to a tiny positive number, a row stops when it runs out of candidates instead of
-    reading past them, and an N:M group with no kept candidate left skips the candidate
-    without stopping the row.
+    ``var_j`` is :attr:`LayerStats.seq_var`, the token-weighted mean of each calibration
+    sequence's own variance, as the reference's ``WrappedGPT`` accumulates it (not the variance
+    over all tokens pooled).
+
+    Deviations from the reference, all in corner cases that wide layers do not reach within 50
+    cycles (``tests/test_oneshot_dsnot.py`` transcribes the reference loop and checks equality
+    where they are not reached): a zero variance is clamped to a tiny positive number; the
+    regrowth list holds only pruned weights (the reference sorts every column, kept ones with
+    key 0, so a pointer that runs past one sign's pruned weights "regrows" a kept weight and the
+    row loses one more); a row that stops stays as it is (the reference keeps moving its pointers
+    and writing, which re-prunes kept weights once a pointer reaches them); a row stops when it
+    runs out of candidates instead of reading past them; kept weights with ``c = 0`` sit
+    between the negatives and the positives (``return_reorder_indice`` maps them to position 0);
+    and an N:M group with no kept candidate left skips the candidate without stopping the row
+    (the reference swaps with an already pruned weight).
 
     Args:
         weight: canonical ``[out, in]`` dense weight (the values regrown weights get back).
-        stats: the layer's :class:`LayerStats` (``seq_sum``, ``var``, ``col_norm`` are used).
+        stats: the layer's :class:`LayerStats` (``seq_sum``, ``seq_var``, ``col_norm`` are used).
         mask: initial bool mask (``True`` = kept), e.g. from :func:`wanda_prune`.
         sparsity: the target, only to tell unstructured from N:M (the mask must match an N:M one).
 
@@ -493,7 +503,7 @@ def dsnot_prune(
     c = w * stats.seq_sum.to(dev)[None, :]
     eps = (c * ~keep).sum(dim=1)
     sign0 = torch.sign(eps)
-    var = stats.var.to(dev)
+    var = stats.seq_var.to(dev)
     tiny = torch.finfo(torch.float32).tiny
     grow_key = c / var.clamp_min(tiny).pow(pow_of_var)[None, :] if pow_of_var else c.clone()
     grow_order, n_pruned = _two_pointer_order(grow_key, ~keep)
