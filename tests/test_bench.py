@@ -112,3 +112,13 @@ def test_per_key_values_one_value_for_all_or_per_key_and_bad_items() -> None:
         per_key_values(["a=1.5"], ["a"], "--n", kind=int, unit="model")
     with pytest.raises(ConfigError, match=r"--x: no value for dataset\(s\) \['b'\]"):
         per_key_values(["a=1"], ["a", "b"], "--x")
+
+
+def test_rigl_sweep_suite_tiny(tmp_path: Path) -> None:
+    run_suite("rigl_sweep", ["--settings", "default", "dT=50", "--seeds", "0", "--epochs", "1", "--dataset", "mnist1d",
+                             "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "rigl_sweep.json").read_text())
+    assert [s["setting"] for s in data["summary"]] == ["default", "dT=50"]
+    assert all(0 < s["mean"] <= 100 and abs(r["sparsity"] - 0.9) < 0.01 for s in data["summary"] for r in data["runs"])
+    with pytest.raises(ConfigError, match="unknown"):
+        run_suite("rigl_sweep", ["--settings", "fastest", "--out", str(tmp_path)])
