@@ -34,7 +34,9 @@ Time (default E = 4, F = 2): 34 epochs of training per seed, 102 for 3 seeds. Me
 proximal run took 589-630 s per process with two runs in parallel, i.e. ~155 s per epoch;
 with ~2 of ~7 runnable threads' share of the CPU that is ~45 s per epoch on an idle core, so
 ``--jobs 2`` on an idle 2-core machine needs about 102 x 45 s / 2 ~ 38 min plus ~2 min of
-latency measurement (an extrapolation; on the loaded machine it was ~2.2 h). Finished runs
+latency measurement (an extrapolation; on the loaded machine it was ~2.2 h). Measured
+2026-11-23 17:45: seeds 0 and 1 with ``--jobs 2`` took 65 min while a third training job
+shared the machine (per run 100-540 s). Finished runs
 (and their exported models) are cached in ``runs/bench-structured-train/``; latency is
 measured again on every invocation.
 """
