@@ -193,12 +193,23 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "sparseforge.cli", "train", str(rp), "--run-dir", str(run), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+    # the signal must reach the training loop: a checkpoint on disk proves the child got there
+    # (sent earlier, e.g. while a loaded machine is still importing torch, it tests nothing)
+    deadline = time.time() + 600
+    while not (run / "checkpoint.pt").exists():
+        if proc.poll() is not None:
+            pytest.fail(f"train exited with {proc.returncode} before its first checkpoint: {proc.communicate()[1][-2000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"no checkpoint within 600 s: {proc.communicate()[1][-2000:]}")
         time.sleep(0.2)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"train did not stop within 300 s of SIGINT: {proc.communicate()[1][-2000:]}")
     assert proc.returncode == 130, err
     assert "interrupted at step" in err
     ck = torch.load(run / "checkpoint.pt", weights_only=False)
