@@ -560,3 +560,23 @@ def test_nm_select_by_hand_with_infinities_ties_and_signed_zero() -> None:
 def test_nm_select_rejects_n_outside_the_group() -> None:
     with pytest.raises(LayerError, match=r"n must be in \[0, 4\]; got 5"):
         nm_select(torch.zeros(2, 4), 5)
+
+
+@given(n=st.integers(1, 60), density=st.floats(0.0, 1.0), frac_k=st.floats(0.0, 1.0), levels=st.integers(1, 6),
+       seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=150, deadline=None)
+def test_topk_mask_with_eligible_matches_a_sort_reference(n, density, frac_k, levels, seed) -> None:
+    # dense and sparse eligible sets take different code paths; both must equal the reference:
+    # rank eligible positions by (score, index) ascending and drop the first m - k
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, levels, (n,), generator=g).float()  # few levels: many ties
+    scores[torch.rand(n, generator=g) < 0.1] = float("inf")
+    eligible = torch.rand(n, generator=g) < density
+    m = int(eligible.sum())
+    k = int(frac_k * m)
+    order = sorted((float(scores[i]), i) for i in range(n) if eligible[i])
+    expected = torch.zeros(n, dtype=torch.bool)
+    for _, i in order[m - k:]:
+        expected[i] = True
+    assert torch.equal(topk_mask(scores, k, eligible=eligible), expected)
+    assert torch.equal(topk_mask(-scores, k, eligible=eligible).sum(), torch.tensor(k))

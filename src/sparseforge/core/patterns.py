@@ -59,44 +59,59 @@ def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None
     n = flat.numel()
     if not 0 <= k <= n:
         raise LayerError(f"k must be in [0, {n}]; got {k}")
+    el = None if eligible is None else eligible.reshape(-1).to(device=flat.device, dtype=torch.bool)
+    m = n if el is None else int(el.sum())
+    if k > m:
+        raise LayerError(f"cannot select k={k} of only {m} eligible positions")
     idx = None
-    if eligible is not None:
-        idx = eligible.reshape(-1).nonzero().squeeze(1)
-        if k > idx.numel():
-            raise LayerError(f"cannot select k={k} of only {idx.numel()} eligible positions")
-        flat = flat[idx]
+    if el is not None and m < _COMPACT_BELOW * n:
+        # few eligible positions: rank a compact copy of their scores (gather, then scatter back)
+        idx = el.nonzero().squeeze(1)
+        flat, el = flat[idx], None
     # only the ranked scores need to be numbers (a NaN outside ``eligible`` is never compared)
-    if torch.isnan(flat).any():
+    if bool((torch.isnan(flat) if el is None else torch.isnan(flat) & el).any()):
         raise LayerError("scores contain NaN; cannot rank weights (check the weights or gradients)")
-    m = flat.numel()
+
+    def among(t: torch.Tensor) -> torch.Tensor:
+        return t if el is None else t & el
+
+    size = flat.numel()
     if k == m:
-        keep = torch.ones(m, dtype=torch.bool, device=flat.device)
+        keep = torch.ones(size, dtype=torch.bool, device=flat.device) if el is None else el.clone()
     elif k == 0:
-        keep = torch.zeros(m, dtype=torch.bool, device=flat.device)
+        keep = torch.zeros(size, dtype=torch.bool, device=flat.device)
     elif m - k <= k:
         # few to drop (the common case: 30 % of the active weights, a GMP increment):
         # find the (m-k)-th smallest with a partial top-k, drop everything below it and the
-        # lowest-index ties
+        # lowest-index ties; positions outside ``eligible`` rank last at +inf
         p = m - k
-        thr = torch.topk(flat, p, largest=False, sorted=False).values.max()
-        drop = flat < thr
+        x = flat if el is None else torch.where(el, flat, torch.full_like(flat, math.inf))
+        thr = torch.topk(x, p, largest=False, sorted=False).values.max()
+        drop = x < thr
         need = p - int(drop.sum())
         if need:
-            ties = (flat == thr).nonzero().squeeze(1)
+            ties = among(x == thr).nonzero().squeeze(1)
             drop[ties[:need]] = True
-        keep = ~drop
+        keep = among(~drop)
     else:
-        thr = torch.topk(flat, k, sorted=False).values.min()  # the k-th largest score
-        keep = flat > thr
+        x = flat if el is None else torch.where(el, flat, torch.full_like(flat, -math.inf))
+        thr = torch.topk(x, k, sorted=False).values.min()  # the k-th largest score
+        keep = x > thr
         need = k - int(keep.sum())
         if need:
-            ties = (flat == thr).nonzero().squeeze(1)
+            ties = among(x == thr).nonzero().squeeze(1)
             keep[ties[ties.numel() - need :]] = True
     if idx is None:
         return keep.reshape(scores.shape)
     mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
     mask[idx[keep]] = True
     return mask.reshape(scores.shape)
+
+
+#: eligible fraction below which :func:`topk_mask` ranks a compact copy of the eligible scores;
+#: above it, masking the others to +-inf in place is cheaper (measured on a 235k-weight layer:
+#: all eligible 4.5 -> 1.3 ms, half 3.3 -> 2.4 ms, a fifth 1.8 vs 1.9 ms)
+_COMPACT_BELOW = 0.4
 
 
 def random_mask(eligible: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
