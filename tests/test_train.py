@@ -191,8 +191,11 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path: Path) -> None:
     rp = _write_recipe(tmp_path, METHODS[5], epochs=epochs, checkpoint_every_steps=5)
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # a shell starts background jobs with SIGINT ignored, and the child would inherit that (then
+    # Ctrl-C never reaches it): give it the default disposition, which Python turns into KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "sparseforge.cli", "train", str(rp), "--run-dir", str(run), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # the signal must reach the training loop: a checkpoint on disk proves the child got there
     # (sent earlier, e.g. while a loaded machine is still importing torch, it tests nothing)
     deadline = time.time() + 600
