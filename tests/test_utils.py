@@ -1,4 +1,4 @@
-"""preserved_modes and call_model: probes leave every submodule's mode as it was."""
+"""preserved_modes, call_model and probe: probes leave every submodule's mode as it was."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparseforge.utils import call_model, preserved_modes
+from sparseforge.utils import call_model, preserved_modes, probe
 
 
 def _mixed() -> nn.Module:
@@ -40,3 +40,18 @@ def test_call_model_dispatches_tensor_tuple_and_mapping() -> None:
     assert call_model(m, (a, b)).item() == 2.0
     assert call_model(m, [a, b]).item() == 2.0
     assert call_model(m, {"a": a, "b": b}).item() == 2.0
+
+
+def test_probe_runs_in_eval_without_grad_and_removes_hooks_even_on_failure() -> None:
+    model = nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5)).train()
+    seen = []
+    h = model[0].register_forward_hook(lambda m, a, o: seen.append((m.training, torch.is_grad_enabled())))
+    out = probe(model, torch.ones(4, 3), [h])
+    assert out.shape == (4, 2) and seen == [(False, False)] and model.training
+    model(torch.ones(1, 3))
+    assert len(seen) == 1  # the hook was removed
+    h2 = model[0].register_forward_hook(lambda m, a, o: seen.append("again"))
+    with pytest.raises(RuntimeError):
+        probe(model, torch.ones(4, 5), [h2])  # wrong width: the pass fails
+    model(torch.ones(1, 3))
+    assert "again" not in seen and model.training

@@ -41,7 +41,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .utils import call_model, preserved_modes
+from .utils import probe
 from .errors import CheckpointError, ConfigError, LayerError
 from .masking import MASK_SUFFIX, MaskedLayer, find_masked_layers, is_hf_conv1d
 
@@ -381,13 +381,7 @@ def _count_positions(model: nn.Module, modules: list[nn.Module], example_input: 
 
     # the report must not change the model: eval() keeps BatchNorm statistics and dropout
     # untouched, and each submodule gets its own mode back (models can mix train/eval parts)
-    handles = [m.register_forward_hook(hook) for m in modules]
-    try:
-        with preserved_modes(model), torch.no_grad():
-            call_model(model, example_input)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, example_input, [m.register_forward_hook(hook) for m in modules])
     for key in unsupported:
         positions.pop(key, None)
     return positions, batch

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["preserved_modes", "call_model"]
+__all__ = ["preserved_modes", "call_model", "probe"]
 
 
 @contextmanager
@@ -35,3 +36,17 @@ def call_model(model: nn.Module, example_input: Any) -> Any:
     if isinstance(example_input, (tuple, list)):
         return model(*example_input)
     return model(example_input)
+
+
+def probe(model: nn.Module, example_input: Any, handles: Iterable[Any] = ()) -> Any:
+    """One forward pass of ``example_input`` in eval mode without gradients; return the output.
+
+    Every submodule gets its mode back afterwards (:func:`preserved_modes`), and ``handles``
+    (the hooks a caller registered to observe this pass) are removed even if the pass fails.
+    """
+    try:
+        with preserved_modes(model), torch.no_grad():
+            return call_model(model, example_input)
+    finally:
+        for h in handles:
+            h.remove()

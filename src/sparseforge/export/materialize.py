@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils import call_model, preserved_modes
+from ..utils import probe
 from ..errors import ConfigError, LayerError, check_int
 from ..kernels import cpu_sparse
 from ..masking import MASK_SUFFIX
@@ -576,12 +576,7 @@ def _record_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], exampl
             if args and torch.is_tensor(args[0]) and name not in shapes:
                 shapes[name] = tuple(args[0].shape[1:])
         handles.append(m.register_forward_pre_hook(hook))
-    try:
-        with preserved_modes(model), torch.no_grad():
-            call_model(model, example_input)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, example_input, handles)
     return shapes
 
 

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..utils import call_model, preserved_modes
+from ..utils import probe
 from ..errors import ConfigError, LayerError, check_int, check_sparsity
 from ..masking import is_hf_conv1d
 from .graph import DependencyGraph, trace_groups
@@ -128,12 +128,7 @@ def count_params_macs(model: nn.Module, example_inputs: Any) -> tuple[int, int]:
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                           nn.ConvTranspose3d, nn.MultiheadAttention)) or is_hf_conv1d(m):
             handles.append(m.register_forward_hook(hook, with_kwargs=True))
-    try:
-        with preserved_modes(model), torch.no_grad():
-            call_model(model, example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, example_inputs, handles)
     if isinstance(example_inputs, dict):
         first = next(v for v in example_inputs.values() if torch.is_tensor(v))
     elif isinstance(example_inputs, (tuple, list)):
