@@ -192,37 +192,26 @@ def render(data: dict[str, Any]) -> str:
             key, fmt, label = "cosine_mean", "{:.4f}", "cosine to dense"
         targets = data["config"]["targets"]
         methods = data["config"]["methods"]
-        md.append(f"\n{label}:\n\n| method | " + " | ".join(targets) + " |\n|---|" + "---|" * len(targets))
-        for meth in methods:
-            cells = []
-            for t in targets:
-                r = next((r for r in runs if r["method"] == meth and r["target"] == t), None)
-                if r is None:
-                    cells.append("-")
-                elif name == "gpt":
-                    cells.append(fmt.format(r["quality"][key]))
-                else:
-                    cells.append(f"{fmt.format(r['quality'][key])} ({r['quality']['nn_agreement']:.2f})")
-            md.append(f"| {meth} | " + " | ".join(cells) + " |")
-        md.append("\nmean per-layer relative reconstruction error:\n\n| method | " + " | ".join(targets) + " |\n|---|"
-                  + "---|" * len(targets))
-        for meth in methods:
-            cells = [next((f"{r['mean_reconstruction_error']:.4f}" for r in runs if r["method"] == meth and r["target"] == t), "-")
-                     for t in targets]
-            md.append(f"| {meth} | " + " | ".join(cells) + " |")
-        md.append("\nwall seconds / peak memory MiB (added during the call):\n\n| method | " + " | ".join(targets)
-                  + " |\n|---|" + "---|" * len(targets))
-        for meth in methods:
-            cells = []
-            for t in targets:
-                r = next((r for r in runs if r["method"] == meth and r["target"] == t), None)
-                if r is None:
-                    cells.append("-")
-                    continue
-                added = (r["peak_memory_bytes"] - r["memory_at_start_bytes"]) if r["peak_memory_bytes"] is not None \
-                    and r["memory_at_start_bytes"] is not None else None
-                cells.append(f"{r['wall_seconds']:.2f} / {_fmt_mem(r['peak_memory_bytes'])} (+{_fmt_mem(added)})")
-            md.append(f"| {meth} | " + " | ".join(cells) + " |")
+
+        def table(title: str, cell: Any) -> None:
+            # one row per method, one column per target; "-" where the run is missing
+            md.append(f"\n{title}:\n\n| method | " + " | ".join(targets) + " |\n|---|" + "---|" * len(targets))
+            for meth in methods:
+                hits = [next((r for r in runs if r["method"] == meth and r["target"] == t), None) for t in targets]
+                md.append(f"| {meth} | " + " | ".join("-" if r is None else cell(r) for r in hits) + " |")
+
+        if name == "gpt":
+            table(label, lambda r: fmt.format(r["quality"][key]))
+        else:
+            table(label, lambda r: f"{fmt.format(r['quality'][key])} ({r['quality']['nn_agreement']:.2f})")
+        table("mean per-layer relative reconstruction error", lambda r: f"{r['mean_reconstruction_error']:.4f}")
+
+        def wall(r: dict[str, Any]) -> str:
+            added = (r["peak_memory_bytes"] - r["memory_at_start_bytes"]) if r["peak_memory_bytes"] is not None \
+                and r["memory_at_start_bytes"] is not None else None
+            return f"{r['wall_seconds']:.2f} / {_fmt_mem(r['peak_memory_bytes'])} (+{_fmt_mem(added)})"
+        table("wall seconds / peak memory MiB (added during the call)", wall)
+
         orders = info.get("ordering", {})
         if orders:
             md.append("\nPer-layer ordering of the reconstruction error, SparseGPT <= Wanda <= magnitude (layers where "
