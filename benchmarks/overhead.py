@@ -8,7 +8,7 @@ steps (SET's official interval is one epoch, 469 steps here, so this overstates 
 every 10 steps (the TF default) inside its pruning window and also every 100 steps. Ratios are medians over rounds, all measured in one process.
 Each setup, dense included, is built ``--instances`` times (separately allocated models and
 optimizers, all interleaved): on a ~3 ms LeNet step, two identical setups differ by up to ~5 %
-between instances (memory placement), more than the effects measured; the reported time is
+between instances (cause not established), more than the effects measured; the reported time is
 the median over instances of each instance's median over rounds.
 Baselines: ``torch.nn.utils.prune.l1_unstructured`` (mask applied by a forward pre-hook) and
 ``torch.ao.pruning.WeightNormSparsifier`` (parametrization), each at the same sparsity

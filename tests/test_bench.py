@@ -122,3 +122,14 @@ def test_rigl_sweep_suite_tiny(tmp_path: Path) -> None:
     assert all(0 < s["mean"] <= 100 and abs(r["sparsity"] - 0.9) < 0.01 for s in data["summary"] for r in data["runs"])
     with pytest.raises(ConfigError, match="unknown"):
         run_suite("rigl_sweep", ["--settings", "fastest", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("suite, argv, needle", [
+    ("overhead", ["--instances", "0"], "--instances and --rounds must be >= 1; got 0"),
+    ("overhead", ["--rounds", "0"], "--instances and --rounds must be >= 1"),
+    ("structured_zoo", ["--latency-scale", "0"], "--latency-scale must be >= 1; got 0"),
+])
+def test_bench_bad_counts_are_clear_errors(suite, argv, needle, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        run_suite(suite, [*argv, "--out", str(tmp_path)])
+    assert needle in capsys.readouterr().err

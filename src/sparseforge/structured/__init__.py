@@ -10,7 +10,7 @@
 * :class:`HESSO` wraps a torch optimizer and drives a target fraction of the groups to exact
   zeros during training (Chen et al. 2024).
 * :class:`GroupProx` trains with the proximal operator of group lasso or of the group sparse
-  envelope function (WGSEF without weights).
+  envelope function (WGSEF, optionally with per-group weights).
 * :func:`.onnx.export_onnx` exports the shrunk model and checks it in onnxruntime.
 * :class:`StructuredPruner` / :func:`prune_structured` do all of it in one call with a
   :class:`StructuredReport`.
