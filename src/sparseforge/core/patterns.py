@@ -131,12 +131,11 @@ def random_mask(eligible: torch.Tensor, k: int, generator: torch.Generator | Non
     n_free = int(free.sum())
     if not 0 <= k <= n_free:
         raise LayerError(f"cannot draw k={k} of {n_free} eligible positions")
-    chosen = torch.zeros(n, dtype=torch.bool)
     if 2 * k > n_free:
         # most eligible positions are taken: ranking random scores beats rejection here
-        scores = torch.rand(n, generator=generator)
-        chosen = topk_mask(scores, k, eligible=free)
+        chosen = topk_mask(torch.rand(n, generator=generator), k, eligible=free)
     else:
+        chosen = torch.zeros(n, dtype=torch.bool)
         need = k
         while need:
             draws = int(1.25 * need * n / n_free) + 16  # expected hits about 1.25 x need
