@@ -1,6 +1,7 @@
 """The benchmark harness and suites run end to end on tiny settings and write provenance."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,32 @@ def test_overhead_suite_tiny(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "overhead.json").read_text())
     res = data["results"]["lenet300100"]
     assert res["dense"]["ratio_to_dense"] == 1.0
-    assert {"static", "rigl", "set", "torch.nn.utils.prune", "torch.ao WeightNormSparsifier"} <= set(res)
+    assert {"static", "rigl", "set", "torch.nn.utils.prune", "torch.ao WeightNormSparsifier", "dense (control)"} <= set(res)
+    assert res["torch.nn.utils.prune"]["hook_seconds_per_step"] is None  # its work is not in optimizer hooks
+    assert res["static"]["hook_seconds_per_step"] > 0 and len(res["static"]["instance_ratios"]) == 5
+
+
+def test_hook_clock_times_only_the_hooks_between_open_and_close() -> None:
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from overhead import HookClock
+    finally:
+        sys.path.pop(0)
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    clock = HookClock(opt)
+    opt.register_step_post_hook(lambda *_: time.sleep(0.02))  # inside: counted
+    clock.close(opt)
+    opt.register_step_pre_hook(lambda *_: time.sleep(0.05))  # after the closing hook: not counted
+    for _ in range(3):
+        w.grad = torch.ones(3)
+        opt.step()
+    assert clock.steps == 3
+    assert 0.02 <= clock.per_step < 0.045
+    clock.reset()
+    assert clock.steps == 0 and clock.seconds == 0.0
 
 
 def test_structured_zoo_suite_tiny(tmp_path: Path) -> None:

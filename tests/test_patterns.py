@@ -9,7 +9,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sparseforge.core import patterns as patterns_mod
 from sparseforge.core.patterns import (
+    kth_smallest,
     NM,
     Block,
     Channel,
@@ -563,9 +565,9 @@ def test_nm_select_rejects_n_outside_the_group() -> None:
 
 
 @given(n=st.integers(1, 60), density=st.floats(0.0, 1.0), frac_k=st.floats(0.0, 1.0), levels=st.integers(1, 6),
-       seed=st.integers(0, 2**31 - 1))
-@settings(max_examples=150, deadline=None)
-def test_topk_mask_with_eligible_matches_a_sort_reference(n, density, frac_k, levels, seed) -> None:
+       seed=st.integers(0, 2**31 - 1), banded=st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_topk_mask_with_eligible_matches_a_sort_reference(n, density, frac_k, levels, seed, banded) -> None:
     # dense and sparse eligible sets take different code paths; both must equal the reference:
     # rank eligible positions by (score, index) ascending and drop the first m - k
     g = torch.Generator().manual_seed(seed)
@@ -578,5 +580,50 @@ def test_topk_mask_with_eligible_matches_a_sort_reference(n, density, frac_k, le
     expected = torch.zeros(n, dtype=torch.bool)
     for _, i in order[m - k:]:
         expected[i] = True
-    assert torch.equal(topk_mask(scores, k, eligible=eligible), expected)
-    assert torch.equal(topk_mask(-scores, k, eligible=eligible).sum(), torch.tensor(k))
+    with pytest.MonkeyPatch.context() as mp:
+        if banded:  # small tensors take the sampled-bracket threshold search too
+            mp.setattr(patterns_mod, "_SELECT_MIN", 8)
+            mp.setattr(patterns_mod, "_SELECT_SAMPLE", 4)
+        assert torch.equal(topk_mask(scores, k, eligible=eligible), expected)
+        assert torch.equal(topk_mask(-scores, k, eligible=eligible).sum(), torch.tensor(k))
+
+
+@given(n=st.integers(1, 400), levels=st.integers(1, 50), frac_r=st.floats(0.0, 1.0), n_inf=st.integers(0, 20),
+       density=st.one_of(st.none(), st.floats(0.0, 1.0)), sample=st.sampled_from([4, 16, 64]),
+       seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=300, deadline=None)
+def test_kth_smallest_banded_path_matches_sort(n, levels, frac_r, n_inf, density, sample, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, levels, (n,), generator=g).float()
+    x[torch.randperm(n, generator=g)[: min(n_inf, n)]] = float("inf")
+    among = None if density is None else torch.rand(n, generator=g) < density
+    ranked = x if among is None else x[among]
+    if ranked.numel() == 0:
+        return
+    r = 1 + int(frac_r * (ranked.numel() - 1))
+    with pytest.MonkeyPatch.context() as mp:
+        # shrink the thresholds so small tensors take the sampled-bracket path (and its fallback)
+        mp.setattr(patterns_mod, "_SELECT_MIN", 8)
+        mp.setattr(patterns_mod, "_SELECT_SAMPLE", sample)
+        assert kth_smallest(x, r, among).item() == ranked.sort().values[r - 1].item()
+
+
+def test_kth_smallest_on_a_layer_sized_tensor_and_an_adversarial_sample() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(235_200, generator=g).abs()
+    ref = x.sort().values
+    for r in (1, 10, 23_520, 117_600, 211_680, 235_200):
+        assert kth_smallest(x, r).item() == ref[r - 1].item()
+    # every sampled position (a stride of n // 2048) holds the largest values: the bracket
+    # misses and the exact fallback must still answer
+    y = torch.rand(2048 * 16, generator=g)
+    y[:: 16] = 2.0 + torch.rand(2048, generator=g)
+    for r in (100, 16_000):
+        assert kth_smallest(y, r).item() == y.sort().values[r - 1].item()
+
+
+def test_kth_smallest_rejects_a_rank_outside_the_tensor() -> None:
+    with pytest.raises(LayerError, match=r"rank r must be in \[1, 3\]; got 4"):
+        kth_smallest(torch.zeros(3), 4)
+    with pytest.raises(LayerError, match=r"got 0"):
+        kth_smallest(torch.zeros(3), 0)

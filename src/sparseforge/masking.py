@@ -394,9 +394,19 @@ class Masking:
             raise LayerError(f"{layer.qualname}: mask shape {tuple(mask.shape)} != weight shape {tuple(layer.weight.shape)}")
         buf = layer.mask
         buf.copy_(mask.to(device=buf.device, dtype=torch.bool))
-        layer.weight.mul_(buf)
-        self._zero_state(layer)
-        self._cache = None
+        w = layer.weight
+        keep = buf.to(w.dtype)
+        w.mul_(keep)
+        self._zero_state(layer, keep)
+        # weights and state now follow the new mask: refresh this layer's cached float mask
+        # instead of dropping the cache, which would make the next step redo both for every layer
+        i = next((j for j, l in enumerate(self.layers) if l is layer), None)
+        if self._cache is not None and i is not None:
+            key, masks = self._cache
+            key[4 * i: 4 * i + 4] = [w.dtype, w.device, id(buf), buf._version]
+            masks[i] = keep
+        else:
+            self._cache = None
 
     @torch.no_grad()
     def set_masks_from_zeros(self) -> None:
@@ -405,15 +415,16 @@ class Masking:
             self.set_mask(layer, layer.weight != 0)
 
     @torch.no_grad()
-    def _zero_state(self, layer: MaskedLayer) -> None:
+    def _zero_state(self, layer: MaskedLayer, keep: torch.Tensor | None = None) -> None:
         if self.optimizer is None:
             return
         state = self.optimizer.state.get(layer.weight)
         if not state:
             return
+        keep = layer.mask if keep is None else keep
         for v in state.values():
             if torch.is_tensor(v) and v.shape == layer.weight.shape:
-                v.mul_(layer.mask)
+                v.mul_(keep if keep.dtype == v.dtype else keep.to(v.dtype))
 
     @torch.no_grad()
     def reset_state(self, layer: MaskedLayer, positions: torch.Tensor) -> None:
