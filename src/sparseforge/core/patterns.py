@@ -60,7 +60,7 @@ def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None
     if not 0 <= k <= n:
         raise LayerError(f"k must be in [0, {n}]; got {k}")
     el = None if eligible is None else eligible.reshape(-1).to(device=flat.device, dtype=torch.bool)
-    m = n if el is None else int(el.sum())
+    m = n if el is None else int(torch.count_nonzero(el))
     if k > m:
         raise LayerError(f"cannot select k={k} of only {m} eligible positions")
     idx = None
@@ -186,7 +186,7 @@ def random_mask(eligible: torch.Tensor, k: int, generator: torch.Generator | Non
     flat = eligible.reshape(-1).to(torch.bool)
     n = flat.numel()
     free = flat.cpu().clone()
-    n_free = int(free.sum())
+    n_free = int(torch.count_nonzero(free))
     if not 0 <= k <= n_free:
         raise LayerError(f"cannot draw k={k} of {n_free} eligible positions")
     if 2 * k > n_free:

@@ -164,7 +164,7 @@ class SparsityMethod:
         if k_prune >= n:
             self.pattern.mask(scores, sparsity, layer.qualname)  # raises the standard "empty layer" error
         keep = n - k_prune
-        if keep >= int(current.sum()):
+        if keep >= int(torch.count_nonzero(current)):
             return current.clone()
         return topk_mask(scores, keep, eligible=current)
 

@@ -174,7 +174,7 @@ class DynamicSparse(SparsityMethod):
         if self.drop_noise > 0:
             noise = torch.randn(w.shape, generator=self.generator, dtype=torch.float32)
             w = w.float() + self.drop_noise * noise.to(w.device)
-        n_keep = int(mask.sum()) - n_drop
+        n_keep = int(torch.count_nonzero(mask)) - n_drop
         return topk_mask(w, n_keep, eligible=mask)
 
     def grow(self, layer: MaskedLayer, kept: torch.Tensor, n_regrow: int) -> torch.Tensor:
@@ -190,10 +190,10 @@ class DynamicSparse(SparsityMethod):
         new_masks, stats = [], {}
         for layer in self.layers:
             mask = layer.canonical(layer.mask)
-            n_active = int(mask.sum())
+            n_active = int(torch.count_nonzero(mask))
             n_drop = int(n_active * frac)
             kept = self.drop(layer, mask, n_drop)
-            n_regrow = n_active - int(kept.sum())
+            n_regrow = n_active - int(torch.count_nonzero(kept))
             grown = self.grow(layer, kept, n_regrow)
             new = kept | grown
             new_masks.append(new)
@@ -277,7 +277,7 @@ class SET(DynamicSparse):
         w = layer.canonical(layer.weight.detach())
         pos = mask & (w > 0)
         neg = mask & (w < 0)
-        n_pos, n_neg = int(pos.sum()), int(neg.sum())
+        n_pos, n_neg = int(torch.count_nonzero(pos)), int(torch.count_nonzero(neg))
         # the epsilon absorbs binary noise such as (1 - 0.3) * 10 = 7.000000000000001
         keep_pos = topk_mask(w, int(math.floor((1.0 - frac) * n_pos + 1e-9)), eligible=pos)  # largest positives
         keep_neg = topk_mask(-w, int(math.floor((1.0 - frac) * n_neg + 1e-9)), eligible=neg)  # most negative
