@@ -50,7 +50,8 @@ def test_overhead_suite_tiny(tmp_path: Path) -> None:
     res = data["results"]["lenet300100"]
     assert res["dense"]["ratio_to_dense"] == 1.0
     assert {"static", "rigl", "set", "torch.nn.utils.prune", "torch.ao WeightNormSparsifier", "dense (control)"} <= set(res)
-    assert res["torch.nn.utils.prune"]["hook_seconds_per_step"] is None  # its work is not in optimizer hooks
+    assert res["torch.nn.utils.prune"]["hook_seconds_per_step"] > 0  # timed in its forward and backward
+    assert res["torch.ao WeightNormSparsifier"]["hook_seconds_per_step"] is None
     assert res["static"]["hook_seconds_per_step"] > 0 and len(res["static"]["instance_ratios"]) == 5
 
 
@@ -75,6 +76,30 @@ def test_hook_clock_times_only_the_hooks_between_open_and_close() -> None:
     assert 0.02 <= clock.per_step < 0.045
     clock.reset()
     assert clock.steps == 0 and clock.seconds == 0.0
+
+
+def test_prune_clock_times_the_forward_pre_hooks_and_counts_steps() -> None:
+    import time
+
+    import torch.nn.utils.prune as prune
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from overhead import PruneClock
+    finally:
+        sys.path.pop(0)
+    lin = torch.nn.Linear(4, 3)
+    prune.l1_unstructured(lin, "weight", amount=0.5)
+    lin.register_forward_pre_hook(lambda *_: time.sleep(0.02))  # sits among prune's pre-hooks: counted
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    clock = PruneClock(lin, opt)
+    for _ in range(2):
+        opt.zero_grad()
+        lin(torch.randn(2, 4)).sum().backward()
+        opt.step()
+    assert clock.steps == 2
+    assert 0.02 <= clock.per_step < 0.04
+    assert not clock._t_grad  # every backward closed its interval
 
 
 def test_structured_zoo_suite_tiny(tmp_path: Path) -> None:
