@@ -38,30 +38,17 @@ import hashlib
 import json
 import math
 import statistics
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from sparseforge.bench import parallel_map, provenance, write_results
-from sparseforge.errors import ConfigError
+from sparseforge.bench import (add_nm_grid_args, check_nm_grid_args, mdgf_decay_coef, mean_std_cell, nm_density,
+                               parallel_map, plot_vs_nm_density, provenance, write_results)
 from sparseforge.demo import run_recipe
 
 METHODS = ["ste", "srste", "mdgf", "sdgf"]
 ALLOWED_METHODS = ["ste", "srste", "mdgf", "sdgf"]
 PATTERNS = ["2:4", "1:4", "1:8", "1:16"]
 BATCH = 128
-
-
-def _density(pattern: str) -> float:
-    n, m = (int(v) for v in pattern.split(":"))
-    return n / m
-
-
-def _check_patterns(patterns: list[str]) -> None:
-    for p in patterns:
-        parts = p.split(":")
-        if not (len(parts) == 2 and all(v.isdigit() for v in parts) and 0 < int(parts[0]) < int(parts[1])):
-            raise ConfigError(f"--patterns: expected N:M with 0 < N < M (e.g. 2:4); got {p!r}")
 
 
 def recipe(method: str, pattern: str | None, seed: int, a: argparse.Namespace, total_steps: int) -> dict[str, Any]:
@@ -71,7 +58,7 @@ def recipe(method: str, pattern: str | None, seed: int, a: argparse.Namespace, t
     else:
         m = {"name": method, "pattern": pattern, "indivisible": "skip"}
         if method == "mdgf":
-            c = a.mdgf_decay_coef if a.mdgf_decay_coef is not None else math.log(100.0) / (a.mdgf_decay_at * total_steps)
+            c = a.mdgf_decay_coef if a.mdgf_decay_coef is not None else mdgf_decay_coef(total_steps, a.mdgf_decay_at)
             m.update({"decay": "exp", "decay_coef": c})
         elif method == "sdgf":
             m["kind"] = a.sdgf_kind
@@ -110,87 +97,25 @@ def _preflight(recipes: list[dict[str, Any]], data: Any) -> None:
 
 
 def _cell(rows: list[dict[str, Any]]) -> str:
-    accs = [100 * r["accuracy"] for r in rows]
-    if not accs:
-        return "-"
-    if len(accs) == 1:
-        return f"{accs[0]:.2f}"
-    return f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}"
-
-
-def _plot(runs: list[dict[str, Any]], methods: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for method in methods:
-        pts: dict[float, list[float]] = {}
-        for r in runs:
-            if r["method"] == method:
-                pts.setdefault(_density(r["pattern"]), []).append(100 * r["accuracy"])
-        if pts:
-            xs = sorted(pts)
-            ax.errorbar(xs, [statistics.mean(pts[x]) for x in xs],
-                        yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0.0 for x in xs],
-                        marker="o", capsize=3, label=method)
-    dense = [100 * r["accuracy"] for r in runs if r["method"] == "dense"]
-    if dense:
-        ax.axhline(statistics.mean(dense), color="k", ls="--", label="dense")
-    ax.set_xscale("log", base=2)
-    ticks = sorted({_density(r["pattern"]) for r in runs if r["method"] != "dense"})
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([str(Fraction(t).limit_denominator(1024)) for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("density of the N:M layers (N/M)")
-    ax.set_ylabel("final-epoch test accuracy (%)")
-    ax.set_title("SmallCNN, final hard N:M mask")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return mean_std_cell([100 * r["accuracy"] for r in rows], "{:.2f}")
 
 
 def main(argv: list[str]) -> None:
     """Run the grid (cached per run) and write ``nm_cnn.{json,md,png}``."""
     p = argparse.ArgumentParser(prog="sparseforge bench nm_cnn", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=METHODS, choices=ALLOWED_METHODS)
-    p.add_argument("--patterns", nargs="+", default=PATTERNS)
-    p.add_argument("--no-dense", action="store_true", help="leave out the dense baseline")
+    add_nm_grid_args(p, METHODS, ALLOWED_METHODS, PATTERNS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--last-layer", default="sparse", choices=["sparse", "dense"], help="N:M on fc2 or not")
-    p.add_argument("--mdgf-decay-at", type=float, default=0.25,
-                   help="fraction of the run at which MDGF's beta reaches 1 %% (sets decay_coef)")
-    p.add_argument("--mdgf-decay-coef", type=float, default=None, help="MDGF decay_coef c directly")
-    p.add_argument("--sdgf-kind", default="sparsify", choices=["sparsify", "fine"])
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training images (smoke tests)")
     p.add_argument("--n-test", type=int, default=None, help="use only the first N test images (smoke tests)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread per core each)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads of the one-process run (--jobs 1); default: torch's own setting. On a busy "
-                        "machine use 1: idle-spinning OpenMP threads make a 2-thread step several times slower")
     p.add_argument("--cache", default="runs/bench-nm-cnn")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="nm_cnn", help="results file name")
     a = p.parse_args(argv)
-    _check_patterns(a.patterns)
-    for flag in ("epochs", "jobs"):
-        if getattr(a, flag) < 1:
-            raise ConfigError(f"--{flag} must be >= 1; got {getattr(a, flag)}")
-    if not 0.0 < a.mdgf_decay_at <= 1.0:
-        raise ConfigError(f"--mdgf-decay-at must be in (0, 1]; got {a.mdgf_decay_at}")
-    if a.mdgf_decay_coef is not None and not a.mdgf_decay_coef > 0:
-        raise ConfigError(f"--mdgf-decay-coef must be > 0; got {a.mdgf_decay_coef}")
-    if a.threads is not None:
-        if a.threads < 1:
-            raise ConfigError(f"--threads must be >= 1; got {a.threads}")
-        import torch
-
-        torch.set_num_threads(a.threads)
+    check_nm_grid_args(a, positive=("epochs",))
     prov = provenance(["nm_cnn", *argv])
     from sparseforge.data import load_dataset
 
@@ -227,7 +152,7 @@ def main(argv: list[str]) -> None:
     for m, pat in cells:
         rs = [r for r in runs if r["method"] == m and r["pattern"] == pat]
         accs = [r["accuracy"] for r in rs]
-        summary.append({"method": m, "pattern": pat, "density": 1.0 if pat is None else _density(pat),
+        summary.append({"method": m, "pattern": pat, "density": 1.0 if pat is None else nm_density(pat),
                         "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                         "seeds": len(rs), "sparsity": statistics.mean(r["sparsity"] for r in rs),
                         "sparse_flops": rs[0]["sparse_flops"], "dense_flops": rs[0]["dense_flops"]})
@@ -235,7 +160,7 @@ def main(argv: list[str]) -> None:
     skipped = sorted({s for r in runs for s in r["skipped"]})
     sparse_runs = [r for r in runs if r["method"] != "dense"]
     nm_layers = sparse_runs[0]["masked_layers"] if sparse_runs else []
-    head = ["dense"] + [f"{pat} ({100 * _density(pat):g} %)" for pat in a.patterns]
+    head = ["dense"] + [f"{pat} ({100 * nm_density(pat):g} %)" for pat in a.patterns]
     seeds_txt = f"mean ± std over seeds {', '.join(map(str, a.seeds))}" if len(a.seeds) > 1 else f"seed {a.seeds[0]}"
     md = [f"Final-epoch test accuracy (%) of SmallCNN on {data.name} ({data.x_train.shape[0]} train / "
           f"{data.x_test.shape[0]} test), {seeds_txt}; {a.epochs} epoch(s) = {total_steps} steps per run, SGD lr 0.05 "
@@ -259,7 +184,8 @@ def main(argv: list[str]) -> None:
     data_out = {"provenance": prov, "config": vars(a), "dataset": data.name, "summary": summary, "runs": runs}
     jp, mp = write_results(a.name, data_out, "\n".join(md), out)
     try:
-        _plot(runs, a.methods, jp.with_suffix(".png"))
+        plot_vs_nm_density(runs, a.methods, lambda r: 100 * r["accuracy"], ylabel="final-epoch test accuracy (%)",
+                           title="SmallCNN, final hard N:M mask", path=jp.with_suffix(".png"))
         with open(mp, "a") as f:
             f.write(f"\n![accuracy vs density]({jp.with_suffix('.png').name})\n")
     except ImportError:

@@ -46,38 +46,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import statistics
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from sparseforge.bench import parallel_map, provenance, write_results
-from sparseforge.errors import ConfigError
+from sparseforge.bench import (add_nm_grid_args, check_nm_grid_args, mdgf_decay_coef, mean_std_cell, nm_density,
+                               parallel_map, plot_vs_nm_density, provenance, write_results)
 from sparseforge.lm import DEFAULT_LM_TARGETS, train_lm
 
 METHODS = ["ste", "srste", "mdgf", "sdgf"]
 ALLOWED_METHODS = ["ste", "srste", "mdgf", "sdgf", "bdwp"]
 PATTERNS = ["2:4", "1:4", "1:8", "1:16"]
-
-
-def _density(pattern: str) -> float:
-    n, m = (int(v) for v in pattern.split(":"))
-    return n / m
-
-
-def _check_patterns(patterns: list[str]) -> list[str]:
-    for p in patterns:
-        parts = p.split(":")
-        ok = len(parts) == 2 and all(v.isdigit() for v in parts) and 0 < int(parts[0]) < int(parts[1])
-        if not ok:
-            raise ConfigError(f"--patterns: expected N:M with 0 < N < M (e.g. 2:4); got {p!r}")
-    return patterns
-
-
-def mdgf_decay_coef(steps: int, decay_at: float) -> float:
-    """``c`` with ``exp(-c * decay_at * steps) = 0.01``: MDGF's beta reaches 1 % at that fraction of the run."""
-    return math.log(100.0) / (decay_at * steps)
 
 
 def method_params(method: str, pattern: str, a: argparse.Namespace) -> dict[str, Any]:
@@ -124,57 +103,15 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in keep}
 
 
-def _cell(rows: list[dict[str, Any]], key: str, scale: float = 1.0, fmt: str = "{:.3f}") -> str:
-    vals = [r[key] * scale for r in rows]
-    if not vals:
-        return "-"
-    mean = statistics.mean(vals)
-    if len(vals) == 1:
-        return fmt.format(mean)
-    return f"{fmt.format(mean)} ± {fmt.format(statistics.stdev(vals))}"
-
-
-def _plot(runs: list[dict[str, Any]], methods: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    dense = [r["val_ppl"] for r in runs if r["method"] == "dense"]
-    for method in methods:
-        pts: dict[float, list[float]] = {}
-        for r in runs:
-            if r["method"] == method:
-                pts.setdefault(_density(r["pattern"]), []).append(r["val_ppl"])
-        if pts:
-            xs = sorted(pts)
-            ax.errorbar(xs, [statistics.mean(pts[x]) for x in xs],
-                        yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0.0 for x in xs],
-                        marker="o", capsize=3, label=method)
-    if dense:
-        ax.axhline(statistics.mean(dense), color="k", ls="--", label="dense")
-    ax.set_xscale("log", base=2)
-    ticks = sorted({_density(r["pattern"]) for r in runs if r["method"] != "dense"})
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([str(Fraction(t).limit_denominator(1024)) for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("density of the block Linear layers (N/M)")
-    ax.set_ylabel("validation perplexity (char)")
-    ax.set_title(f"TinyGPT on {runs[0]['corpus']}, final hard N:M mask")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def _cell(rows: list[dict[str, Any]], key: str, fmt: str = "{:.3f}") -> str:
+    return mean_std_cell([r[key] for r in rows], fmt)
 
 
 def main(argv: list[str]) -> None:
     """Run the grid (cached per run) and write ``nm_lm.{json,md,png}``."""
     p = argparse.ArgumentParser(prog="sparseforge bench nm_lm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=METHODS, choices=ALLOWED_METHODS)
-    p.add_argument("--patterns", nargs="+", default=PATTERNS)
-    p.add_argument("--no-dense", action="store_true", help="leave out the dense baseline")
+    add_nm_grid_args(p, METHODS, ALLOWED_METHODS, PATTERNS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps per run (same for every run)")
     p.add_argument("--batch", type=int, default=32, help="windows per step")
@@ -183,34 +120,13 @@ def main(argv: list[str]) -> None:
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--mdgf-decay-at", type=float, default=0.25,
-                   help="fraction of the run at which MDGF's beta reaches 1 %% (sets decay_coef)")
-    p.add_argument("--mdgf-decay-coef", type=float, default=None, help="MDGF decay_coef c directly (overrides --mdgf-decay-at)")
-    p.add_argument("--sdgf-kind", default="sparsify", choices=["sparsify", "fine"])
     p.add_argument("--val-windows", type=int, default=None, help="validation windows scored at the end (default all)")
     p.add_argument("--corpus", default="austen", help="'austen' or 'text:PATH'")
-    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread per core each)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads of the one-process run (--jobs 1); default: torch's own setting. On a busy "
-                        "machine use 1: idle-spinning OpenMP threads make a 2-thread step several times slower")
     p.add_argument("--cache", default="runs/bench-nm-lm")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="nm_lm", help="results file name")
     a = p.parse_args(argv)
-    _check_patterns(a.patterns)
-    for flag in ("steps", "batch", "block", "d_model", "n_layer", "n_head", "jobs"):
-        if getattr(a, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(a, flag)}")
-    if not 0.0 < a.mdgf_decay_at <= 1.0:
-        raise ConfigError(f"--mdgf-decay-at must be in (0, 1]; got {a.mdgf_decay_at}")
-    if a.mdgf_decay_coef is not None and not a.mdgf_decay_coef > 0:
-        raise ConfigError(f"--mdgf-decay-coef must be > 0; got {a.mdgf_decay_coef}")
-    if a.threads is not None:
-        if a.threads < 1:
-            raise ConfigError(f"--threads must be >= 1; got {a.threads}")
-        import torch
-
-        torch.set_num_threads(a.threads)
+    check_nm_grid_args(a, positive=("steps", "batch", "block", "d_model", "n_layer", "n_head"))
     prov = provenance(["nm_lm", *argv])
     from sparseforge.text import load_text_corpus
 
@@ -250,12 +166,12 @@ def main(argv: list[str]) -> None:
     for m, pat in cells:
         rs = [r for r in runs if r["method"] == m and (r["pattern"] == pat or m == "dense")]
         ppl = [r["val_ppl"] for r in rs]
-        summary.append({"method": m, "pattern": pat, "density": 1.0 if pat is None else _density(pat),
+        summary.append({"method": m, "pattern": pat, "density": 1.0 if pat is None else nm_density(pat),
                         "val_ppl_mean": statistics.mean(ppl), "val_ppl_std": statistics.stdev(ppl) if len(ppl) > 1 else 0.0,
                         "val_loss_mean": statistics.mean(r["val_loss"] for r in rs), "seeds": len(rs),
                         "sparsity": statistics.mean(r["sparsity"] for r in rs)})
     ex = runs[0]
-    head = ["dense"] + [f"{pat} ({100 * _density(pat):g} %)" for pat in a.patterns]
+    head = ["dense"] + [f"{pat} ({100 * nm_density(pat):g} %)" for pat in a.patterns]
     md = [f"Validation perplexity (character level, lower is better) of TinyGPT (d_model {a.d_model}, {a.n_layer} "
           f"blocks, {a.n_head} heads, context {a.block}) on corpus `{ex['corpus']}` (char tokenizer, last 10 % of each "
           f"document held out), {'mean ± std over seeds' if len(a.seeds) > 1 else 'seed'} "
@@ -296,7 +212,8 @@ def main(argv: list[str]) -> None:
     data_out = {"provenance": prov, "config": vars(a), "targets": DEFAULT_LM_TARGETS, "summary": summary, "runs": runs}
     jp, mp = write_results(a.name, data_out, "\n".join(md), out)
     try:
-        _plot(runs, a.methods, jp.with_suffix(".png"))
+        plot_vs_nm_density(runs, a.methods, lambda r: r["val_ppl"], ylabel="validation perplexity (char)",
+                           title=f"TinyGPT on {runs[0]['corpus']}, final hard N:M mask", path=jp.with_suffix(".png"))
         with open(mp, "a") as f:
             f.write(f"\n![perplexity vs density]({jp.with_suffix('.png').name})\n")
     except ImportError:

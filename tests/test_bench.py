@@ -1,6 +1,7 @@
 """The benchmark harness and suites run end to end on tiny settings and write provenance."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -184,3 +185,27 @@ def test_bench_bad_counts_are_clear_errors(suite, argv, needle, tmp_path: Path, 
     with pytest.raises(SystemExit):
         run_suite(suite, [*argv, "--out", str(tmp_path)])
     assert needle in capsys.readouterr().err
+
+
+def test_nm_grid_helpers() -> None:
+    import argparse
+
+    from sparseforge.bench import add_nm_grid_args, check_nm_grid_args, mdgf_decay_coef, mean_std_cell, nm_density
+
+    assert nm_density("2:4") == 0.5 and nm_density("1:16") == 1 / 16
+    assert mean_std_cell([]) == "-" and mean_std_cell([1.5]) == "1.500"
+    assert mean_std_cell([1.0, 3.0], "{:.1f}") == "2.0 ± 1.4"
+    assert abs(math.exp(-mdgf_decay_coef(1000, 0.25) * 250) - 0.01) < 1e-12
+    p = argparse.ArgumentParser()
+    add_nm_grid_args(p, ["ste"], ["ste", "srste"], ["2:4"])
+    p.add_argument("--epochs", type=int, default=1)
+    check_nm_grid_args(p.parse_args([]), positive=("epochs",))
+    for argv, needle in ((["--patterns", "4:2"], "--patterns: expected N:M with 0 < N < M"),
+                         (["--patterns", "2-4"], "got '2-4'"),
+                         (["--epochs", "0"], "--epochs must be >= 1; got 0"),
+                         (["--jobs", "0"], "--jobs must be >= 1"),
+                         (["--mdgf-decay-at", "1.5"], r"--mdgf-decay-at must be in \(0, 1\]"),
+                         (["--mdgf-decay-coef", "0"], "--mdgf-decay-coef must be > 0"),
+                         (["--threads", "0"], "--threads must be >= 1")):
+        with pytest.raises(ConfigError, match=needle):
+            check_nm_grid_args(p.parse_args(argv), positive=("epochs",))

@@ -197,3 +197,99 @@ def per_key_values(spec: Sequence[str], keys: Sequence[str], flag: str, *, kind:
     if absent:
         raise ConfigError(f"{flag}: no {missing} for {unit}(s) {absent}")
     return {k: out[k] for k in keys}
+
+
+# ----------------------------------------------------------------------------- N:M grid suites
+def nm_density(pattern: str) -> float:
+    """Density ``N / M`` of an ``"N:M"`` string."""
+    n, m = (int(v) for v in pattern.split(":"))
+    return n / m
+
+
+def add_nm_grid_args(p: Any, methods: Sequence[str], allowed: Sequence[str], patterns: Sequence[str]) -> None:
+    """The command-line options the N:M grid suites (``nm_lm``, ``nm_cnn``) share."""
+    p.add_argument("--methods", nargs="+", default=list(methods), choices=list(allowed))
+    p.add_argument("--patterns", nargs="+", default=list(patterns))
+    p.add_argument("--no-dense", action="store_true", help="leave out the dense baseline")
+    p.add_argument("--mdgf-decay-at", type=float, default=0.25,
+                   help="fraction of the run at which MDGF's beta reaches 1 %% (sets decay_coef)")
+    p.add_argument("--mdgf-decay-coef", type=float, default=None,
+                   help="MDGF decay_coef c directly (overrides --mdgf-decay-at)")
+    p.add_argument("--sdgf-kind", default="sparsify", choices=["sparsify", "fine"])
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread per core each)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the one-process run (--jobs 1); default: torch's own setting. On a busy "
+                        "machine use 1: idle-spinning OpenMP threads make a 2-thread step several times slower")
+
+
+def check_nm_grid_args(a: Any, positive: Sequence[str] = ()) -> None:
+    """Validate :func:`add_nm_grid_args` options (and the integer flags in ``positive``), then apply ``--threads``."""
+    for pat in a.patterns:
+        parts = pat.split(":")
+        if not (len(parts) == 2 and all(v.isdigit() for v in parts) and 0 < int(parts[0]) < int(parts[1])):
+            raise ConfigError(f"--patterns: expected N:M with 0 < N < M (e.g. 2:4); got {pat!r}")
+    for flag in (*positive, "jobs"):
+        if getattr(a, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(a, flag)}")
+    if not 0.0 < a.mdgf_decay_at <= 1.0:
+        raise ConfigError(f"--mdgf-decay-at must be in (0, 1]; got {a.mdgf_decay_at}")
+    if a.mdgf_decay_coef is not None and not a.mdgf_decay_coef > 0:
+        raise ConfigError(f"--mdgf-decay-coef must be > 0; got {a.mdgf_decay_coef}")
+    if a.threads is not None:
+        if a.threads < 1:
+            raise ConfigError(f"--threads must be >= 1; got {a.threads}")
+        torch.set_num_threads(a.threads)
+
+
+def mdgf_decay_coef(steps: int, decay_at: float) -> float:
+    """``c`` with ``exp(-c * decay_at * steps) = 0.01``: MDGF's beta reaches 1 % at that fraction of the run."""
+    import math
+
+    return math.log(100.0) / (decay_at * steps)
+
+
+def mean_std_cell(values: Sequence[float], fmt: str = "{:.3f}") -> str:
+    """``"mean ± std"`` of ``values`` (just the value for one, ``-`` for none)."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
+def plot_vs_nm_density(runs: Sequence[dict[str, Any]], methods: Sequence[str], value: Callable[[dict[str, Any]], float],
+                       *, ylabel: str, title: str, path: Path) -> None:
+    """One line per method of ``value(run)`` (mean ± std over seeds) against N:M density, dense as a dashed line."""
+    from fractions import Fraction
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for method in methods:
+        pts: dict[float, list[float]] = {}
+        for r in runs:
+            if r["method"] == method:
+                pts.setdefault(nm_density(r["pattern"]), []).append(value(r))
+        if pts:
+            xs = sorted(pts)
+            ax.errorbar(xs, [statistics.mean(pts[x]) for x in xs],
+                        yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0.0 for x in xs],
+                        marker="o", capsize=3, label=method)
+    dense = [value(r) for r in runs if r["method"] == "dense"]
+    if dense:
+        ax.axhline(statistics.mean(dense), color="k", ls="--", label="dense")
+    ax.set_xscale("log", base=2)
+    ticks = sorted({nm_density(r["pattern"]) for r in runs if r["method"] != "dense"})
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(Fraction(t).limit_denominator(1024)) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("density of the N:M layers (N/M)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
