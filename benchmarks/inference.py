@@ -28,11 +28,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -115,7 +113,6 @@ class DeepSparse:
             env = {**os.environ, "NM_DISABLE_ANALYTICS": "1"}
             self.proc = subprocess.Popen([str(py), str(worker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL, text=True, env=env)
-            import importlib.metadata  # noqa: F401  (version is read in the venv)
             ver = subprocess.run([str(py), "-c", "import deepsparse; print(deepsparse.__version__)"],
                                  capture_output=True, text=True).stdout.strip()
             self.version = ver

@@ -36,14 +36,13 @@ import argparse
 import copy
 import hashlib
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sparseforge.bench import provenance, write_results
+from sparseforge.bench import check_at_least, provenance, write_results
 from sparseforge.errors import ConfigError
 
 MODELS = ["gpt", "minilm"]
@@ -256,14 +255,8 @@ def main(argv: list[str]) -> None:
         resolve_target(_target(t), "--targets")
     for meth in a.methods:
         method_from_spec(meth)
-    for flag in ("nsamples", "val_windows", "sentences"):
-        if getattr(a, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(a, flag)}")
-    if a.seqlen is not None and a.seqlen < 1:
-        raise ConfigError(f"--seqlen must be >= 1; got {a.seqlen}")
+    check_at_least(a, "nsamples", "val_windows", "sentences", "seqlen", "threads")
     if a.threads is not None:
-        if a.threads < 1:
-            raise ConfigError(f"--threads must be >= 1; got {a.threads}")
         torch.set_num_threads(a.threads)
     prov = provenance(["oneshot", *argv])
     cache = Path(a.cache)

@@ -30,7 +30,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from sparseforge.bench import provenance, write_results
+from sparseforge.bench import check_at_least, check_fractions, provenance, write_results
 from sparseforge.errors import ConfigError
 from sparseforge.experiments import parse_per_dataset, run_grid, run_search
 
@@ -88,14 +88,10 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="random_search", help="results file name; default: %(default)s")
     a = p.parse_args(argv)
-    for flag in ("samples", "jobs", "score_size"):
-        if getattr(a, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(a, flag)}")
+    check_at_least(a, "samples", "jobs", "score_size")
     if a.eval_every < 0:
         raise ConfigError(f"--eval-every must be >= 0; got {a.eval_every}")
-    for s in a.sparsities:
-        if not 0.0 < s < 1.0:
-            raise ConfigError(f"--sparsities must be in (0, 1); got {s}")
+    check_fractions(a.sparsities)
     epochs = parse_per_dataset(a.epochs, a.datasets, "--epochs")
     prov = provenance(["random_search", *argv])
     jobs = []

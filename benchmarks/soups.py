@@ -31,7 +31,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from sparseforge.bench import provenance, write_results
+from sparseforge.bench import check_at_least, check_fractions, provenance, write_results
 from sparseforge.errors import ConfigError
 from sparseforge.experiments import parse_per_dataset, run_grid, run_soups
 
@@ -95,14 +95,10 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="soups", help="results file name; default: %(default)s")
     a = p.parse_args(argv)
-    for flag in ("m", "phases", "jobs"):
-        if getattr(a, flag) < 1:
-            raise ConfigError(f"--{flag} must be >= 1; got {getattr(a, flag)}")
+    check_at_least(a, "m", "phases", "jobs")
     if a.m < 2:
         raise ConfigError(f"--m must be >= 2 to compare a soup with IMP; got {a.m}")
-    for s in a.sparsities:
-        if not 0.0 < s < 1.0:
-            raise ConfigError(f"--sparsities must be in (0, 1); got {s}")
+    check_fractions(a.sparsities)
     pre = parse_per_dataset(a.pretrain_epochs, a.datasets, "--pretrain-epochs")
     ret = parse_per_dataset(a.retrain_epochs, a.datasets, "--retrain-epochs")
     val = {d: int(v) for d, v in parse_per_dataset(a.val_size, a.datasets, "--val-size").items()}

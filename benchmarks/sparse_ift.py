@@ -38,7 +38,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from sparseforge.bench import provenance, write_results
+from sparseforge.bench import check_at_least, check_fractions, provenance, write_results
 from sparseforge.errors import ConfigError
 from sparseforge.experiments import parse_per_dataset, run_grid, run_ift
 from sparseforge.transforms import KINDS
@@ -114,13 +114,10 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="sparse_ift", help="results file name; default: %(default)s")
     a = p.parse_args(argv)
-    if a.jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1; got {a.jobs}")
+    check_at_least(a, "jobs")
     if len(a.hidden) < 3:
         raise ConfigError(f"--hidden needs at least 3 widths (two transformed layers between a dense stem and head); got {a.hidden}")
-    for s in a.sparsities:
-        if not 0.0 < s < 1.0:
-            raise ConfigError(f"--sparsities must be in (0, 1); got {s}")
+    check_fractions(a.sparsities)
     epochs = parse_per_dataset(a.epochs, a.datasets, "--epochs")
     prov = provenance(["sparse_ift", *argv])
     jobs = []

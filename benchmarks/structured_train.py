@@ -52,7 +52,8 @@ from pathlib import Path
 
 import torch
 
-from sparseforge.bench import interleaved_medians, parallel_map, provenance, write_results
+from sparseforge.bench import (check_at_least, check_fractions, interleaved_medians, parallel_map, provenance,
+                               write_results)
 from sparseforge.data import load_dataset
 from sparseforge.errors import ConfigError
 from sparseforge.models import build_model
@@ -202,16 +203,13 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="structured-train", help="results file name")
     a = p.parse_args(argv)
-    if a.epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1; got {a.epochs}")
+    check_at_least(a, "epochs")
     if a.finetune_epochs is None:
         a.finetune_epochs = max(1, a.epochs // 2)
     if "oneshot" in a.methods and not 1 <= a.finetune_epochs < a.epochs:
         raise ConfigError(f"--finetune-epochs must be in [1, {a.epochs - 1}] (E - F dense epochs come first); "
                           f"got {a.finetune_epochs} with --epochs {a.epochs}")
-    for s in a.sparsities:
-        if not 0 < s < 1:
-            raise ConfigError(f"--sparsities must be in (0, 1); got {s}")
+    check_fractions(a.sparsities)
     a.lam_gl = _per_sparsity(a.lam_gl, a.sparsities, "--lam-gl")
     a.lam_sef = _per_sparsity(a.lam_sef, a.sparsities, "--lam-sef")
     prov = provenance(["structured_train", *argv])

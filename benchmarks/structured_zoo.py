@@ -21,7 +21,6 @@ with a time limit per model (``--tp-limit``, it can hang on some Hugging Face mo
 from __future__ import annotations
 
 import argparse
-import copy
 import signal
 import tempfile
 import time

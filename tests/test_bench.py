@@ -209,3 +209,22 @@ def test_nm_grid_helpers() -> None:
                          (["--threads", "0"], "--threads must be >= 1")):
         with pytest.raises(ConfigError, match=needle):
             check_nm_grid_args(p.parse_args(argv), positive=("epochs",))
+
+
+def test_check_at_least_and_check_fractions() -> None:
+    import argparse
+
+    from sparseforge.bench import check_at_least, check_fractions
+
+    a = argparse.Namespace(jobs=2, score_size=0, seqlen=None)
+    check_at_least(a, "jobs", "seqlen")  # None: an optional option left unset
+    with pytest.raises(ConfigError, match=r"--score-size must be >= 1; got 0"):
+        check_at_least(a, "jobs", "score_size")
+    with pytest.raises(ConfigError, match=r"--jobs must be >= 3; got 2"):
+        check_at_least(a, "jobs", minimum=3)
+    check_fractions([0.5, 0.99])
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ConfigError, match=rf"--sparsities must be in \(0, 1\); got {bad}"):
+            check_fractions([0.5, bad])
+    with pytest.raises(ConfigError, match=r"--keep must be in \(0, 1\)"):
+        check_fractions([2.0], "--keep")

@@ -199,6 +199,24 @@ def per_key_values(spec: Sequence[str], keys: Sequence[str], flag: str, *, kind:
     return {k: out[k] for k in keys}
 
 
+def check_at_least(a: Any, *flags: str, minimum: int = 1) -> None:
+    """Raise :class:`ConfigError` naming the first option in ``flags`` (attribute names) below ``minimum``.
+
+    ``None`` (an optional option left unset) passes.
+    """
+    for flag in flags:
+        v = getattr(a, flag)
+        if v is not None and v < minimum:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= {minimum}; got {v}")
+
+
+def check_fractions(values: Sequence[float], flag: str = "--sparsities") -> None:
+    """Raise :class:`ConfigError` unless every value lies in the open interval (0, 1)."""
+    for v in values:
+        if not 0.0 < v < 1.0:
+            raise ConfigError(f"{flag} must be in (0, 1); got {v}")
+
+
 # ----------------------------------------------------------------------------- N:M grid suites
 def nm_density(pattern: str) -> float:
     """Density ``N / M`` of an ``"N:M"`` string."""
@@ -228,16 +246,12 @@ def check_nm_grid_args(a: Any, positive: Sequence[str] = ()) -> None:
         parts = pat.split(":")
         if not (len(parts) == 2 and all(v.isdigit() for v in parts) and 0 < int(parts[0]) < int(parts[1])):
             raise ConfigError(f"--patterns: expected N:M with 0 < N < M (e.g. 2:4); got {pat!r}")
-    for flag in (*positive, "jobs"):
-        if getattr(a, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(a, flag)}")
+    check_at_least(a, *positive, "jobs", "threads")
     if not 0.0 < a.mdgf_decay_at <= 1.0:
         raise ConfigError(f"--mdgf-decay-at must be in (0, 1]; got {a.mdgf_decay_at}")
     if a.mdgf_decay_coef is not None and not a.mdgf_decay_coef > 0:
         raise ConfigError(f"--mdgf-decay-coef must be > 0; got {a.mdgf_decay_coef}")
     if a.threads is not None:
-        if a.threads < 1:
-            raise ConfigError(f"--threads must be >= 1; got {a.threads}")
         torch.set_num_threads(a.threads)
 
 
