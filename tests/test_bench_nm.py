@@ -1,4 +1,4 @@
-"""The N:M benchmark suites (nm_lm, nm_cnn) end to end on tiny settings."""
+"""The N:M benchmark suites (nm_lm, nm_cnn, nm_kernels) end to end on tiny settings."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from sparseforge.bench import list_suites, run_suite
 from sparseforge.data import fashion_mnist_available
@@ -134,3 +135,54 @@ def test_nm_cnn_rejects_bad_settings(tmp_path: Path) -> None:
         run_suite("nm_cnn", _cnn_args(tmp_path, "--epochs", "0"))
     with pytest.raises(SystemExit):  # BDWP handles Linear layers only; the CNN suite does not offer it
         run_suite("nm_cnn", _cnn_args(tmp_path, "--methods", "bdwp"))
+
+
+def test_nm_kernels_is_listed_and_checks_its_options_before_cuda(tmp_path: Path) -> None:
+    assert "nm_kernels" in list_suites()
+    out = ["--out", str(tmp_path)]
+    with pytest.raises(ConfigError, match=r"--sizes and --e2e-width must be multiples of 64.*\[1000\]"):
+        run_suite("nm_kernels", ["--sizes", "1000", *out])
+    with pytest.raises(ConfigError, match=r"--batches must all be >= 1; got \[0\]"):
+        run_suite("nm_kernels", ["--batches", "0", *out])
+    with pytest.raises(ConfigError, match="--repeats must be >= 1; got 0"):
+        run_suite("nm_kernels", ["--repeats", "0", *out])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without CUDA gives")
+def test_nm_kernels_without_cuda_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"needs an NVIDIA GPU \(CUDA\); none is available"):
+        run_suite("nm_kernels", ["--out", str(tmp_path)])
+    assert not (tmp_path / "nm_kernels.json").exists()
+
+
+def test_nm_kernels_prunes_2to4_by_magnitude() -> None:
+    import sys
+
+    from sparseforge.core.patterns import is_valid_nm
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from nm_kernels import prune_2to4_
+    finally:
+        sys.path.pop(0)
+    lin = torch.nn.Linear(8, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -4.0, 3.0, 2.0, 0.5, 0.1, -0.2, 0.3],
+                                       [4.0, 3.0, 2.0, 1.0, -1.0, 1.0, -1.0, 1.0]]))
+    prune_2to4_(lin)
+    expect = torch.tensor([[0.0, -4.0, 3.0, 0.0, 0.5, 0.0, 0.0, 0.3],
+                           [4.0, 3.0, 0.0, 0.0, 0.0, 0.0, -1.0, 1.0]])  # ties: the higher index is kept
+    assert torch.equal(lin.weight.detach(), expect)
+    assert is_valid_nm(lin.weight != 0, 2, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                    reason="2:4 sparse kernels need an NVIDIA GPU with compute capability >= 8.0")
+def test_nm_kernels_tiny_grid_on_gpu(tmp_path: Path) -> None:
+    run_suite("nm_kernels", ["--sizes", "1024", "--batches", "64", "--dtypes", "fp16", "--e2e-width", "1024",
+                             "--blocks", "1", "--repeats", "5", "--warmup", "2", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "nm_kernels.json").read_text())
+    (row,) = data["layers"]
+    assert row["speedup"] > 0 and row["rel_err"] < 1e-2
+    (e2e,) = data["e2e"]
+    assert e2e["layers"] == 2 and e2e["rel_err"] < 1e-2
