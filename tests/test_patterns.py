@@ -627,3 +627,7 @@ def test_kth_smallest_rejects_a_rank_outside_the_tensor() -> None:
         kth_smallest(torch.zeros(3), 4)
     with pytest.raises(LayerError, match=r"got 0"):
         kth_smallest(torch.zeros(3), 0)
+    with pytest.raises(LayerError, match=r"rank r must be in \[1, 1\]; got 2"):  # one entry ranked
+        kth_smallest(torch.zeros(3), 2, torch.tensor([False, True, False]))
+    with pytest.raises(LayerError, match=r"among must be a bool tensor of shape \(3,\); got torch.bool \(2,\)"):
+        kth_smallest(torch.zeros(3), 1, torch.tensor([True, True]))

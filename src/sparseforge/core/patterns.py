@@ -107,7 +107,6 @@ def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None
     return mask.reshape(scores.shape)
 
 
-
 #: sample size and minimum tensor size of :func:`kth_smallest`'s banded selection
 _SELECT_SAMPLE = 2048
 _SELECT_MIN = 16384
@@ -125,6 +124,8 @@ def kth_smallest(x: torch.Tensor, r: int, among: torch.Tensor | None = None) -> 
     among those few. If the bracket misses (an unlucky sample), a full ``topk`` runs, so the
     result never depends on the sample, only the time does.
     """
+    if among is not None and (among.shape != x.shape or among.dtype != torch.bool):
+        raise LayerError(f"among must be a bool tensor of shape {tuple(x.shape)}; got {among.dtype} {tuple(among.shape)}")
     flat = x.reshape(-1)
     el = None if among is None else among.reshape(-1)
     m = flat.numel() if el is None else int(torch.count_nonzero(el))
@@ -164,6 +165,7 @@ def _kth_smallest(x: torch.Tensor, r: int, el: torch.Tensor | None, m: int) -> t
     if r <= x.numel() - r + 1:
         return torch.topk(x, r, largest=False, sorted=False).values.max()
     return torch.topk(x, x.numel() - r + 1, sorted=False).values.min()
+
 
 #: eligible fraction below which :func:`topk_mask` ranks a compact copy of the eligible scores;
 #: above it, ranking in place restricted by the eligible mask is cheaper (measured on a
