@@ -39,11 +39,13 @@ PRUNABLE = (nn.Linear, nn.Conv2d)
 
 
 class HookClock:
-    """Wall time spent inside the optimizer step hooks registered between construction and :meth:`close`.
+    """Wall time spent inside the hooks registered between construction and :meth:`close`.
 
-    The clock's opening hooks are registered first and its closing hooks last, and torch runs
-    an optimizer's step hooks in registration order, so the measured span is exactly the
-    method's own per-step work (gradient masking, mask updates), amortized over all steps.
+    Those are the optimizer's step pre- and post-hooks and every parameter's
+    post-accumulate-grad hooks (where the gradients are masked during backward). The clock's
+    opening hooks are registered first and its closing hooks last, and torch runs both kinds
+    in registration order, so the measured span is exactly the method's own per-step work
+    (gradient masking, mask updates), amortized over all steps.
     """
 
     def __init__(self, opt: torch.optim.Optimizer) -> None:
@@ -52,6 +54,9 @@ class HookClock:
         self._t = 0.0
         opt.register_step_pre_hook(self._open)
         opt.register_step_post_hook(self._open)
+        self._params = [p for g in opt.param_groups for p in g["params"]]
+        for p in self._params:
+            p.register_post_accumulate_grad_hook(self._open)
 
     def _open(self, *_: object) -> None:
         self._t = time.perf_counter()
@@ -67,6 +72,8 @@ class HookClock:
         """Register the closing hooks (after the method's own)."""
         opt.register_step_pre_hook(self._close_pre)
         opt.register_step_post_hook(self._close_post)
+        for p in self._params:
+            p.register_post_accumulate_grad_hook(self._close_pre)
 
     def reset(self) -> None:
         """Forget what was measured so far (e.g. the warm-up)."""

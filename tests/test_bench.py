@@ -79,6 +79,28 @@ def test_hook_clock_times_only_the_hooks_between_open_and_close() -> None:
     assert clock.steps == 0 and clock.seconds == 0.0
 
 
+def test_hook_clock_times_gradient_hooks_in_backward() -> None:
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from overhead import HookClock
+    finally:
+        sys.path.pop(0)
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    clock = HookClock(opt)
+    w.register_post_accumulate_grad_hook(lambda p: time.sleep(0.02))  # between open and close: counted
+    clock.close(opt)
+    w.register_post_accumulate_grad_hook(lambda p: time.sleep(0.05))  # after the closing hook: not counted
+    for _ in range(2):
+        opt.zero_grad()
+        (w * 2).sum().backward()
+        opt.step()
+    assert clock.steps == 2
+    assert 0.02 <= clock.per_step < 0.045
+
+
 def test_prune_clock_times_the_forward_pre_hooks_and_counts_steps() -> None:
     import time
 

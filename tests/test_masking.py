@@ -620,3 +620,89 @@ def test_gpt2_lm_head_tied_to_embedding_is_left_dense() -> None:
     assert "lm_head" not in names and any(n.endswith("c_attn") for n in names)
     assert any(n == "lm_head" for n, _ in masking.skipped)
     assert all(l.transposed for l in masking if is_hf_conv1d(l.module))
+
+
+# ----------------------------------------------------------------------------- gradients in backward
+def test_gradients_are_masked_in_backward_so_clipping_sees_the_sparse_gradient() -> None:
+    # clip_grad_norm_ runs between backward and step: its norm must be the sparse network's,
+    # exactly as with torch.nn.utils.prune (whose autograd multiplies the gradient by the mask)
+    import torch.nn.utils.prune as prune
+
+    model = mlp(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    masking = Masking(model, optimizer=opt)
+    masks = random_masks(masking, 0.7)
+    reference = mlp(0)
+    for i, m in zip((0, 2, 4), masks):
+        prune.custom_from_mask(reference[i], "weight", m)
+    x, y = data()
+    F.cross_entropy(model(x), y).backward()
+    F.cross_entropy(reference(x), y).backward()
+    for i, m in zip((0, 2, 4), masks):
+        g = model[i].weight.grad
+        assert int((g[~m] != 0).sum()) == 0, "pruned gradient left in place after backward"
+        assert torch.allclose(g, reference[i].weight_orig.grad, atol=1e-7)
+    ours = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)
+    theirs = torch.nn.utils.clip_grad_norm_(reference.parameters(), 1e9)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
+    # gradient accumulation: the second backward adds a dense gradient, masked again
+    F.cross_entropy(model(x), y).backward()
+    assert all(int((model[i].weight.grad[~m] != 0).sum()) == 0 for i, m in zip((0, 2, 4), masks))
+
+
+def test_gradient_changed_after_backward_is_masked_again_at_the_step() -> None:
+    # noise added to the gradients after backward (as DP-SGD does) must not revive pruned weights
+    model = mlp(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    masking = Masking(model, optimizer=opt)
+    masks = random_masks(masking, 0.7)
+    x, y = data()
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        for i in (0, 2, 4):
+            model[i].weight.grad.add_(torch.randn_like(model[i].weight))
+        model[2].weight.grad = torch.randn_like(model[2].weight)  # a new tensor, never seen in backward
+        opt.step()
+    for i, m in zip((0, 2, 4), masks):
+        assert int((model[i].weight[~m] != 0).sum()) == 0
+        assert int((opt.state[model[i].weight]["momentum_buffer"][~m] != 0).sum()) == 0
+
+
+def test_masks_changed_before_backward_are_the_ones_applied_to_the_gradient() -> None:
+    # the backward hook must not use a cached float copy of an old mask
+    model = mlp(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    masking = Masking(model, optimizer=opt)
+    random_masks(masking, 0.7, seed=0)
+    x, y = data()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    new = torch.rand(model[0].weight.shape, generator=torch.Generator().manual_seed(5)) < 0.5
+    model[0].weight_mask.copy_(new)  # in place, behind the Masking's back
+    F.cross_entropy(model(x), y).backward()
+    dense = model[0].weight.grad.clone()
+    opt.step()
+    assert int((model[0].weight[~new] != 0).sum()) == 0
+    # kept positions got their full gradient (not zeroed by the old mask)
+    assert int((dense[new] != 0).sum()) > 0
+
+
+def test_backward_masking_is_off_when_detached_and_on_steps_that_want_dense_gradients() -> None:
+    model = mlp(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    masking = Masking(model, optimizer=opt)
+    masks = random_masks(masking, 0.7)
+    x, y = data()
+    wants = [True]
+    masking.want_dense_grads = lambda: wants[0]
+    F.cross_entropy(model(x), y).backward()
+    assert int((model[0].weight.grad[~masks[0]] != 0).sum()) > 0  # dense until the step
+    opt.step()
+    assert int((model[0].weight.grad[~masks[0]] != 0).sum()) == 0  # masked at the step
+    wants[0] = False
+    masking.detach()
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    assert int((model[0].weight.grad[~masks[0]] != 0).sum()) > 0  # detached: no hooks left

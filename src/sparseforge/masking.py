@@ -7,10 +7,15 @@ Design (see DESIGN.md, "Contracts"):
   with ``.to(device)``. No parametrization, no forward hooks: the forward pass runs on the
   plain weight, which holds exact zeros at pruned positions, so ``torch.compile`` sees an
   ordinary module and inference costs nothing extra.
-* Enforcement uses the optimizer's public hook API (``register_step_pre_hook`` /
-  ``register_step_post_hook``), never a patched ``step``: before each step the gradients of
-  pruned positions are zeroed (so SGD momentum and Adam moments never accumulate there and
-  weight decay acts on a zero weight); after each step the weights are multiplied by their
+* Enforcement uses public hook APIs, never a patched ``step``: each masked weight's gradient is
+  zeroed at pruned positions as soon as backward has accumulated it (a post-accumulate-grad
+  hook), so gradient clipping and gradient-norm logging see the gradient of the sparse network,
+  as they do with ``torch.nn.utils.prune``; before each optimizer step (``register_step_pre_hook``)
+  every gradient that was not masked that way, or changed since, is masked (so SGD momentum and
+  Adam moments never accumulate there and weight decay acts on a zero weight). Under
+  ``torch.distributed`` the masking waits for the step (the reducer may still be reading the
+  gradient buffers), and so does it on steps where the method wants the dense gradient (RigL's
+  grow criterion). After each step (``register_step_post_hook``) the weights are multiplied by their
   masks, unless the optimizer is one of :data:`EXACT_OPTIMIZERS`, for which that pass is
   provably a no-op and is skipped to save a pass over the weights. Gradient accumulation (several
   ``backward`` per step) and ``GradScaler`` skipped steps (no ``step`` call at all) need
@@ -21,7 +26,9 @@ Design (see DESIGN.md, "Contracts"):
 
 from __future__ import annotations
 
+import functools
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -364,6 +371,12 @@ class Masking:
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
         self._cache: tuple | None = None
+        self._grad_handles: list[Any] = []
+        #: per layer index: (weak reference to the gradient masked in backward, its version then)
+        self._masked: dict[int, tuple[weakref.ref, int]] = {}
+        #: asked in backward: if it returns True, this step's gradients stay dense until the step
+        #: (set by a sparsity method whose update reads the dense gradient)
+        self.want_dense_grads: Callable[[], bool] | None = None
         if optimizer is not None:
             self.attach(optimizer)
 
@@ -457,6 +470,7 @@ class Masking:
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, [l.mask.to(w.dtype) for l, w in zip(self.layers, weights)])
             self._stale = True
+            self._masked.clear()  # masked with the old masks: redo
         return weights, self._cache[1]
 
     @torch.no_grad()
@@ -470,17 +484,38 @@ class Masking:
         """Zero the gradients of pruned positions (what runs before each optimizer step)."""
         self._mask_grads(*self._tensors())
 
-    @staticmethod
-    def _mask_grads(weights: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+    def _mask_grads(self, weights: list[torch.Tensor], masks: list[torch.Tensor], skip_masked: bool = False) -> None:
         grads, ms = [], []
-        for w, m in zip(weights, masks):
+        done = self._masked if skip_masked else {}
+        for i, (w, m) in enumerate(zip(weights, masks)):
             g = w.grad
+            rec = done.get(i)
+            if rec is not None and rec[0]() is g and rec[1] == g._version:
+                continue  # masked in backward and untouched since
             if g is not None:
                 grads.append(g)
                 # gradients may differ in dtype from their weight (e.g. a bf16 grad on an fp32 weight)
                 ms.append(m if m.dtype == g.dtype else m.to(g.dtype))
         if grads:
             torch._foreach_mul_(grads, ms)
+        self._masked.clear()
+
+    def _on_grad(self, i: int, p: torch.Tensor) -> None:
+        # post-accumulate-grad hook of layer i's weight: mask the fresh gradient with the cached
+        # float mask, if that cache still describes this layer's mask (else the step does it)
+        g = p.grad
+        if g is None or self._cache is None or (self.want_dense_grads is not None and self.want_dense_grads()):
+            return
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return
+        layer = self.layers[i]
+        buf = layer.module._buffers.get(layer.param_name + MASK_SUFFIX)
+        key, masks = self._cache
+        if buf is None or key[4 * i: 4 * i + 4] != [p.dtype, p.device, id(buf), buf._version]:
+            return
+        m = masks[i]
+        g.mul_(m if m.dtype == g.dtype else m.to(g.dtype))
+        self._masked[i] = (weakref.ref(g), g._version)
 
     # ----------------------------------------------------------------------------- optimizer
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -520,14 +555,19 @@ class Masking:
             optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._pre_step()),
             optimizer.register_step_post_hook(lambda opt, args, kwargs: self._post_step()),
         ]
+        for i, layer in enumerate(self.layers):
+            w = layer.weight
+            if w.is_leaf and w.requires_grad:  # a parametrized (computed) weight: masked at the step only
+                self._grad_handles.append(w.register_post_accumulate_grad_hook(functools.partial(self._on_grad, i)))
         for layer in self.layers:
             self._zero_state(layer)
 
     def detach(self) -> None:
         """Stop enforcing masks on the optimizer (the masks stay on the model)."""
-        for h in self._handles:
+        for h in self._handles + self._grad_handles:
             h.remove()
-        self._handles = []
+        self._handles, self._grad_handles = [], []
+        self._masked.clear()
         self.optimizer = None
 
     def add_callbacks(self, before: Callable[[], None] | None = None, after: Callable[[], None] | None = None) -> None:
@@ -558,7 +598,7 @@ class Masking:
             for layer in self.layers:
                 self._zero_state(layer)
             self._stale = False
-        self._mask_grads(weights, masks)
+        self._mask_grads(weights, masks, skip_masked=True)
 
     def _post_step(self) -> None:
         if self.remask_weights:
@@ -603,6 +643,8 @@ class Masking:
         # hook handles and the optimizer are process-local; the masks themselves live on the model
         state = self.__dict__.copy()
         state["_handles"] = []
+        state["_grad_handles"] = []
+        state["_masked"] = {}
         state["optimizer"] = None
         state["_cache"] = None
         return state

@@ -205,7 +205,12 @@ class SparsityMethod:
         """Enforce masks and run this method's updates on every ``optimizer.step()``."""
         self.masking.attach(optimizer)
         self.masking.add_callbacks(before=self._before_step, after=self._after_step)
+        self.masking.want_dense_grads = self._wants_dense_grads
         return self
+
+    def _wants_dense_grads(self) -> bool:
+        # asked from backward: on steps that stash the dense gradient, masking waits for the step
+        return self.needs_grads(self.step)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
