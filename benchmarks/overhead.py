@@ -11,7 +11,9 @@ optimizers, all interleaved): on a ~3 ms LeNet step, two identical setups differ
 between instances (cause not established), more than the effects measured; the reported time is
 the median over instances of each instance's median over rounds. A second copy of the dense
 setup (``dense (control)``) shows that noise floor in every run, and the time spent inside the
-optimizer step hooks (:class:`HookClock`) measures each method's own work directly.
+optimizer step and gradient hooks (:class:`HookClock`) measures each method's own work directly.
+Last, every setup whose machinery can be switched off is timed again on the very same tensors
+with it on and off (``same instance on / off``), which removes the instance noise altogether.
 Baselines: ``torch.nn.utils.prune.l1_unstructured`` (mask applied by a forward pre-hook) and
 ``torch.ao.pruning.WeightNormSparsifier`` (parametrization), each at the same sparsity
 (the latter on Linear layers only: it fails on Conv2d weights in torch 2.13). For reference,
@@ -169,10 +171,76 @@ def _setup(model_name: str, kind: str, sparsity: float, batch: tuple[torch.Tenso
         opt.step()
 
     step.keep = (model, opt, keep)  # keep references alive
+    step.toggle = _toggle(kind, model, opt, keep)
     # the torch baselines rebuild the optimizer after pruning and do their work in the forward and
     # backward passes: torch.nn.utils.prune has its own clock, the parametrization none
     step.clock = clock if opt is opt0 else prune_clock
     return step
+
+
+def _toggle(kind: str, model: nn.Module, opt: torch.optim.Optimizer, keep: object):
+    """``toggle(on)`` switching a setup's sparsity machinery on or off on the same tensors, or None.
+
+    Off, the very same model and optimizer take plain dense steps, so ``on / off`` measures the
+    machinery's cost free of the differences between separately built instances. Our methods
+    detach from and re-attach to the optimizer (re-attaching re-masks weights and optimizer
+    state); ``torch.nn.utils.prune`` loses its forward pre-hooks and reads ``weight_orig``
+    directly. N:M methods and the ``torch.ao`` parametrization have no such switch.
+    """
+    if kind in ("dense", "dense (control)"):
+        return lambda on: None
+    if kind == "torch.nn.utils.prune":
+        import torch.nn.utils.prune as prune
+
+        saved = {m: {k: h for k, h in m._forward_pre_hooks.items() if isinstance(h, prune.BasePruningMethod)}
+                 for m in model.modules() if hasattr(m, "weight_orig")}
+
+        def prune_toggle(on: bool) -> None:
+            for m, hooks in saved.items():
+                for k, h in hooks.items():
+                    if on:
+                        m._forward_pre_hooks[k] = h
+                    else:
+                        m._forward_pre_hooks.pop(k, None)
+                if not on:
+                    m.__dict__["weight"] = m.weight_orig  # the forward reads the trained tensor itself
+        return prune_toggle
+    if hasattr(keep, "masking") and getattr(keep.masking, "enforce", False):
+        def method_toggle(on: bool) -> None:
+            if on:
+                keep.attach(opt)
+            else:
+                keep.masking.detach()
+        return method_toggle
+    return None
+
+
+def same_instance_ratios(fns: dict, *, rounds: int, calls: int) -> dict:
+    """``{key: on / off}``: each toggleable setup timed with its machinery on and off, interleaved.
+
+    Runs after the main measurement, since re-attaching puts a method's hooks after the
+    :class:`HookClock`'s closing ones. The switch happens on the first call of a round, so its
+    one-off cost (re-masking at attach) is charged to the ``on`` rounds.
+    """
+    def mode(step, on: bool):
+        def f() -> None:
+            if step.mode != on:
+                step.toggle(on)
+                step.mode = on
+            step()
+        return f
+
+    keys = [key for key, step in fns.items() if step.toggle is not None]
+    pairs = {}
+    for key in keys:
+        fns[key].mode = True
+        pairs[(key, True)], pairs[(key, False)] = mode(fns[key], True), mode(fns[key], False)
+    per = interleaved_medians(pairs, rounds=rounds, calls=calls, warmup=0)
+    for key in keys:
+        if not fns[key].mode:
+            fns[key].toggle(True)
+            fns[key].mode = True
+    return {key: per[(key, True)] / per[(key, False)] for key in keys}
 
 
 def main(argv: list[str]) -> None:
@@ -208,7 +276,14 @@ def main(argv: list[str]) -> None:
           "backward passes: its forward pre-hooks (`weight = weight_orig * mask`) and the backward "
           "of that product, from the weight's gradient to its accumulation in `weight_orig.grad`. "
           "The parametrization of `WeightNormSparsifier` runs inside the module's forward, where "
-          "nothing times it (`-`).\n"]
+          "nothing times it (`-`).\n",
+          "`same instance on / off` switches each setup's machinery off and on again on the very "
+          "same model and optimizer (our methods detach from the optimizer and re-attach; "
+          "`torch.nn.utils.prune` loses its forward pre-hooks and reads `weight_orig` directly) in "
+          f"another {a.rounds} interleaved rounds, and divides the median step time with it on by the "
+          "median with it off: the machinery's cost without the differences between separately built "
+          "instances (median over instances, range in brackets). N:M and the `torch.ao` "
+          "parametrization have no such switch (`-`).\n"]
     for model_name in a.models:
         fns = {(k, i): _setup(model_name, k, a.sparsity, batch, seed=i) for i in range(a.instances) for k in kinds}
         for f in fns.values():
@@ -217,19 +292,24 @@ def main(argv: list[str]) -> None:
             if f.clock is not None:
                 f.clock.reset()
         per = interleaved_medians(fns, rounds=a.rounds, calls=a.calls, warmup=0)
+        same = same_instance_ratios(fns, rounds=a.rounds, calls=a.calls)
         med = {k: statistics.median(per[(k, i)] for i in range(a.instances)) for k in kinds}
         base = med["dense"]
         res = results[model_name] = {}
         md.append(f"\n## {model_name}\n\n| method | ms / step | ratio to dense | per-instance ratios | "
-                  "in hooks (ms / step) | 1 + hooks / dense |\n|---|---|---|---|---|---|")
+                  "in hooks (ms / step) | 1 + hooks / dense | same instance on / off |\n|---|---|---|---|---|---|---|")
         for k, v in med.items():
             ratios = [per[(k, i)] / per[("dense", i)] for i in range(a.instances)]
             hooks = [fns[(k, i)].clock.per_step for i in range(a.instances) if fns[(k, i)].clock is not None]
             hook = statistics.median(hooks) if hooks else None
+            on_off = [same[(k, i)] for i in range(a.instances) if (k, i) in same]
+            toggled = statistics.median(on_off) if on_off else None
             res[k] = {"seconds_per_step": v, "ratio_to_dense": v / base, "instance_ratios": ratios,
-                      "hook_seconds_per_step": hook, "hook_ratio": None if hook is None else 1 + hook / base}
+                      "hook_seconds_per_step": hook, "hook_ratio": None if hook is None else 1 + hook / base,
+                      "same_instance_ratio": toggled, "same_instance_ratios": on_off}
             hook_cells = "- | -" if hook is None else f"{1e3 * hook:.3f} | {1 + hook / base:.3f}"
-            md.append(f"| {k} | {1e3 * v:.3f} | {v / base:.3f} | {min(ratios):.3f}-{max(ratios):.3f} | {hook_cells} |")
+            same_cell = "-" if toggled is None else f"{toggled:.3f} ({min(on_off):.3f}-{max(on_off):.3f})"
+            md.append(f"| {k} | {1e3 * v:.3f} | {v / base:.3f} | {min(ratios):.3f}-{max(ratios):.3f} | {hook_cells} | {same_cell} |")
     data = {"provenance": prov, "config": vars(a), "results": results}
     jp, mp = write_results(a.name, data, "\n".join(md), Path(a.out) if a.out else None)
     print(mp.read_text())

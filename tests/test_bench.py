@@ -54,6 +54,38 @@ def test_overhead_suite_tiny(tmp_path: Path) -> None:
     assert res["torch.nn.utils.prune"]["hook_seconds_per_step"] > 0  # timed in its forward and backward
     assert res["torch.ao WeightNormSparsifier"]["hook_seconds_per_step"] is None
     assert res["static"]["hook_seconds_per_step"] > 0 and len(res["static"]["instance_ratios"]) == 5
+    assert res["static"]["same_instance_ratio"] > 0 and len(res["static"]["same_instance_ratios"]) == 5
+    assert res["torch.nn.utils.prune"]["same_instance_ratio"] > 0
+    assert res["torch.ao WeightNormSparsifier"]["same_instance_ratio"] is None
+    assert res["srste 2:4"]["same_instance_ratio"] is None
+
+
+def test_overhead_toggles_switch_the_machinery_off_and_on_on_the_same_tensors() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from overhead import _setup
+    finally:
+        sys.path.pop(0)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g))
+    for kind in ("static", "torch.nn.utils.prune"):
+        step = _setup("lenet300100", kind, 0.9, batch)
+        model = step.keep[0]
+        lin = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        mask = lin.weight_mask.bool().clone()  # ours: a bool buffer; prune's: a float one
+        step.toggle(False)
+        for _ in range(3):
+            step()
+        trained = lin.weight_orig if kind != "static" else lin.weight
+        assert int((trained.detach()[~mask] != 0).sum()) > 0, kind  # off: plain dense steps
+        step.toggle(True)
+        step()
+        with torch.no_grad():
+            model(batch[0])  # prune recomputes its weight in the forward
+        assert lin.weight is not getattr(lin, "weight_orig", None), kind
+        w = lin.weight if kind == "static" else lin.weight_orig * lin.weight_mask
+        assert int((lin.weight.detach()[~mask] != 0).sum()) == 0, kind  # on again: the mask holds
+        assert torch.equal(lin.weight.detach(), w.detach()), kind
 
 
 def test_hook_clock_times_only_the_hooks_between_open_and_close() -> None:
