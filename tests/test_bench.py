@@ -44,6 +44,16 @@ def test_fmnist_suite_tiny(tmp_path: Path) -> None:
     assert sorted(p.stat().st_mtime for p in (tmp_path / "cache").iterdir()) == before
 
 
+def _overhead():
+    """The ``benchmarks/overhead.py`` module (benchmarks are not a package)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import overhead
+    finally:
+        sys.path.pop(0)
+    return overhead
+
+
 def test_overhead_suite_tiny(tmp_path: Path) -> None:
     run_suite("overhead", ["--models", "lenet300100", "--rounds", "1", "--calls", "3", "--batch", "8",
                            "--out", str(tmp_path)])
@@ -61,11 +71,7 @@ def test_overhead_suite_tiny(tmp_path: Path) -> None:
 
 
 def test_overhead_toggles_switch_the_machinery_off_and_on_on_the_same_tensors() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from overhead import _setup
-    finally:
-        sys.path.pop(0)
+    _setup = _overhead()._setup
     g = torch.Generator().manual_seed(0)
     batch = (torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g))
     for kind in ("static", "torch.nn.utils.prune"):
@@ -91,11 +97,7 @@ def test_overhead_toggles_switch_the_machinery_off_and_on_on_the_same_tensors() 
 def test_hook_clock_times_only_the_hooks_between_open_and_close() -> None:
     import time
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from overhead import HookClock
-    finally:
-        sys.path.pop(0)
+    HookClock = _overhead().HookClock
     w = torch.nn.Parameter(torch.zeros(3))
     opt = torch.optim.SGD([w], lr=0.1)
     clock = HookClock(opt)
@@ -114,11 +116,7 @@ def test_hook_clock_times_only_the_hooks_between_open_and_close() -> None:
 def test_hook_clock_times_gradient_hooks_in_backward() -> None:
     import time
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from overhead import HookClock
-    finally:
-        sys.path.pop(0)
+    HookClock = _overhead().HookClock
     w = torch.nn.Parameter(torch.zeros(3))
     opt = torch.optim.SGD([w], lr=0.1)
     clock = HookClock(opt)
@@ -138,11 +136,7 @@ def test_prune_clock_times_the_forward_pre_hooks_and_counts_steps() -> None:
 
     import torch.nn.utils.prune as prune
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from overhead import PruneClock
-    finally:
-        sys.path.pop(0)
+    PruneClock = _overhead().PruneClock
     lin = torch.nn.Linear(4, 3)
     prune.l1_unstructured(lin, "weight", amount=0.5)
     lin.register_forward_pre_hook(lambda *_: time.sleep(0.02))  # sits among prune's pre-hooks: counted
