@@ -18,7 +18,8 @@ validation text scored. The recipe is the usual small-GPT one (nanoGPT, Chinchil
       lr_t = lr_min + (lr - lr_min) * (1 + cos(pi * (t - W) / (T - W))) / 2  t >= W
 
 * gradients clipped to a global L2 norm of 1.0 before every step (after the N:M method's
-  backward, so SR-STE's decay term is clipped with the rest);
+  backward, so SR-STE's decay term is clipped with the rest; for unstructured methods the
+  norm is the sparse network's, since masked gradients are zeroed during backward);
 * the mean token cross-entropy ``L = -(1/|P|) sum_{(x,t) in P} log p(x_{t+1} | x_{<=t})``
   over the predicted positions ``P`` of a batch; perplexity ``= exp(L)``.
 
