@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-from sparseforge.bench import parallel_map, per_key_values, provenance, write_results
+from sparseforge.bench import parallel_map, per_key_values, provenance, split_cached, write_results
 from sparseforge.data import load_dataset
 from sparseforge.demo import run_method
 
@@ -90,18 +90,10 @@ def main(argv: list[str]) -> None:
     epochs = _epochs_per_model(a.epochs, a.models)
     data = load_dataset(a.dataset)
     cache = Path(a.cache)
-    cache.mkdir(parents=True, exist_ok=True)
     jobs = [{"model": model, "method": method, "sparsity": s, "seed": seed, "epochs": epochs[model], "data": data.name}
             for model in a.models for method in a.methods
             for s in ([0.0] if method == "dense" else a.sparsities) for seed in a.seeds]
-    results: dict[str, dict] = {}
-    todo = []
-    for job in jobs:
-        f = cache / f"{_key(job)}.json"
-        if f.exists():
-            results[_key(job)] = json.loads(f.read_text())
-        else:
-            todo.append(job)
+    results, todo = split_cached(jobs, cache, _key)
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to train with {a.jobs} worker(s)", flush=True)
     # the CNN runs are the long ones: start them first so the workers finish together
     todo.sort(key=lambda j: -j["epochs"] * (10 if j["model"] != "lenet300100" else 1))

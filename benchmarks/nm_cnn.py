@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from sparseforge.bench import (add_nm_grid_args, check_nm_grid_args, mdgf_decay_coef, mean_std_cell, nm_density,
-                               parallel_map, plot_vs_nm_density, provenance, write_results)
+                               parallel_map, plot_vs_nm_density, provenance, split_cached, write_results)
 from sparseforge.demo import run_recipe
 
 METHODS = ["ste", "srste", "mdgf", "sdgf"]
@@ -125,15 +125,7 @@ def main(argv: list[str]) -> None:
     recipes = [recipe(m, pat, seed, a, total_steps) for m, pat in cells for seed in a.seeds]
     _preflight(recipes, data)
     cache = Path(a.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, Any]] = {}
-    todo = []
-    for rec in recipes:
-        f = cache / f"{_key(rec)}.json"
-        if f.exists():
-            results[_key(rec)] = json.loads(f.read_text())
-        else:
-            todo.append(rec)
+    results, todo = split_cached(recipes, cache, _key)
     print(f"{len(recipes)} runs, {len(recipes) - len(todo)} cached, {len(todo)} to train with {a.jobs} worker(s); "
           f"{a.epochs} epoch(s) = {total_steps} steps per run", flush=True)
     # workers load the dataset from the recipe; one process reuses the loaded copy

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from sparseforge.bench import (add_nm_grid_args, check_nm_grid_args, mdgf_decay_coef, mean_std_cell, nm_density,
-                               parallel_map, plot_vs_nm_density, provenance, write_results)
+                               parallel_map, plot_vs_nm_density, provenance, split_cached, write_results)
 from sparseforge.lm import DEFAULT_LM_TARGETS, train_lm
 
 METHODS = ["ste", "srste", "mdgf", "sdgf"]
@@ -138,15 +138,7 @@ def main(argv: list[str]) -> None:
              "val_windows": a.val_windows} for m, pat in cells for seed in a.seeds]
     _preflight(corpus, model_params, jobs, a.steps)
     cache = Path(a.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, Any]] = {}
-    todo = []
-    for job in jobs:
-        f = cache / f"{_key(job)}.json"
-        if f.exists():
-            results[_key(job)] = json.loads(f.read_text())
-        else:
-            todo.append(job)
+    results, todo = split_cached(jobs, cache, _key)
     tokens = a.steps * a.batch * a.block
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to train with {a.jobs} worker(s); "
           f"{a.steps} steps x {a.batch} x {a.block} = {tokens:,} tokens per run", flush=True)

@@ -276,3 +276,15 @@ def test_check_at_least_and_check_fractions() -> None:
             check_fractions([0.5, bad])
     with pytest.raises(ConfigError, match=r"--keep must be in \(0, 1\)"):
         check_fractions([2.0], "--keep")
+
+
+def test_split_cached_returns_stored_runs_and_the_rest_in_order(tmp_path: Path) -> None:
+    from sparseforge.bench import split_cached
+
+    cache = tmp_path / "c" / "d"
+    jobs = [{"n": 1}, {"n": 2}, {"n": 3}]
+    results, todo = split_cached(jobs, cache, lambda j: f"run{j['n']}")
+    assert cache.is_dir() and results == {} and todo == jobs
+    (cache / "run2.json").write_text(json.dumps({"acc": 0.5}))
+    results, todo = split_cached(jobs, cache, lambda j: f"run{j['n']}")
+    assert results == {"run2": {"acc": 0.5}} and todo == [{"n": 1}, {"n": 3}]

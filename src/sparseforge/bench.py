@@ -109,6 +109,22 @@ def write_results(name: str, data: dict[str, Any], markdown: str, out_dir: Path 
     return jp, mp
 
 
+def split_cached(jobs: Sequence[Any], cache: Path, key: Callable[[Any], str]) -> tuple[dict[str, Any], list[Any]]:
+    """``(results, todo)``: the runs of ``jobs`` already stored as ``cache/<key(job)>.json``, by key,
+    and the jobs still to run, in order. Creates ``cache``; a suite writes each finished run there,
+    so an interrupted grid resumes where it stopped."""
+    cache.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    todo = []
+    for job in jobs:
+        f = cache / f"{key(job)}.json"
+        if f.exists():
+            results[key(job)] = json.loads(f.read_text())
+        else:
+            todo.append(job)
+    return results, todo
+
+
 def median_time(fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time of ``fn()`` in seconds over ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
