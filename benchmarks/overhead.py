@@ -7,13 +7,14 @@ methods that update masks every N steps are measured amortized: RigL and SET eve
 steps (SET's official interval is one epoch, 469 steps here, so this overstates its cost), GMP
 every 10 steps (the TF default) inside its pruning window and also every 100 steps. Ratios are medians over rounds, all measured in one process.
 Each setup, dense included, is built ``--instances`` times (separately allocated models and
-optimizers, all interleaved): on a ~3 ms LeNet step, two identical setups differ by up to ~5 %
+optimizers, all interleaved): on a ~3 ms LeNet step, two identical setups differ by 5-8 %
 between instances (cause not established), more than the effects measured; the reported time is
 the median over instances of each instance's median over rounds. A second copy of the dense
 setup (``dense (control)``) shows that noise floor in every run, and the time spent inside the
 optimizer step and gradient hooks (:class:`HookClock`) measures each method's own work directly.
 Last, every setup whose machinery can be switched off is timed again on the very same tensors
-with it on and off (``same instance on / off``), which removes the instance noise altogether.
+with it on and off (``same instance on / off``), which removes the differences between
+instances; what remains is round-to-round noise, shown by the dense row, whose switch does nothing.
 Baselines: ``torch.nn.utils.prune.l1_unstructured`` (mask applied by a forward pre-hook) and
 ``torch.ao.pruning.WeightNormSparsifier`` (parametrization), each at the same sparsity
 (the latter on Linear layers only: it fails on Conv2d weights in torch 2.13). For reference,
