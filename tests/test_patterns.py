@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -565,9 +566,9 @@ def test_nm_select_rejects_n_outside_the_group() -> None:
 
 
 @given(n=st.integers(1, 60), density=st.floats(0.0, 1.0), frac_k=st.floats(0.0, 1.0), levels=st.integers(1, 6),
-       seed=st.integers(0, 2**31 - 1), banded=st.booleans())
-@settings(max_examples=200, deadline=None)
-def test_topk_mask_with_eligible_matches_a_sort_reference(n, density, frac_k, levels, seed, banded) -> None:
+       seed=st.integers(0, 2**31 - 1), banded=st.booleans(), few=st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_topk_mask_with_eligible_matches_a_sort_reference(n, density, frac_k, levels, seed, banded, few) -> None:
     # dense and sparse eligible sets take different code paths; both must equal the reference:
     # rank eligible positions by (score, index) ascending and drop the first m - k
     g = torch.Generator().manual_seed(seed)
@@ -584,6 +585,10 @@ def test_topk_mask_with_eligible_matches_a_sort_reference(n, density, frac_k, le
         if banded:  # small tensors take the sampled-bracket threshold search too
             mp.setattr(patterns_mod, "_SELECT_MIN", 8)
             mp.setattr(patterns_mod, "_SELECT_SAMPLE", 4)
+        # the sampled candidate pass for small k or m - k (_select_few) on every case, or never
+        mp.setattr(patterns_mod, "_FEW_BELOW", 0.5 if few else 0.0)
+        if few:
+            mp.setattr(patterns_mod, "_SELECT_MIN", 8)
         assert torch.equal(topk_mask(scores, k, eligible=eligible), expected)
         assert torch.equal(topk_mask(-scores, k, eligible=eligible).sum(), torch.tensor(k))
 
@@ -620,6 +625,56 @@ def test_kth_smallest_on_a_layer_sized_tensor_and_an_adversarial_sample() -> Non
     y[:: 16] = 2.0 + torch.rand(2048, generator=g)
     for r in (100, 16_000):
         assert kth_smallest(y, r).item() == y.sort().values[r - 1].item()
+
+
+@given(n=st.integers(1, 3000), levels=st.integers(1, 40), density=st.one_of(st.none(), st.floats(0.05, 1.0)),
+       frac=st.floats(0.0, 0.2), largest=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=300, deadline=None)
+def test_select_few_matches_a_sort_reference_whenever_it_answers(n, levels, density, frac, largest, seed) -> None:
+    # rank by (score, index): the smallest `count` are dropped lowest index first, the largest
+    # `count` kept highest index first; None (the caller's fallback) is always allowed
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, levels, (n,), generator=g).float()
+    el = None if density is None else torch.rand(n, generator=g) < density
+    pos = list(range(n)) if el is None else [i for i in range(n) if el[i]]
+    count = int(frac * len(pos))
+    if count == 0:
+        return
+    ranked = sorted(pos, key=lambda i: (float(x[i]), i))
+    chosen = ranked[len(ranked) - count:] if largest else ranked[:count]
+    expected = torch.zeros(n, dtype=torch.bool)
+    expected[chosen] = True
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(patterns_mod, "_SELECT_SAMPLE", 256)
+        got = patterns_mod._select_few(x, el, len(pos), count, largest=largest)
+    assert got is None or torch.equal(got, expected)
+
+
+def test_topk_mask_few_path_on_a_layer_sized_tensor_matches_the_threshold_path() -> None:
+    # _select_few (keep or drop at most 1.5 % of the tensor) against the threshold path it replaces,
+    # with ties (few levels), a half-full eligible mask, and a sample that sees only large values
+    g = torch.Generator().manual_seed(1)
+    n = 235_200
+    cases = {"continuous": torch.randn(n, generator=g).abs(),
+             "ties": torch.randint(0, 50, (n,), generator=g).float()}
+    adversarial = torch.rand(n, generator=g)
+    adversarial[:: n // 2048] = 2.0  # every sampled position: the bound misses, the exact path answers
+    cases["adversarial"] = adversarial
+    eligibles = {"all": None, "half": torch.rand(n, generator=g) < 0.5}
+    with pytest.MonkeyPatch.context() as mp:
+        for (name, x), (ename, el) in itertools.product(cases.items(), eligibles.items()):
+            m = n if el is None else int(el.sum())
+            for k in (1, 700, int(0.01 * m), int(0.04 * m), m - int(0.01 * m), m - 700, m - 1):
+                mp.setattr(patterns_mod, "_FEW_BELOW", 0.015)
+                fast = topk_mask(x, k, eligible=el)
+                mp.setattr(patterns_mod, "_FEW_BELOW", 0.0)
+                ref = topk_mask(x, k, eligible=el)
+                assert torch.equal(fast, ref), (name, ename, k)
+                assert int(fast.sum()) == k
+    # the fast path does answer here (not only the fallback)
+    x = cases["continuous"]
+    assert patterns_mod._select_few(x, None, n, 700, largest=True) is not None
+    assert patterns_mod._select_few(x, eligibles["half"], int(eligibles["half"].sum()), 700, largest=False) is not None
 
 
 def test_kth_smallest_rejects_a_rank_outside_the_tensor() -> None:

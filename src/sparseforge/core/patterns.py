@@ -78,7 +78,12 @@ def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None
         return t if el is None else t & el
 
     size = flat.numel()
-    if k == m:
+    few = None
+    if 0 < k < m and size >= _SELECT_MIN and min(k, m - k) <= _FEW_BELOW * size:
+        few = _select_few(flat, el, m, min(k, m - k), largest=k <= m - k)
+    if few is not None:
+        keep = few if k <= m - k else among(~few)
+    elif k == m:
         keep = torch.ones(size, dtype=torch.bool, device=flat.device) if el is None else el.clone()
     elif k == 0:
         keep = torch.zeros(size, dtype=torch.bool, device=flat.device)
@@ -90,16 +95,14 @@ def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None
         drop = among(flat < thr)
         need = p - int(torch.count_nonzero(drop))
         if need:
-            ties = among(flat == thr).nonzero().squeeze(1)
-            drop[ties[:need]] = True
+            drop |= _first_ties(among(flat == thr), need, last=False)
         keep = among(~drop)
     else:
         thr = _kth_smallest(flat, m - k + 1, el, m)  # the k-th largest eligible score
         keep = among(flat > thr)
         need = k - int(torch.count_nonzero(keep))
         if need:
-            ties = among(flat == thr).nonzero().squeeze(1)
-            keep[ties[ties.numel() - need :]] = True
+            keep |= _first_ties(among(flat == thr), need, last=True)
     if idx is None:
         return keep.reshape(scores.shape)
     mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
@@ -132,6 +135,69 @@ def kth_smallest(x: torch.Tensor, r: int, among: torch.Tensor | None = None) -> 
     if not 1 <= r <= m:
         raise LayerError(f"rank r must be in [1, {m}]; got {r}")
     return _kth_smallest(flat, r, el, m)
+
+
+def _first_ties(tie: torch.Tensor, need: int, *, last: bool) -> torch.Tensor:
+    """The ``need`` lowest-index (or, if ``last``, highest-index) positions of the bool mask ``tie``.
+
+    Usually every tie is needed (one entry equals a continuous threshold): counting them is a
+    cheap pass, where listing their indices (``nonzero``) costs ~0.3 ms on a 235k-entry layer.
+    """
+    if int(torch.count_nonzero(tie)) == need:
+        return tie
+    idx = tie.nonzero().squeeze(1)
+    out = torch.zeros_like(tie)
+    out[idx[idx.numel() - need:] if last else idx[:need]] = True
+    return out
+
+
+#: :func:`topk_mask` takes :func:`_select_few` when it keeps or drops at most this fraction of
+#: the tensor (a GMP increment, most of RigL's regrowths). Measured on a 235k-entry layer with all,
+#: half or a fifth of it eligible: 0.3 % of it 0.65-0.9x the time of the threshold path, 1 %
+#: 0.7-0.9x, 1.5 % about 0.9x, 3 % 1.2x (the candidates' nonzero and sort grow with the count)
+_FEW_BELOW = 0.015
+
+
+def _select_few(x: torch.Tensor, el: torch.Tensor | None, m: int, count: int, *,
+                largest: bool) -> torch.Tensor | None:
+    """Bool mask of the ``count`` largest (or smallest) ranked entries of ``x``, or None.
+
+    For a ``count`` that is a small part of the ``m`` ranked entries: a sorted regular sample
+    gives a bound that, with a margin of ~4 binomial standard deviations, lies beyond the
+    ``count``-th entry; one pass gathers the candidates beyond the bound, and a stable sort of
+    those few picks the answer with the module's tie rule (the higher index kept first, the
+    lower index dropped first). That is two passes over the tensor and one ``nonzero`` of a
+    sparse mask, where finding the threshold and then the ties at it takes several: on a
+    235k-weight layer the ``nonzero`` calls alone cost ~1.2 ms when the mask is half full.
+    None when the sample's bound holds fewer than ``count`` candidates, or too many to sort
+    cheaply (ties at the bound); the caller then takes the exact threshold path, so the result
+    never depends on the sample, only the time does.
+    """
+    n = x.numel()
+    stride = max(1, n // _SELECT_SAMPLE)
+    sample = x[::stride] if el is None else x[::stride][el[::stride]]
+    ns = sample.numel()
+    if ns == 0:
+        return None
+    sample = sample.sort().values
+    q = count / m
+    i = int(q * ns + 4.0 * math.sqrt(ns * q * (1.0 - q)) + 8.0)
+    if i >= ns:
+        return None
+    cand = x >= sample[ns - 1 - i] if largest else x <= sample[i]
+    if el is not None:
+        cand &= el
+    c = int(torch.count_nonzero(cand))
+    if not count <= c <= 4 * count + 4 * _SELECT_SAMPLE:
+        return None
+    idx = cand.nonzero().squeeze(1)
+    vals = x[idx]
+    if largest:  # a stable sort keeps the first of equal entries: put the higher index first
+        idx, vals = idx.flip(0), vals.flip(0)
+    order = torch.sort(vals, descending=largest, stable=True).indices[:count]
+    out = torch.zeros(n, dtype=torch.bool, device=x.device)
+    out[idx[order]] = True
+    return out
 
 
 def _kth_smallest(x: torch.Tensor, r: int, el: torch.Tensor | None, m: int) -> torch.Tensor:
