@@ -22,6 +22,7 @@ from sparseforge.masking import (
     finalize,
     is_hf_conv1d,
     load_masked_state_dict,
+    mask_to,
 )
 
 
@@ -706,3 +707,14 @@ def test_backward_masking_is_off_when_detached_and_on_steps_that_want_dense_grad
     opt.zero_grad()
     F.cross_entropy(model(x), y).backward()
     assert int((model[0].weight.grad[~masks[0]] != 0).sum()) > 0  # detached: no hooks left
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_mask_to_gives_the_same_values_as_a_plain_cast(dtype):
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(37, 11, generator=g) < 0.3
+    for mask in (m, m.t(), m[:, ::2]):  # contiguous, transposed and strided views
+        out = mask_to(mask, dtype)
+        assert out.dtype == dtype and out.shape == mask.shape
+        assert torch.equal(out, mask.to(dtype))
+    assert mask_to(m, torch.float32).data_ptr() != m.data_ptr()  # a new tensor, not a view

@@ -52,7 +52,7 @@ from torch import nn
 
 from ..core.patterns import NM, is_valid_nm, nm_groups_view, nm_select
 from ..errors import ConfigError, LayerError, check_fraction, check_int
-from ..masking import MASK_SUFFIX, MaskedLayer
+from ..masking import MASK_SUFFIX, MaskedLayer, mask_to
 from .base import SparsityMethod
 
 __all__ = ["NMTraining", "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "nm_mask", "sdgf_patterns"]
@@ -315,7 +315,7 @@ class NMTraining(SparsityMethod):
             w = module._parameters[layer.param_name]
             if self.phase() == "dense":
                 return None
-            fwd = _MaskedWeight.apply(w, mask.to(w.dtype), self._beta_now(), self._lambda_now())
+            fwd = _MaskedWeight.apply(w, mask_to(mask, w.dtype), self._beta_now(), self._lambda_now())
             # shadow the parameter for this call only: Module.__getattr__ is not consulted when
             # the instance dict has the name, so forward() reads the sparse weight while
             # state_dict(), the optimizer and every other user still see the dense parameter
