@@ -255,7 +255,7 @@ def same_instance_ratios(fns: dict, *, rounds: int, calls: int) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    """Measure and write benchmarks/results/overhead.{json,md}."""
+    """Measure and write benchmarks/results/NAME.{json,md} (`--name`, default overhead)."""
     p = argparse.ArgumentParser(prog="sparseforge bench overhead", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["lenet300100", "small-cnn"])
