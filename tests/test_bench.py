@@ -131,6 +131,27 @@ def test_hook_clock_times_gradient_hooks_in_backward() -> None:
     assert 0.02 <= clock.per_step < 0.045
 
 
+def test_hook_clock_times_end_of_backward_callbacks_queued_between_open_and_close() -> None:
+    # Masking masks gradients in a callback queued from its gradient hooks: that work is counted,
+    # a callback queued by a hook registered after the clock closed is not
+    import time
+
+    HookClock = _overhead().HookClock
+    engine = torch.autograd.Variable._execution_engine
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    clock = HookClock(opt)
+    w.register_post_accumulate_grad_hook(lambda p: engine.queue_callback(lambda: time.sleep(0.02)))
+    clock.close(opt)
+    w.register_post_accumulate_grad_hook(lambda p: engine.queue_callback(lambda: time.sleep(0.05)))
+    for _ in range(2):
+        opt.zero_grad()
+        (w * 2).sum().backward()
+        opt.step()
+    assert clock.steps == 2
+    assert 0.02 <= clock.per_step < 0.045
+
+
 def test_prune_clock_times_the_forward_pre_hooks_and_counts_steps() -> None:
     import time
 

@@ -709,6 +709,51 @@ def test_backward_masking_is_off_when_detached_and_on_steps_that_want_dense_grad
     assert int((model[0].weight.grad[~masks[0]] != 0).sum()) > 0  # detached: no hooks left
 
 
+def _pruned_grad_entries(model: nn.Sequential, masks: list[torch.Tensor]) -> int:
+    return sum(int((model[i].weight.grad[~m] != 0).sum()) for i, m in zip((0, 2, 4), masks))
+
+
+def test_backward_masking_recovers_after_a_backward_that_raised() -> None:
+    # the end-of-backward callback is queued once per backward pass; a pass that died halfway
+    # (its callback never ran) must not stop the next pass from masking
+    model = mlp(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    masking = Masking(model, optimizer=opt)
+    masks = random_masks(masking, 0.7)
+    x, y = data()
+
+    def boom(_: torch.Tensor) -> None:
+        raise RuntimeError("boom")
+
+    h = model[0](x)  # the first layer's output: its gradient comes after the last layers' weights
+    h.register_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        F.cross_entropy(model[1:](h), y).backward()
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    assert _pruned_grad_entries(model, masks) == 0
+
+
+def test_backward_masking_under_reentrant_activation_checkpointing() -> None:
+    # reentrant checkpointing accumulates the weights' gradients inside a nested backward pass
+    from torch.utils.checkpoint import checkpoint
+
+    model = mlp(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    masking = Masking(model, optimizer=opt)
+    masks = random_masks(masking, 0.7)
+    x, y = data()
+    x.requires_grad_(True)
+    out = checkpoint(model[:3], x, use_reentrant=True)
+    F.cross_entropy(model[3:](out), y).backward()
+    assert _pruned_grad_entries(model, masks) == 0
+    reference = mlp(0)
+    reference.load_state_dict(model.state_dict(), strict=False)
+    F.cross_entropy(reference(x), y).backward()
+    for i, m in zip((0, 2, 4), masks):  # kept positions got the plain gradient
+        assert torch.allclose(model[i].weight.grad[m], reference[i].weight.grad[m], atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_mask_to_gives_the_same_values_as_a_plain_cast(dtype):
     g = torch.Generator().manual_seed(0)
