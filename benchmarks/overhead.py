@@ -50,10 +50,12 @@ class HookClock:
     Those are the optimizer's step pre- and post-hooks, every parameter's
     post-accumulate-grad hooks, and the end-of-backward callbacks those hooks queue (where
     :class:`~sparseforge.masking.Masking` masks the gradients). The clock's opening hooks are
-    registered first and its closing hooks last, torch runs both kinds in registration order,
-    and each queues its own callback once per backward pass (before and after the method's,
-    which run in queue order), so the measured span is exactly the method's own per-step work
-    (gradient masking, mask updates), amortized over all steps.
+    registered first and its closing hooks last, and torch runs both kinds in registration
+    order. In backward, the first opening hook queues an opening callback; callbacks run in
+    queue order and one queued by a callback runs after all the others, so the opening callback
+    queues the closing one and the span covers every callback queued during that backward pass.
+    The measured span is exactly the method's own per-step work (gradient masking, mask
+    updates), amortized over all steps.
     """
 
     def __init__(self, opt: torch.optim.Optimizer) -> None:
@@ -63,7 +65,7 @@ class HookClock:
         opt.register_step_pre_hook(self._open)
         opt.register_step_post_hook(self._open)
         self._params = [p for g in opt.param_groups for p in g["params"]]
-        self._tasks = {"open": None, "close": None}
+        self._task: int | None = None
         for p in self._params:
             p.register_post_accumulate_grad_hook(self._open_grad)
 
@@ -77,26 +79,23 @@ class HookClock:
         self.seconds += time.perf_counter() - self._t
         self.steps += 1
 
-    def _queue_once(self, which: str, fn) -> None:
-        task = torch._C._current_graph_task_id()
-        if task != self._tasks[which]:
-            self._tasks[which] = task
-            torch.autograd.Variable._execution_engine.queue_callback(fn)
-
     def _open_grad(self, _: torch.Tensor) -> None:
         self._open()
-        self._queue_once("open", self._open)
+        task = torch._C._current_graph_task_id()
+        if task != self._task:
+            self._task = task
+            torch.autograd.Variable._execution_engine.queue_callback(self._open_callbacks)
 
-    def _close_grad(self, _: torch.Tensor) -> None:
-        self._close_pre()
-        self._queue_once("close", self._close_pre)
+    def _open_callbacks(self) -> None:
+        self._open()
+        torch.autograd.Variable._execution_engine.queue_callback(self._close_pre)
 
     def close(self, opt: torch.optim.Optimizer) -> None:
         """Register the closing hooks (after the method's own)."""
         opt.register_step_pre_hook(self._close_pre)
         opt.register_step_post_hook(self._close_post)
         for p in self._params:
-            p.register_post_accumulate_grad_hook(self._close_grad)
+            p.register_post_accumulate_grad_hook(self._close_pre)
 
     def reset(self) -> None:
         """Forget what was measured so far (e.g. the warm-up)."""
