@@ -297,7 +297,8 @@ def main(argv: list[str]) -> None:
           "(instance i of a method over instance i of dense). `dense (control)` is a second, separately "
           "built copy of the dense setup: its ratio is the noise floor between identical setups.\n",
           "`in hooks` is the method's own work per step (gradient masking, mask updates amortized), "
-          "timed inside the optimizer step hooks and the gradient hooks in backward during the same steps; `1 + hooks / dense` is the "
+          "timed inside the optimizer step hooks, the gradient hooks in backward and the end-of-backward callbacks they queue, "
+          "during the same steps (the `dense` row is the clock's own cost); `1 + hooks / dense` is the "
           "ratio that work alone would give, free of the instance-to-instance noise. For "
           "`torch.nn.utils.prune` the same columns time its work, which sits in the forward and "
           "backward passes: its forward pre-hooks (`weight = weight_orig * mask`) and the backward "
