@@ -690,12 +690,18 @@ def test_masks_changed_before_backward_are_the_ones_applied_to_the_gradient() ->
     assert int((dense[new] != 0).sum()) > 0
 
 
-def test_backward_masking_is_off_when_detached_and_on_steps_that_want_dense_gradients() -> None:
+def _sgd_masked_mlp():
+    """An MLP at 70 % random masks under plain SGD, with a batch: (model, opt, masking, masks, x, y)."""
     model = mlp(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     masking = Masking(model, optimizer=opt)
     masks = random_masks(masking, 0.7)
     x, y = data()
+    return model, opt, masking, masks, x, y
+
+
+def test_backward_masking_is_off_when_detached_and_on_steps_that_want_dense_gradients() -> None:
+    model, opt, masking, masks, x, y = _sgd_masked_mlp()
     wants = [True]
     masking.want_dense_grads = lambda: wants[0]
     F.cross_entropy(model(x), y).backward()
@@ -716,11 +722,7 @@ def _pruned_grad_entries(model: nn.Sequential, masks: list[torch.Tensor]) -> int
 def test_backward_masking_recovers_after_a_backward_that_raised() -> None:
     # the end-of-backward callback is queued once per backward pass; a pass that died halfway
     # (its callback never ran) must not stop the next pass from masking
-    model = mlp(0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    masking = Masking(model, optimizer=opt)
-    masks = random_masks(masking, 0.7)
-    x, y = data()
+    model, opt, masking, masks, x, y = _sgd_masked_mlp()
 
     def boom(_: torch.Tensor) -> None:
         raise RuntimeError("boom")
@@ -738,11 +740,7 @@ def test_backward_masking_under_reentrant_activation_checkpointing() -> None:
     # reentrant checkpointing accumulates the weights' gradients inside a nested backward pass
     from torch.utils.checkpoint import checkpoint
 
-    model = mlp(0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    masking = Masking(model, optimizer=opt)
-    masks = random_masks(masking, 0.7)
-    x, y = data()
+    model, opt, masking, masks, x, y = _sgd_masked_mlp()
     x.requires_grad_(True)
     out = checkpoint(model[:3], x, use_reentrant=True)
     F.cross_entropy(model[3:](out), y).backward()
