@@ -14,7 +14,7 @@ optimizers, all interleaved): on a ~3 ms LeNet step, two identical setups differ
 between instances (cause not established), more than the effects measured; the reported time is
 the median over instances of each instance's median over rounds. A second copy of the dense
 setup (``dense (control)``) shows that noise floor in every run, and the time spent inside the
-optimizer step and gradient hooks (:class:`HookClock`) measures each method's own work directly.
+optimizer step hooks, gradient hooks and end-of-backward callbacks (:class:`HookClock`) measures each method's own work directly.
 Last, every setup whose machinery can be switched off is timed again on the very same tensors
 with it on and off (``same instance on / off``), which removes the differences between
 instances; what remains is round-to-round noise, shown by the dense row, whose switch does nothing.
