@@ -508,21 +508,31 @@ class Masking:
         """Zero the gradients of pruned positions (what runs before each optimizer step)."""
         self._mask_grads(*self._tensors())
 
-    def _mask_grads(self, weights: list[torch.Tensor], masks: list[torch.Tensor], skip_masked: bool = False) -> None:
-        grads, ms = [], []
+    def _mask_grads(self, weights: list[torch.Tensor], masks: list[torch.Tensor], skip_masked: bool = False,
+                    layers: Iterable[int] | None = None, record: bool = False) -> None:
+        # one foreach multiply over the gradients of `layers` (default all); `skip_masked` leaves
+        # out those masked in backward and untouched since; `record` remembers what was masked
+        # (in backward) instead of forgetting it (at the step)
+        grads, ms, idx = [], [], []
         done = self._masked if skip_masked else {}
-        for i, (w, m) in enumerate(zip(weights, masks)):
-            g = w.grad
+        for i in range(len(weights)) if layers is None else layers:
+            g = weights[i].grad
             rec = done.get(i)
             if rec is not None and rec[0]() is g and rec[1] == g._version:
                 continue  # masked in backward and untouched since
             if g is not None:
+                m = masks[i]
                 grads.append(g)
                 # gradients may differ in dtype from their weight (e.g. a bf16 grad on an fp32 weight)
                 ms.append(m if m.dtype == g.dtype else m.to(g.dtype))
+                idx.append(i)
         if grads:
             torch._foreach_mul_(grads, ms)
-        self._masked.clear()
+        if record:
+            for i, g in zip(idx, grads):
+                self._masked[i] = (weakref.ref(g), g._version)
+        else:
+            self._masked.clear()
 
     def _on_grad(self, p: torch.Tensor) -> None:
         # post-accumulate-grad hook of every masked leaf weight: queue the end-of-backward
@@ -538,20 +548,8 @@ class Masking:
             return
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return  # the reducer may still read the gradient buckets: the step masks them
-        weights, masks = self._tensors()  # rebuilt if a mask changed since: the new masks apply
-        grads, ms, idx = [], [], []
-        for i in self._hooked:
-            g = weights[i].grad
-            if g is None:
-                continue
-            m = masks[i]
-            grads.append(g)
-            ms.append(m if m.dtype == g.dtype else m.to(g.dtype))
-            idx.append(i)
-        if grads:
-            torch._foreach_mul_(grads, ms)
-        for i, g in zip(idx, grads):
-            self._masked[i] = (weakref.ref(g), g._version)
+        # _tensors() rebuilds the float masks if a mask changed since: the new masks apply
+        self._mask_grads(*self._tensors(), layers=self._hooked, record=True)
 
     # ----------------------------------------------------------------------------- optimizer
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
