@@ -27,6 +27,13 @@ Design (see DESIGN.md, "Contracts"):
   nothing special.
 * Whenever a mask changes, optimizer state tensors shaped like the parameter are zeroed at
   every position that is not kept, so a weight that is regrown later starts with fresh state.
+* FSDP2 (``torch.distributed.fsdp.fully_shard``): a sharded weight is a ``DTensor``, and its
+  mask is a ``DTensor`` with the same mesh and placements, so each rank stores and applies
+  only its shard's mask (gradient, weight and optimizer-state masking stay local, with no
+  communication). Methods see whole layers: :meth:`MaskedLayer.canonical` gathers a shard to
+  the full tensor, every rank ranks the same full scores, and :meth:`Masking.set_mask`
+  scatters rank 0's new mask back to the shards. FSDP1 (``FullyShardedDataParallel``, flat
+  parameters) is rejected with an error.
 """
 
 from __future__ import annotations
@@ -41,6 +48,11 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError, LayerError
 
+try:  # torch.distributed may be missing from a build
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # pragma: no cover
+    DTensor = None
+
 __all__ = [
     "MaskedLayer",
     "Targets",
@@ -52,12 +64,38 @@ __all__ = [
     "finalize",
     "load_masked_state_dict",
     "MASK_SUFFIX",
+    "is_sharded",
+    "full_tensor",
+    "shard_like",
 ]
 
 MASK_SUFFIX = "_mask"
 
 # the autograd engine: its queue_callback runs a function once the current backward pass ends
 _ENGINE = torch.autograd.Variable._execution_engine
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    """True if ``t`` is a ``DTensor`` (e.g. a weight sharded by FSDP2's ``fully_shard``)."""
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or, for a ``DTensor``, the whole tensor gathered from its shards (a collective)."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def shard_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """The full tensor ``t`` laid out like ``ref``: ``t`` itself unless ``ref`` is a ``DTensor``.
+
+    For a ``DTensor`` ``ref`` this is a collective: every rank receives its shard of rank 0's
+    ``t`` (``distribute_tensor`` scatters from rank 0), so masks cannot diverge across ranks.
+    """
+    if not is_sharded(ref):
+        return t
+    if is_sharded(t):
+        return t.redistribute(ref.device_mesh, ref.placements)
+    return distribute_tensor(t.to(ref.device), ref.device_mesh, ref.placements)
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
@@ -102,7 +140,12 @@ class MaskedLayer:
         return getattr(self.module, self.param_name + MASK_SUFFIX)
 
     def canonical(self, t: torch.Tensor) -> torch.Tensor:
-        """View ``t`` (stored layout) in the canonical ``[out, in, *kernel]`` layout."""
+        """View ``t`` (stored layout) in the canonical ``[out, in, *kernel]`` layout.
+
+        A ``DTensor`` shard (FSDP2) is gathered to the full tensor first: methods rank whole
+        layers, never one rank's shard.
+        """
+        t = full_tensor(t)
         return t.t() if self.transposed else t
 
     def from_canonical(self, t: torch.Tensor) -> torch.Tensor:
@@ -111,8 +154,9 @@ class MaskedLayer:
 
     @property
     def canonical_shape(self) -> tuple[int, ...]:
-        """Weight shape in canonical layout."""
-        return tuple(self.canonical(self.weight).shape)
+        """Weight shape in canonical layout (the full shape of a sharded weight)."""
+        shape = tuple(self.weight.shape)
+        return shape[::-1] if self.transposed else shape
 
 
 def mask_to(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -122,7 +166,7 @@ def mask_to(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     ``bool -> float`` cast is not vectorized (0.13 ms for a 235k-entry mask, 0.02 ms this way),
     and masks are converted at every mask update.
     """
-    if mask.dtype == torch.bool and mask.is_contiguous():
+    if mask.dtype == torch.bool and mask.is_contiguous() and not is_sharded(mask):
         return mask.view(torch.uint8).to(dtype)
     return mask.to(dtype)
 
@@ -350,6 +394,21 @@ EXACT_OPTIMIZERS: frozenset[type] = frozenset({
 })
 
 
+def _reject_fsdp1(model: nn.Module) -> None:
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # pragma: no cover
+        return
+    for name, module in model.named_modules():
+        if isinstance(module, FullyShardedDataParallel):
+            raise ConfigError(
+                f"module {name or '<root>'!r} is wrapped in FullyShardedDataParallel (FSDP1), whose flat "
+                "parameters hide the weight shapes masks need; shard with "
+                "torch.distributed.fsdp.fully_shard (FSDP2) instead, and build the optimizer and the sparsity "
+                "method after sharding"
+            )
+
+
 class Masking:
     """Runtime that owns the masks of one model and enforces them on one optimizer.
 
@@ -367,6 +426,7 @@ class Masking:
     """
 
     def __init__(self, model: nn.Module, targets: Targets | None = None, optimizer: torch.optim.Optimizer | None = None):
+        _reject_fsdp1(model)
         self.model = model
         existing = find_masked_layers(model)
         #: True if this object registered the mask buffers (False: reused from the model)
@@ -375,6 +435,11 @@ class Masking:
         self.skipped: list[tuple[str, str]] = []
         if existing:
             self.layers = existing
+            for layer in existing:
+                # masks made before the model was sharded (prune, then fine-tune under FSDP2)
+                w, m = layer.weight, layer.mask
+                if is_sharded(w) and not is_sharded(m):
+                    setattr(layer.module, layer.param_name + MASK_SUFFIX, shard_like(m, w))
         else:
             targets = targets or Targets()
             self.layers = targets.select(model)
@@ -430,7 +495,7 @@ class Masking:
         if tuple(mask.shape) != tuple(layer.weight.shape):
             raise LayerError(f"{layer.qualname}: mask shape {tuple(mask.shape)} != weight shape {tuple(layer.weight.shape)}")
         buf = layer.mask
-        buf.copy_(mask.to(device=buf.device, dtype=torch.bool))
+        buf.copy_(shard_like(mask.to(device=buf.device, dtype=torch.bool), buf))
         w = layer.weight
         keep = mask_to(buf, w.dtype)
         w.mul_(keep)
@@ -650,6 +715,8 @@ class Masking:
             return
         with torch.no_grad():
             for layer in self.layers:
+                if is_sharded(layer.mask):
+                    continue  # set_mask scattered rank 0's mask to the shards already
                 m = layer.mask.to(torch.uint8)
                 torch.distributed.broadcast(m, src)
                 layer.mask.copy_(m.bool())

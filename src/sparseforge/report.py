@@ -43,7 +43,7 @@ from torch import nn
 
 from .utils import probe
 from .errors import CheckpointError, ConfigError, LayerError
-from .masking import MASK_SUFFIX, MaskedLayer, find_masked_layers, is_hf_conv1d
+from .masking import MASK_SUFFIX, MaskedLayer, find_masked_layers, full_tensor, is_hf_conv1d
 
 __all__ = [
     "LayerReport",
@@ -301,6 +301,7 @@ def _mask_counts(weight: torch.Tensor, mask: torch.Tensor, where: str) -> tuple[
     """``(kept, violations)`` for one weight and its mask."""
     if tuple(mask.shape) != tuple(weight.shape):
         raise LayerError(f"{where}: mask shape {tuple(mask.shape)} != weight shape {tuple(weight.shape)}")
+    weight, mask = full_tensor(weight), full_tensor(mask)  # FSDP2 shards: count the whole layer
     m = _bool_mask(mask, where)
     kept = int(m.sum())
     w = weight.detach()

@@ -52,7 +52,7 @@ from torch import nn
 
 from ..core.patterns import NM, is_valid_nm, nm_groups_view, nm_select
 from ..errors import ConfigError, LayerError, check_fraction, check_int
-from ..masking import MASK_SUFFIX, MaskedLayer, mask_to
+from ..masking import MASK_SUFFIX, MaskedLayer, is_sharded, mask_to
 from .base import SparsityMethod
 
 __all__ = ["NMTraining", "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "nm_mask", "sdgf_patterns"]
@@ -218,6 +218,10 @@ class NMTraining(SparsityMethod):
         if p.n >= p.m or p.m < 2:
             raise ConfigError(f"{type(self).__name__}: N:M training needs N < M and M >= 2; got {p.n}:{p.m}")
         for layer in list(self.layers):
+            if is_sharded(layer.weight):
+                # the forward hooks swap in a masked weight, and FSDP2 swaps in the unsharded one
+                raise ConfigError(f"{type(self).__name__}: {layer.qualname} is sharded by FSDP2 (fully_shard); N:M "
+                                  "training does not support sharded weights yet: train with DDP, or shard after training")
             if not isinstance(layer.module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not layer.transposed:
                 raise LayerError(f"{layer.qualname}: N:M training supports Linear, Conv1d/2d/3d and HF Conv1D; "
                                  f"got {type(layer.module).__name__}")

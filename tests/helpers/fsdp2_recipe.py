@@ -1,0 +1,59 @@
+"""The training recipes of the FSDP2 test, shared by the sharded run (fsdp2_methods.py, under
+torchrun) and the unsharded reference run (tests/test_distributed.py)."""
+
+import hashlib
+
+import torch
+from torch import nn
+
+from sparseforge.masking import full_tensor
+from sparseforge.methods import build_method
+
+STEPS = 30
+
+#: case -> (method name, method kwargs, optimizer); "masked-then-sharded" masks the plain
+#: model with a static method first and fine-tunes it sharded with the masks kept fixed
+CASES = {
+    "static": ("static", {"sparsity": 0.8, "allocation": "erk"}, "sgd"),
+    "gmp": ("gmp", {"sparsity": 0.75, "begin": 0, "end": 20, "frequency": 4}, "adamw"),
+    "set": ("set", {"sparsity": 0.8, "update_interval": 5}, "sgd"),
+    "rigl": ("rigl", {"sparsity": 0.8, "update_interval": 5, "total_steps": STEPS}, "sgd"),
+    "imp": ("imp", {"sparsity": 0.6, "steps_per_round": 6, "fraction": 0.3, "rewind_step": 2}, "sgd"),
+    "masked-then-sharded": ("static", {"sparsity": 0.7}, "adamw"),
+}
+
+
+def model_for_test() -> nn.Module:
+    """An MLP whose output sizes (37, 21, 5) do not split evenly over 2 ranks."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 37), nn.ReLU(), nn.Linear(37, 21), nn.ReLU(), nn.Linear(21, 5))
+
+
+def build(case: str):
+    """``(model, make_method(model, optimizer), make_optimizer(model))`` for ``case``."""
+    name, kwargs, opt_name = CASES[case]
+
+    def make_opt(model: nn.Module) -> torch.optim.Optimizer:
+        if opt_name == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
+
+    def make_method(model: nn.Module, opt):
+        return build_method(name, model, opt, seed=0, **kwargs)
+
+    return model_for_test(), make_method, make_opt
+
+
+def batches():
+    """The same ``STEPS`` batches on every rank and in the reference run."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(STEPS):
+        yield torch.randn(16, 12, generator=g), torch.randint(0, 5, (16,), generator=g)
+
+
+def mask_digest(layers) -> str:
+    """sha256 of every layer's full mask, in order."""
+    h = hashlib.sha256()
+    for layer in layers:
+        h.update(full_tensor(layer.mask).numpy().tobytes())
+    return h.hexdigest()
