@@ -89,3 +89,8 @@ def test_fsdp2_trains_like_the_unsharded_model(tmp_path: Path) -> None:
             assert a["final_zeros"][name] >= w.numel() - kept[name], (case, name)
     assert "FullyShardedDataParallel (FSDP1)" in r0["fsdp1_error"] and "fully_shard" in r0["fsdp1_error"]
     assert "sharded by FSDP2" in r0["nm_error"] and "0.weight" in r0["nm_error"]
+    # a run resumed from a distributed checkpoint (torch.distributed.checkpoint) continues exactly
+    resume = r0["resume"]
+    assert resume["resumed"] == resume["straight"] == r1["resume"]["straight"]
+    assert len(set(resume["straight"][11:])) >= 2  # RigL's update at step 15 came after it
+    assert resume["weights_equal"] and r1["resume"]["weights_equal"]

@@ -953,3 +953,30 @@ def test_imp_and_gmp_other_bad_arguments() -> None:
     assert find_masked_layers(model) == []
     with pytest.raises(ConfigError, match="seed"):
         StaticSparse(mlp(), sparsity=0.5, seed="0")
+
+
+# ============================================================================ checkpointing helpers of torch
+def test_torch_distributed_checkpoint_state_init_step_is_not_a_training_step() -> None:
+    # torch.distributed.checkpoint.state_dict.get_state_dict creates an empty optimizer's state
+    # with one step() on all-zero gradients at lr 0. RigL must not count it, update on it, or
+    # skip it (a skipped step creates no momentum buffers, which loading would then drop)
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model = mlp()
+    opt = sgd(model)
+    method = RigL(model, opt, sparsity=0.75, update_interval=5, total_steps=50)
+    before = masks_of(method)
+    _, osd = get_state_dict(model, opt)
+    assert method.step == 0 and method.last_update == {}
+    assert all(torch.equal(a, m) for a, m in zip(before, masks_of(method)))
+    assert len(osd["state"]) == len(list(model.parameters()))  # every parameter got its momentum buffer
+    assert all("momentum_buffer" in s for s in osd["state"].values())
+
+
+def test_first_step_at_lr_zero_with_real_gradients_still_counts() -> None:
+    # a warm-up that starts at lr 0 (Hugging Face's linear warm-up does) is a training step
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    method = RigL(model, opt, sparsity=0.75, update_interval=5, total_steps=50)
+    train(model, opt, 1)
+    assert method.step == 1 and method.last_update["step"] == 1

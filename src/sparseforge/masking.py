@@ -425,6 +425,9 @@ class Masking:
         masking.attach(optimizer)          # enforced after every step from now on
     """
 
+    #: True between the step hooks of an optimizer-state initialization step (see _state_init_step)
+    _init_step = False
+
     def __init__(self, model: nn.Module, targets: Targets | None = None, optimizer: torch.optim.Optimizer | None = None):
         _reject_fsdp1(model)
         self.model = model
@@ -645,8 +648,8 @@ class Masking:
         self.enforce = enforce
         if not enforce:
             self._handles = [
-                optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._run(self._before)),
-                optimizer.register_step_post_hook(lambda opt, args, kwargs: self._run(self._after)),
+                optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._run_before()),
+                optimizer.register_step_post_hook(lambda opt, args, kwargs: self._run_after()),
             ]
             return
         self.apply()
@@ -683,15 +686,34 @@ class Masking:
         if after is not None and after not in self._after:
             self._after.append(after)
 
-    @staticmethod
-    def _run(callbacks: list[Callable[[], None]]) -> None:
-        for cb in callbacks:
+    def _state_init_step(self) -> bool:
+        # torch.distributed.checkpoint's get_state_dict / get_optimizer_state_dict create an
+        # empty optimizer's state by one step() with all-zero gradients and every lr set to 0
+        # (state_dict._init_optim_state). That step is not training: a method must not count
+        # it, and RigL must not turn it into a skipped step (SGD would then create no momentum
+        # buffers, and loading the checkpoint would silently drop them).
+        opt = self.optimizer
+        if opt is None or opt.state or any(float(g.get("lr", 0.0)) != 0.0 for g in opt.param_groups):
+            return False
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.requires_grad]
+        return bool(grads) and all(g is not None and not bool(g.any()) for g in grads)
+
+    def _run_before(self) -> None:
+        self._init_step = self._state_init_step()
+        if not self._init_step:
+            for cb in self._before:
+                cb()
+
+    def _run_after(self) -> None:
+        if self._init_step:
+            self._init_step = False
+            return
+        for cb in self._after:
             cb()
 
     @torch.no_grad()
     def _pre_step(self) -> None:
-        for cb in self._before:
-            cb()
+        self._run_before()
         weights, masks = self._tensors()
         if self._stale:
             # masks changed since the last step (possibly in place, e.g. load_state_dict):
@@ -705,8 +727,7 @@ class Masking:
     def _post_step(self) -> None:
         if self.remask_weights:
             self.apply()
-        for cb in self._after:
-            cb()
+        self._run_after()
 
     # ----------------------------------------------------------------------------- misc
     def broadcast(self, src: int = 0) -> None:
