@@ -22,8 +22,8 @@ from sparseforge.masking import Masking  # noqa: E402
 pytestmark = pytest.mark.distributed
 
 
-def _torchrun(script: str, out: Path) -> tuple[dict, dict]:
-    """Run ``tests/helpers/<script>`` on 2 CPU ranks; return the JSON each rank wrote to ``out``."""
+def _run_2_ranks(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 ARGS`` on CPU; fails the test unless it exits 0."""
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     assert torchrun, "torchrun must be installed with torch"
     with socket.socket() as sock:  # a free port; torchrun's port 0 hangs with the static rendezvous
@@ -31,11 +31,16 @@ def _torchrun(script: str, out: Path) -> tuple[dict, dict]:
         port = sock.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
-         str(Path(__file__).parent / "helpers" / script), str(out)],
-        capture_output=True, text=True, timeout=300, env=env,
+        [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), *args],
+        capture_output=True, text=True, timeout=300, env=env, cwd=cwd,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _torchrun(script: str, out: Path) -> tuple[dict, dict]:
+    """Run ``tests/helpers/<script>`` on 2 CPU ranks; return the JSON each rank wrote to ``out``."""
+    _run_2_ranks(str(Path(__file__).parent / "helpers" / script), str(out))
     return json.loads((out / "rank0.json").read_text()), json.loads((out / "rank1.json").read_text())
 
 
@@ -94,3 +99,64 @@ def test_fsdp2_trains_like_the_unsharded_model(tmp_path: Path) -> None:
     assert resume["resumed"] == resume["straight"] == r1["resume"]["straight"]
     assert len(set(resume["straight"][11:])) >= 2  # RigL's update at step 15 came after it
     assert resume["weights_equal"] and r1["resume"]["weights_equal"]
+
+
+@pytest.mark.parametrize("method", [{"name": "rigl", "sparsity": 0.9, "update_interval": 4},
+                                    {"name": "gmp", "sparsity": 0.9, "begin": 0, "end": "50%", "frequency": 2}],
+                         ids=lambda m: m["name"])
+def test_cli_train_under_torchrun_follows_the_single_process_run(tmp_path: Path, method: dict) -> None:
+    import yaml
+
+    from sparseforge.recipes import Recipe
+    from sparseforge.train import Trainer
+
+    recipe = Recipe(name="ddp", seed=0, epochs=3, model={"name": "mlp1d"},
+                    data={"name": "mnist1d", "batch_size": 64, "n_train": 505, "n_test": 256}, method=method,
+                    optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4})
+    rp = tmp_path / "recipe.yaml"
+    rp.write_text(yaml.safe_dump(recipe.to_dict()))
+    run = tmp_path / "run"
+    cli = ["-m", "sparseforge", "train", str(rp), "--run-dir", str(run), "--no-progress"]
+    first = _run_2_ranks(*cli, "--max-steps", "10")
+    assert first.stdout.count("stopped at step 10/24") == 1  # process 0 alone reports
+    second = _run_2_ranks(*cli)
+    assert "from step 10/24" in second.stderr and second.stdout.count("final test accuracy") == 1
+    ck = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 24 and not any(k.startswith("module.") for k in ck["model"])
+
+    # each process took half of every batch (the last, of 57, split 29/28: the loss scaling makes
+    # the shares count by their sizes), and DDP averaged: the single-process trajectory
+    single = Trainer(recipe, progress=False)
+    single.fit()
+    ref = single.model.state_dict()
+    for key, value in ck["model"].items():
+        if key.endswith("_mask"):
+            assert torch.equal(value, ref[key]), key
+        else:
+            torch.testing.assert_close(value, ref[key], rtol=0, atol=1e-5)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [8, 16, 24]
+    for got, want in zip(history, single.history):
+        if got["epoch"] != 2:  # epoch 2's mean loss covers only the batches after the resume at step 10
+            assert abs(got["train_loss"] - want["train_loss"]) < 1e-5
+        assert abs(got["test_accuracy"] - want["test_accuracy"]) < 1e-9 and got["sparsity"] == want["sparsity"]
+
+
+def test_trainer_under_torchrun_gives_each_process_its_share_of_every_batch(tmp_path: Path) -> None:
+    script = tmp_path / "count.py"
+    script.write_text(f"""
+import json, os
+from sparseforge.recipes import Recipe
+from sparseforge.train import Trainer
+recipe = Recipe(name="n", seed=0, epochs=1, model={{"name": "mlp1d"}},
+                data={{"name": "mnist1d", "batch_size": 64, "n_train": 505, "n_test": 64}},
+                method={{"name": "static", "sparsity": 0.5}}, optimizer={{"name": "sgd", "lr": 0.05}})
+t = Trainer(recipe, progress=False)
+seen = []
+t.train_model.module.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+t.fit()
+open(os.path.join({str(tmp_path)!r}, f"rank{{t.rank}}.json"), "w").write(json.dumps(seen[:8]))
+""")
+    _run_2_ranks(str(script))
+    shares = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert shares == [[32] * 7 + [29], [32] * 7 + [28]]

@@ -3,7 +3,8 @@
 Commands::
 
     sparseforge demo                 train dense and sparse models at 90 % and print a table
-    sparseforge train RECIPE.yaml    run a recipe into a run folder (resumes if interrupted)
+    sparseforge train RECIPE.yaml    run a recipe into a run folder (resumes if interrupted);
+                                     torchrun --nproc_per_node P -m sparseforge train ... uses P processes (DDP)
     sparseforge report PATH          per-layer sparsity report of a run folder or checkpoint
     sparseforge bench SUITE          run a benchmark suite from benchmarks/ (see --list)
     sparseforge materialize RUN --out MODEL.pt   swap sparse layers for real sparse kernels
@@ -26,18 +27,25 @@ from .errors import SparseforgeError
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .recipes import load_recipe
-    from .train import Trainer
+    from .train import Trainer, process_group
 
     recipe = load_recipe(args.recipe)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
-    if args.restart and run_dir.exists():
+    rank, world = process_group()  # under torchrun: one process per rank, process 0 writes
+    if args.restart and run_dir.exists() and rank == 0:
         shutil.rmtree(run_dir)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # nobody resumes from a folder that --restart is deleting
     trainer = Trainer(recipe, run_dir, progress=not args.no_progress, max_steps=args.max_steps,
                       log=lambda s: print(f"[sparseforge] {s}", file=sys.stderr))
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
         return 130
+    if rank != 0:
+        return 0
     if trainer.step < trainer.total_steps:
         print(f"stopped at step {trainer.step}/{trainer.total_steps}; run the same command again to resume ({run_dir})")
         return 0
@@ -153,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
 
-    t = sub.add_parser("train", help="run a YAML recipe into a run folder; resumes if the folder has a checkpoint")
+    t = sub.add_parser("train", help="run a YAML recipe into a run folder; resumes if the folder has a checkpoint",
+                       description="Run a YAML recipe into a run folder; resumes if the folder has a checkpoint. "
+                                   "Launched by torchrun (torchrun --nproc_per_node P -m sparseforge train RECIPE), "
+                                   "it trains with DistributedDataParallel on P processes, each taking 1/P of every "
+                                   "batch; process 0 writes the run folder.")
     t.add_argument("recipe", help="path to a YAML recipe (see recipes/ for one per method)")
     t.add_argument("--run-dir", help="run folder (default runs/<recipe name>)")
     t.add_argument("--restart", action="store_true", help="delete the run folder first instead of resuming")

@@ -12,6 +12,15 @@ Checkpoints are written atomically (temp file + rename) at the end of every epoc
 ``checkpoint_every_steps`` steps if set, and when the run is interrupted (Ctrl-C). Running the
 same recipe into the same folder resumes from the last checkpoint: the data order of every
 epoch depends only on ``(seed, epoch)``, so a resumed run follows the same trajectory.
+
+Several processes (``torchrun --nproc_per_node P -m sparseforge train RECIPE``): the model is
+wrapped in ``DistributedDataParallel`` (gloo; the trainer keeps data and model on the CPU) and
+each process takes its ``1/P`` share of every batch. Each share's loss is a sum over its samples,
+scaled by ``P / batch``, so DDP's averaged gradient is the gradient of the whole batch's mean
+loss: a run on P processes follows the single-process trajectory up to float rounding (for
+models without BatchNorm; with BatchNorm every process normalizes its own share, as DDP always
+does). Masks are the same on every process (same seed, and methods broadcast rank 0's masks).
+Process 0 alone shows progress and writes the run folder; every process reads it to resume.
 """
 
 from __future__ import annotations
@@ -29,6 +38,9 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
 from .core.rng import stream_generator
 from .data import load_dataset
 from .errors import CheckpointError, ConfigError
@@ -38,7 +50,24 @@ from .methods.base import SparsityMethod
 from .models import build_model, example_input
 from .recipes import STEP_KEYS, Recipe, resolve_steps
 
-__all__ = ["Trainer", "RunResult", "iterate_batches", "evaluate", "atomic_save"]
+__all__ = ["Trainer", "RunResult", "iterate_batches", "evaluate", "atomic_save", "process_group"]
+
+
+def process_group() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process; joins the ``torchrun`` process group if launched by one.
+
+    ``(0, 1)`` for a plain single-process run. Under ``torchrun`` (``WORLD_SIZE > 1`` in the
+    environment) the default process group is initialized with the gloo backend unless it
+    already exists.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 (a torchrun launch) but this torch build has no torch.distributed")
+    dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -142,7 +171,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = progress
         self.max_steps = max_steps
-        self.log = log or (lambda s: None)
+        self.rank, self.world = process_group()
+        self.log = (log or (lambda s: None)) if self.rank == 0 else (lambda s: None)
         r = recipe
         torch.manual_seed(r.seed)
         data_kw = {k: v for k, v in r.data.items() if k not in ("name", "batch_size")}
@@ -164,6 +194,10 @@ class Trainer:
             xb, yb = next(iterate_batches(self.x_train, self.y_train, self.batch_size, seed=r.seed))
             mparams["data"] = (xb, yb)
         self.method = build_method(name, self.model, self.optimizer, targets=r.targets or None, **mparams)
+        # the masks need no syncing at every forward (they are kept identical across processes),
+        # and DDP rewriting them in place would make the masking redo its work every step
+        self.train_model = (self.model if self.world == 1 else
+                            DistributedDataParallel(self.model, broadcast_buffers=False))
         self.total_steps = self.method.total_steps if isinstance(self.method, IMP) else train_steps
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -196,8 +230,8 @@ class Trainer:
         return self.run_dir / "checkpoint.pt" if self.run_dir else None
 
     def save_checkpoint(self) -> None:
-        """Write everything needed to resume, atomically."""
-        if self.checkpoint_path is None:
+        """Write everything needed to resume, atomically (process 0 only)."""
+        if self.checkpoint_path is None or self.rank != 0:
             return
         atomic_save({
             "format": "sparseforge-checkpoint-v1",
@@ -246,16 +280,18 @@ class Trainer:
     def fit(self) -> RunResult:
         """Train to the end (or ``max_steps``), evaluating after every epoch."""
         if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
+            if self.rank == 0:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                _atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
             self.try_resume()
         stop_at = self.total_steps if self.max_steps is None else min(self.total_steps, self.step + self.max_steps)
         bar = None
-        if self.progress:
+        if self.progress and self.rank == 0:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc=self.recipe.name, unit="step", leave=False)
-        model, opt, sched = self.model, self.optimizer, self.scheduler
+        model, opt, sched = self.train_model, self.optimizer, self.scheduler
+        rank, world = self.rank, self.world
         model.train()
         every = self.recipe.checkpoint_every_steps
         try:
@@ -265,14 +301,22 @@ class Trainer:
                 loss_sum, seen = 0.0, 0
                 for xb, yb in iterate_batches(self.x_train, self.y_train, self.batch_size,
                                               seed=self.recipe.seed * 100_003 + epoch, start=start):
+                    n = yb.shape[0]
                     opt.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(xb), yb)
+                    if world == 1:
+                        loss = F.cross_entropy(model(xb), yb)
+                        local_sum = loss.item() * n
+                    else:
+                        # this process's share; DDP divides the summed gradients by `world`
+                        xb, yb = xb.tensor_split(world)[rank], yb.tensor_split(world)[rank]
+                        loss = F.cross_entropy(model(xb), yb, reduction="sum") * (world / n)
+                        local_sum = loss.item() * n / world
                     loss.backward()
                     opt.step()
                     sched.step()
                     self.step += 1
-                    loss_sum += loss.item() * yb.shape[0]
-                    seen += yb.shape[0]
+                    loss_sum += local_sum
+                    seen += n
                     if bar is not None:
                         bar.update(1)
                     if every and self.step % every == 0:
@@ -297,6 +341,10 @@ class Trainer:
         return RunResult(self.history, final, model, self.method, self.run_dir)
 
     def _end_epoch(self, epoch: int, train_loss: float, seconds: float, bar: Any) -> None:
+        if self.world > 1:  # every process summed its own share of the epoch's loss
+            total = torch.tensor([train_loss], dtype=torch.float64)
+            dist.all_reduce(total)
+            train_loss = float(total[0])
         ev = evaluate(self.model, self.dataset.x_test, self.dataset.y_test)
         masks = [l.mask for l in self.method.layers]
         kept = sum(int(m.sum()) for m in masks)
@@ -307,7 +355,7 @@ class Trainer:
         self.history.append(rec)
         if bar is not None:
             bar.set_postfix(acc=f"{ev['accuracy']:.4f}", loss=f"{train_loss:.3f}")
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.rank == 0:
             # rewritten whole from the history so a crash between writes never duplicates an epoch
             _atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
         self.save_checkpoint()
@@ -320,7 +368,7 @@ class Trainer:
                                **self.method.report_kwargs())
 
     def _write_results(self, final: dict[str, Any]) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or self.rank != 0:
             return
         rep = self.report()
         rep.to_json(self.run_dir / "report.json")
