@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from fsdp2_recipe import CASES, batches, build, mask_digest  # noqa: E402
+from fsdp2_recipe import CASES, train_case  # noqa: E402
 
-from sparseforge.masking import Masking  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -53,20 +51,7 @@ def test_rigl_masks_identical_across_ranks(tmp_path: Path) -> None:
 
 def _reference(case: str) -> tuple[list[str], dict[str, torch.Tensor], dict[str, int]]:
     """Mask digests after every step, final weights and kept counts of the unsharded run of ``case``."""
-    model, make_method, make_opt = build(case)
-    if case == "masked-then-sharded":
-        make_method(model, None)
-        opt = make_opt(model)
-        method = Masking(model, optimizer=opt)
-    else:
-        opt = make_opt(model)
-        method = make_method(model, opt)
-    digests = []
-    for x, y in batches():
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        digests.append(mask_digest(method.layers))
+    _, method, digests = train_case(case)
     return digests, {l.qualname: l.weight.detach().clone() for l in method.layers}, {
         l.qualname: int(l.mask.sum()) for l in method.layers}
 

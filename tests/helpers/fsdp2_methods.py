@@ -19,10 +19,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard
 
 sys.path.insert(0, os.path.dirname(__file__))
-from fsdp2_recipe import CASES, batches, build, mask_digest  # noqa: E402
+from fsdp2_recipe import CASES, batches, build, mask_digest, train_case  # noqa: E402
 
 from sparseforge.errors import ConfigError  # noqa: E402
-from sparseforge.masking import Masking  # noqa: E402
 from sparseforge.methods import build_method  # noqa: E402
 from sparseforge.report import sparsity_report  # noqa: E402
 
@@ -35,23 +34,7 @@ def shard(model: torch.nn.Module) -> None:
 
 
 def run_case(name: str) -> dict:
-    model, make_method, make_opt = build(name)
-    if name == "masked-then-sharded":
-        # prune first (plain model), then shard and fine-tune with the masks kept fixed
-        pre = make_method(model, None)
-        shard(model)
-        opt = make_opt(model)
-        method = Masking(model, optimizer=opt)
-    else:
-        shard(model)
-        opt = make_opt(model)
-        method = make_method(model, opt)
-    digests = []
-    for x, y in batches():
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        digests.append(mask_digest(method.layers))
+    model, method, digests = train_case(name, shard)
     layers = method.layers
     out = {
         "digests": digests,

@@ -2,11 +2,13 @@
 torchrun) and the unsharded reference run (tests/test_distributed.py)."""
 
 import hashlib
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from sparseforge.masking import full_tensor
+from sparseforge.masking import Masking, full_tensor
 from sparseforge.methods import build_method
 
 STEPS = 30
@@ -57,3 +59,28 @@ def mask_digest(layers) -> str:
     for layer in layers:
         h.update(full_tensor(layer.mask).numpy().tobytes())
     return h.hexdigest()
+
+
+def train_case(case: str, shard: Callable[[nn.Module], None] = lambda model: None):
+    """Build and train ``case``: ``(model, method, mask digest after every step)``.
+
+    ``shard`` runs on the model before the optimizer exists (FSDP2's ``fully_shard`` in the
+    sharded run, nothing in the reference run); "masked-then-sharded" masks the model first.
+    """
+    model, make_method, make_opt = build(case)
+    if case == "masked-then-sharded":
+        make_method(model, None)
+        shard(model)
+        opt = make_opt(model)
+        method = Masking(model, optimizer=opt)
+    else:
+        shard(model)
+        opt = make_opt(model)
+        method = make_method(model, opt)
+    digests = []
+    for x, y in batches():
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        digests.append(mask_digest(method.layers))
+    return model, method, digests
