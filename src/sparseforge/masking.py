@@ -438,11 +438,7 @@ class Masking:
         self.skipped: list[tuple[str, str]] = []
         if existing:
             self.layers = existing
-            for layer in existing:
-                # masks made before the model was sharded (prune, then fine-tune under FSDP2)
-                w, m = layer.weight, layer.mask
-                if is_sharded(w) and not is_sharded(m):
-                    setattr(layer.module, layer.param_name + MASK_SUFFIX, shard_like(m, w))
+            self._shard_masks()
         else:
             targets = targets or Targets()
             self.layers = targets.select(model)
@@ -619,6 +615,15 @@ class Masking:
         # _tensors() rebuilds the float masks if a mask changed since: the new masks apply
         self._mask_grads(*self._tensors(), layers=self._hooked, record=True)
 
+    def _shard_masks(self) -> None:
+        # masks made before the model was sharded by FSDP2 (prune, or build the method, then
+        # fully_shard and fine-tune): lay each out like its weight's shards
+        for layer in self.layers:
+            w, m = layer.weight, layer.mask
+            if is_sharded(w) and not is_sharded(m):
+                setattr(layer.module, layer.param_name + MASK_SUFFIX, shard_like(m, w))
+                self._cache = None
+
     # ----------------------------------------------------------------------------- optimizer
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Raise :class:`ConfigError` unless ``optimizer`` holds every masked parameter."""
@@ -643,6 +648,7 @@ class Masking:
         if remask_weights not in ("auto", True, False):
             raise ConfigError(f"remask_weights must be 'auto', True or False; got {remask_weights!r}")
         self.check_optimizer(optimizer)
+        self._shard_masks()
         self.optimizer = optimizer
         self.remask_weights = type(optimizer) not in EXACT_OPTIMIZERS if remask_weights == "auto" else bool(remask_weights)
         self.enforce = enforce

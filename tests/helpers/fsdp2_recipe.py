@@ -14,7 +14,8 @@ from sparseforge.methods import build_method
 STEPS = 30
 
 #: case -> (method name, method kwargs, optimizer); "masked-then-sharded" masks the plain
-#: model with a static method first and fine-tunes it sharded with the masks kept fixed
+#: model with a static method first and fine-tunes it sharded with the masks kept fixed;
+#: "method-then-sharded" builds RigL on the plain model and attaches it once sharded
 CASES = {
     "static": ("static", {"sparsity": 0.8, "allocation": "erk"}, "sgd"),
     "gmp": ("gmp", {"sparsity": 0.75, "begin": 0, "end": 20, "frequency": 4}, "adamw"),
@@ -22,6 +23,7 @@ CASES = {
     "rigl": ("rigl", {"sparsity": 0.8, "update_interval": 5, "total_steps": STEPS}, "sgd"),
     "imp": ("imp", {"sparsity": 0.6, "steps_per_round": 6, "fraction": 0.3, "rewind_step": 2}, "sgd"),
     "masked-then-sharded": ("static", {"sparsity": 0.7}, "adamw"),
+    "method-then-sharded": ("rigl", {"sparsity": 0.8, "update_interval": 5, "total_steps": STEPS}, "sgd"),
 }
 
 
@@ -65,7 +67,7 @@ def train_case(case: str, shard: Callable[[nn.Module], None] = lambda model: Non
     """Build and train ``case``: ``(model, method, mask digest after every step)``.
 
     ``shard`` runs on the model before the optimizer exists (FSDP2's ``fully_shard`` in the
-    sharded run, nothing in the reference run); "masked-then-sharded" masks the model first.
+    sharded run, nothing in the reference run); the "...-then-sharded" cases mask the model first.
     """
     model, make_method, make_opt = build(case)
     if case == "masked-then-sharded":
@@ -73,6 +75,11 @@ def train_case(case: str, shard: Callable[[nn.Module], None] = lambda model: Non
         shard(model)
         opt = make_opt(model)
         method = Masking(model, optimizer=opt)
+    elif case == "method-then-sharded":
+        method = make_method(model, None)
+        shard(model)
+        opt = make_opt(model)
+        method.attach(opt)
     else:
         shard(model)
         opt = make_opt(model)
