@@ -690,6 +690,27 @@ def test_masks_changed_before_backward_are_the_ones_applied_to_the_gradient() ->
     assert int((dense[new] != 0).sum()) > 0
 
 
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
+def test_mask_set_between_backward_and_step_is_enforced_at_that_step(opt_name: str) -> None:
+    # set_mask refreshes the cached float mask in place; the gradient masked in backward with the
+    # old mask must still be masked again, or the step moves (revives) the newly pruned weights
+    model = mlp(0)
+    opt = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if opt_name == "sgd"
+           else torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2))
+    masking = Masking(model, optimizer=opt)
+    random_masks(masking, 0.5, seed=0)
+    x, y = data()
+    new = torch.rand(model[2].weight.shape, generator=torch.Generator().manual_seed(3)) < 0.3
+    for step in range(4):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        if step == 1:
+            masking.set_mask(masking.layer("2"), new)
+        opt.step()
+    assert int((model[2].weight[~new] != 0).sum()) == 0
+    assert all(int((v[~new] != 0).sum()) == 0 for v in opt.state[model[2].weight].values() if v.shape == new.shape)
+
+
 def _sgd_masked_mlp():
     """An MLP at 70 % random masks under plain SGD, with a batch: (model, opt, masking, masks, x, y)."""
     model = mlp(0)

@@ -508,6 +508,10 @@ class Masking:
             masks[i] = keep
         else:
             self._cache = None
+        # a gradient masked in backward with the old mask must be masked again before the next
+        # step (a mask set between backward and step would otherwise let the step move, and
+        # revive, the newly pruned weights)
+        self._masked.pop(i, None)
 
     @torch.no_grad()
     def set_masks_from_zeros(self) -> None:
