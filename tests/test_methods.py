@@ -198,6 +198,14 @@ def test_snip_needs_data() -> None:
         StaticSparse(mlp(), sparsity=0.5, score="snip")
 
 
+def test_global_allocation_that_would_empty_a_layer_names_it() -> None:
+    # a loss that does not depend on the weights: every SNIP score is 0, and the pooled ranking
+    # (ties pruned by position) would remove the whole first layer
+    x, y = batch(0)
+    with pytest.raises(LayerError, match=r"0\.weight: global allocation at sparsity 0\.8 would prune all 128 weights"):
+        StaticSparse(mlp(), sparsity=0.8, score="snip", data=(x, y), loss_fn=lambda out, t: out.sum() * 0)
+
+
 def test_static_nm_on_conv_and_hf_conv1d() -> None:
     from transformers.pytorch_utils import Conv1D
 

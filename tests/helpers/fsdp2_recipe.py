@@ -19,6 +19,8 @@ STEPS = 30
 CASES = {
     "static": ("static", {"sparsity": 0.8, "allocation": "erk"}, "sgd"),
     "gmp": ("gmp", {"sparsity": 0.75, "begin": 0, "end": 20, "frequency": 4}, "adamw"),
+    "gmp-global": ("gmp", {"sparsity": 0.8, "begin": 0, "end": 12, "frequency": 3, "allocation": "global"}, "sgd"),
+    "snip": ("snip", {"sparsity": 0.8}, "sgd"),
     "set": ("set", {"sparsity": 0.8, "update_interval": 5}, "sgd"),
     "rigl": ("rigl", {"sparsity": 0.8, "update_interval": 5, "total_steps": STEPS}, "sgd"),
     "imp": ("imp", {"sparsity": 0.6, "steps_per_round": 6, "fraction": 0.3, "rewind_step": 2}, "sgd"),
@@ -43,7 +45,8 @@ def build(case: str):
         return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
 
     def make_method(model: nn.Module, opt):
-        return build_method(name, model, opt, seed=0, **kwargs)
+        data = {"data": next(iter(batches()))} if name == "snip" else {}  # SNIP scores one batch
+        return build_method(name, model, opt, seed=0, **kwargs, **data)
 
     return model_for_test(), make_method, make_opt
 

@@ -141,6 +141,13 @@ class SparsityMethod:
         if sparsities is None:
             if self.allocation.needs_scores:
                 sparsities = global_sparsities(scores, self.sparsity)
+                for layer, s, sp in zip(self.layers, scores, sparsities):
+                    if sp >= 1.0:
+                        raise LayerError(
+                            f"{layer.qualname}: global allocation at sparsity {self.sparsity} would prune all "
+                            f"{s.numel()} weights of this layer (its largest score, {float(s.max()):.3g}, is at or "
+                            "below the global threshold; all-zero scores mean no gradient reached the weights)"
+                        )
                 self.layer_sparsity = list(sparsities)
             else:
                 sparsities = self.layer_sparsity

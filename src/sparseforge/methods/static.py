@@ -22,6 +22,7 @@ from torch import nn
 
 from ..core.scores import GRADIENT_SCORES, get_score
 from ..errors import ConfigError
+from ..masking import is_sharded
 from .base import SparsityMethod
 
 __all__ = ["Dense", "StaticSparse"]
@@ -79,10 +80,28 @@ class StaticSparse(SparsityMethod):
             with torch.enable_grad():
                 out = model(x)
                 loss = self._loss_fn(out, y)
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                if any(is_sharded(p) for p in params):
+                    grads = self._sharded_gradients(loss, params)
+                else:
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
         finally:
             model.train(was_training)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    def _sharded_gradients(self, loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        # FSDP2 runs the forward on gathered copies, so the sharded parameters are not in the
+        # autograd graph and torch.autograd.grad finds no gradient for them; backward() delivers
+        # them (reduce-scattered, averaged over ranks). Every parameter's .grad is put back after.
+        everything = list(self.model.parameters())
+        saved = [p.grad for p in everything]
+        for p in everything:
+            p.grad = None
+        try:
+            loss.backward()
+            return [p.grad for p in params]
+        finally:
+            for p, g in zip(everything, saved):
+                p.grad = g
 
     @torch.no_grad()
     def init_masks(self) -> None:
