@@ -42,16 +42,22 @@ def _torchrun(script: str, out: Path) -> tuple[dict, dict]:
     return json.loads((out / "rank0.json").read_text()), json.loads((out / "rank1.json").read_text())
 
 
-def test_rigl_masks_identical_across_ranks(tmp_path: Path) -> None:
+def test_ddp_rigl_masks_identical_across_ranks_and_gradients_masked_after_the_all_reduce(tmp_path: Path) -> None:
     r0, r1 = _torchrun("ddp_rigl.py", tmp_path)
     assert len(r0["hashes"]) >= 8  # updates at steps 5, 10, ..., 45 (end = 0.75 * 60)
     assert r0["hashes"] == r1["hashes"]
     assert r0["nnz"] == r1["nnz"]
+    # gradients are masked at the end of backward after DDP's all-reduce (clipping sees them)
+    for a, b in ((r0, r1), (r0["bucket_view"], r1["bucket_view"])):
+        assert a["pruned_grads"] == b["pruned_grads"] == 0
+        assert a["kept_grads"] > 0
+        assert a["grad_hashes"] == b["grad_hashes"] and len(a["grad_hashes"]) >= 15
 
 
 def _reference(case: str) -> tuple[list[str], dict[str, torch.Tensor], dict[str, int]]:
     """Mask digests after every step, final weights and kept counts of the unsharded run of ``case``."""
-    _, method, digests = train_case(case)
+    _, method, digests, pruned_grads = train_case(case)
+    assert pruned_grads == 0
     return digests, {l.qualname: l.weight.detach().clone() for l in method.layers}, {
         l.qualname: int(l.mask.sum()) for l in method.layers}
 
@@ -72,6 +78,8 @@ def test_fsdp2_trains_like_the_unsharded_model(tmp_path: Path) -> None:
             (wa, ma), (wb, mb) = a["local_numel"][name], b["local_numel"][name]
             assert wa == ma and wb == mb and wa + wb == w.numel() and wb < wa, (case, name)
         assert a["mask_sharded"] and b["mask_sharded"]
+        # gradients are masked at the end of backward, after FSDP2's reduce-scatter
+        assert a["pruned_grads"] == b["pruned_grads"] == 0, case
         assert a["report_nonzeros"] == kept, case
         # finalized: no masks left, and the gathered full state dict holds the pruned zeros
         assert not any(k.endswith("_mask") for k in a["final_keys"])

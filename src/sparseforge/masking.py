@@ -18,9 +18,11 @@ Design (see DESIGN.md, "Contracts"):
   one per layer. Before each optimizer step (``register_step_pre_hook``)
   every gradient that was not masked that way, or changed since, is masked (so SGD momentum and
   Adam moments never accumulate there and weight decay acts on a zero weight). Under
-  ``torch.distributed`` the masking waits for the step (the reducer may still be reading the
-  gradient buffers), and so does it on steps where the method wants the dense gradient (RigL's
-  grow criterion). After each step (``register_step_post_hook``) the weights are multiplied by their
+  ``torch.distributed`` the end-of-backward callback queues the masking once more, so that it
+  runs after every callback already queued in that pass: DDP's (which waits for the all-reduce
+  and writes the averaged gradients) and FSDP2's (reduce-scatter) included, so the final
+  gradients are the ones masked. On steps where the method wants the dense gradient (RigL's
+  grow criterion) the masking waits for the step. After each step (``register_step_post_hook``) the weights are multiplied by their
   masks, unless the optimizer is one of :data:`EXACT_OPTIMIZERS`, for which that pass is
   provably a no-op and is skipped to save a pass over the weights. Gradient accumulation (several
   ``backward`` per step) and ``GradScaler`` skipped steps (no ``step`` call at all) need
@@ -615,7 +617,14 @@ class Masking:
         if self.optimizer is None or (self.want_dense_grads is not None and self.want_dense_grads()):
             return
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return  # the reducer may still read the gradient buckets: the step masks them
+            # DDP's reducer queues its own end-of-backward callback (wait for the all-reduce,
+            # write the averaged gradients) during this pass, after ours; a callback queued
+            # now runs after every callback already queued, so it masks the final gradients
+            _ENGINE.queue_callback(self._mask_fresh_grads)
+            return
+        self._mask_fresh_grads()
+
+    def _mask_fresh_grads(self) -> None:
         # _tensors() rebuilds the float masks if a mask changed since: the new masks apply
         self._mask_grads(*self._tensors(), layers=self._hooked, record=True)
 

@@ -34,10 +34,11 @@ def shard(model: torch.nn.Module) -> None:
 
 
 def run_case(name: str) -> dict:
-    model, method, digests = train_case(name, shard)
+    model, method, digests, pruned_grads = train_case(name, shard)
     layers = method.layers
     out = {
         "digests": digests,
+        "pruned_grads": pruned_grads,
         "weights": {l.qualname: l.weight.full_tensor().tolist() for l in layers},
         "local_numel": {l.qualname: [l.weight.to_local().numel(), l.mask.to_local().numel()] for l in layers},
         "mask_sharded": all(type(l.mask).__name__ == "DTensor" for l in layers),

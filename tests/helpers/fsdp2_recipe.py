@@ -67,7 +67,10 @@ def mask_digest(layers) -> str:
 
 
 def train_case(case: str, shard: Callable[[nn.Module], None] = lambda model: None):
-    """Build and train ``case``: ``(model, method, mask digest after every step)``.
+    """Build and train ``case``: ``(model, method, mask digest after every step, pruned gradient entries)``.
+
+    The last counts the nonzero gradient entries at pruned positions right after each backward
+    (what gradient clipping would see), over the steps that do not keep dense gradients.
 
     ``shard`` runs on the model before the optimizer exists (FSDP2's ``fully_shard`` in the
     sharded run, nothing in the reference run); the "...-then-sharded" cases mask the model first.
@@ -87,10 +90,12 @@ def train_case(case: str, shard: Callable[[nn.Module], None] = lambda model: Non
         shard(model)
         opt = make_opt(model)
         method = make_method(model, opt)
-    digests = []
+    digests, pruned_grads = [], 0
     for x, y in batches():
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
+        if not (hasattr(method, "needs_grads") and method.needs_grads(method.step)):  # RigL's grow steps stay dense
+            pruned_grads += sum(int((full_tensor(l.weight.grad)[~full_tensor(l.mask)] != 0).sum()) for l in method.layers)
         opt.step()
         digests.append(mask_digest(method.layers))
-    return model, method, digests
+    return model, method, digests, pruned_grads
