@@ -718,7 +718,8 @@ class Masking:
         return bool(grads) and all(g is not None and not bool(g.any()) for g in grads)
 
     def _run_before(self) -> None:
-        self._init_step = self._state_init_step()
+        # (an optimizer with state skips the check at the cost of one dict test per step)
+        self._init_step = not self.optimizer.state and self._state_init_step()
         if not self._init_step:
             for cb in self._before:
                 cb()
