@@ -34,11 +34,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch import nn
-
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .core.rng import stream_generator
