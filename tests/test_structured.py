@@ -810,8 +810,13 @@ def test_sef_prox_matches_a_generic_convex_solver(n, weighted, data):
     start = u / (1 + t * (1 if d is None else d))
     best = min((scipy_opt.minimize(objective, x0, method="Powell", options=dict(xtol=1e-12, ftol=1e-15, maxiter=100_000))
                 for x0 in (start.numpy(), u.numpy())), key=lambda r: r.fun)
-    assert objective(v.numpy()) <= best.fun + 1e-9  # our prox is at least as good as the solver's point
-    assert float((torch.as_tensor(best.x) - v).abs().max()) < 1e-4
+    ours = objective(v.numpy())
+    assert ours <= best.fun + 1e-9  # our prox is at least as good as the solver's point
+    # the objective is 1-strongly convex (a convex envelope plus 1/2 ||x - u||^2), so a point whose
+    # objective exceeds the minimum by g lies within sqrt(2 g) of the minimizer: where Powell stops
+    # early (9e-4 away, found by hypothesis), the distance must still fit its objective gap
+    gap = max(best.fun - ours, 0.0)
+    assert float((torch.as_tensor(best.x) - v).norm()) <= math.sqrt(2 * gap) + 1e-6
     assert int((v > 0).sum()) >= min(k, int((u > 0).sum()))  # at least k groups stay free
 
 
