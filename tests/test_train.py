@@ -229,3 +229,15 @@ def test_demo_prints_a_comparison_table(capsys) -> None:
     assert "test acc" in out and "rigl" in out and "simulated" in out
     assert rows[1]["sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert rows[0]["sparse_flops"] == rows[0]["dense_flops"] > rows[1]["sparse_flops"]
+
+
+def test_process_group_single_process_and_a_torchrun_launch_without_distributed(monkeypatch) -> None:
+    from sparseforge.errors import ConfigError
+    from sparseforge.train import process_group
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert process_group() == (0, 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="WORLD_SIZE > 1.*no torch.distributed"):
+        process_group()

@@ -711,8 +711,9 @@ class Masking:
         # (state_dict._init_optim_state). That step is not training: a method must not count
         # it, and RigL must not turn it into a skipped step (SGD would then create no momentum
         # buffers, and loading the checkpoint would silently drop them).
+        # (called by _run_before only while the optimizer has no state)
         opt = self.optimizer
-        if opt is None or opt.state or any(float(g.get("lr", 0.0)) != 0.0 for g in opt.param_groups):
+        if any(float(g.get("lr", 0.0)) != 0.0 for g in opt.param_groups):
             return False
         grads = [p.grad for g in opt.param_groups for p in g["params"] if p.requires_grad]
         return bool(grads) and all(g is not None and not bool(g.any()) for g in grads)
