@@ -5,6 +5,8 @@
 * :mod:`sparseforge.export.materialize` — swap masked Linear/Conv2d layers for modules that
   execute their sparsity on CPU (custom C++ kernel, torch CSR/BSR), chosen per layer by a
   capability check and a micro-benchmark.
+* :mod:`sparseforge.export.quantize` — symmetric int8/int4 weight quantization that keeps
+  every zero a zero and every kept weight nonzero (masks and N:M groups survive).
 """
 
 from .compressed import (
@@ -23,6 +25,7 @@ from .materialize import (
     format_materialize_decisions,
     materialize,
 )
+from .quantize import QuantizedWeight, quantize_tensor, quantize_weights
 
 __all__ = [
     "FORMAT_VERSION",
@@ -37,4 +40,7 @@ __all__ = [
     "SparseLinear",
     "SparseConv2d",
     "format_materialize_decisions",
+    "QuantizedWeight",
+    "quantize_tensor",
+    "quantize_weights",
 ]
