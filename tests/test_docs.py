@@ -222,7 +222,7 @@ def _documented_commands() -> list[tuple[str, str]]:
     for py in sorted(benchmarks_dir().glob("*.py")):
         doc = ast.get_docstring(ast.parse(py.read_text())) or ""
         cmds += [(f"benchmarks/{py.name}", _strip(line)) for line in doc.splitlines()
-                 if line.strip().startswith("sparseforge ")]
+                 if line.strip().startswith("sparseforge bench ")]  # a suite's usage lines
     return cmds
 
 
