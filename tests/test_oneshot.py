@@ -354,3 +354,57 @@ def test_float16_and_bfloat16_weights() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             Wanda().prune(w.to(dtype), stats, "2:4")
+
+
+# ----------------------------------------------------------------------------- re-pruning a sparse weight
+def _already_sparse(sparsity: float, seed: int = 3, rows: int = 24, cols: int = 256):
+    w, stats, x = layer_data(rows=rows, cols=cols, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    w = w * (torch.rand(w.shape, generator=g) >= sparsity)
+    return w, stats, x
+
+
+def test_sparsegpt_revives_existing_zeros_unless_preserve_zeros() -> None:
+    """Re-applying 50 % to a 49 %-sparse weight: the OBS update refills old zeros; preserve_zeros keeps them."""
+    w, stats, x = _already_sparse(0.5)
+    assert 0.48 < float((w == 0).float().mean()) < 0.5
+    zeros = w == 0
+    mask, new_w = sparsegpt_prune(w, stats, 0.5, blocksize=32)
+    assert int((new_w[zeros] != 0).sum()) > 0  # the reference behaviour this option exists for
+    mask_p, new_p = sparsegpt_prune(w, stats, 0.5, blocksize=32, preserve_zeros=True)
+    assert int((~mask_p).sum()) == num_pruned(0.5, w.numel())  # the exact count still holds
+    assert not mask_p[zeros].any() and torch.all(new_p[zeros] == 0)
+    assert torch.equal(new_p == 0, ~mask_p)
+    # it still reconstructs: better than dropping the extra 10 % by magnitude without an update
+    m_mag, w_mag = magnitude_prune(w, 0.5)
+    gram = stats.hessian()
+    assert reconstruction_error(w, new_p, gram) < reconstruction_error(w, w_mag, gram)
+
+
+def test_sparsegpt_preserve_zeros_nm_keeps_at_most_n_and_never_an_old_zero() -> None:
+    w, stats, _ = _already_sparse(0.6)
+    zeros = w == 0
+    mask, new_w = sparsegpt_prune(w, stats, "2:4", preserve_zeros=True)
+    groups = nm_groups_view(mask, 4)
+    assert bool((groups.sum(-1) <= 2).all()) and not mask[zeros].any()
+    # a group with k < 2 old nonzeros keeps exactly those k; the others keep exactly 2
+    expected = nm_groups_view(~zeros, 4).sum(-1).clamp(max=2)
+    assert torch.equal(groups.sum(-1), expected)
+    assert torch.all(new_w[~mask] == 0)
+
+
+def test_sparsegpt_preserve_zeros_is_a_no_op_on_a_dense_weight() -> None:
+    w, stats, _ = layer_data(rows=8, cols=64)
+    for target in (0.5, "2:4"):
+        a = sparsegpt_prune(w, stats, target)
+        b = SparseGPT(preserve_zeros=True).prune(w, stats, target)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_sparsegpt_preserve_zeros_bad_input() -> None:
+    w, stats, _ = _already_sparse(0.6, cols=64)
+    with pytest.raises(LayerError, match=r"fc: preserve_zeros: the weight already has \d+ zeros .* use a sparsity of at least"):
+        sparsegpt_prune(w, stats, 0.5, preserve_zeros=True, name="fc")
+    with pytest.raises(ConfigError, match="preserve_zeros must be True or False"):
+        SparseGPT(preserve_zeros=1)
+    assert method_from_spec({"type": "sparsegpt", "preserve_zeros": True}).preserve_zeros is True

@@ -234,3 +234,24 @@ def test_no_error_flag_same_weights_no_errors(tinygpt_folder, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # the Gram matrix never feeds Wanda's mask
     sb = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert sb["mean_reconstruction_error"] is None and all(l["reconstruction_error"] is None for l in sb["layers"])
+
+
+def test_reprune_with_preserve_zeros_keeps_every_earlier_zero(tinygpt_folder, tmp_path, capsys):
+    """Wanda 50 %, then SparseGPT 2:4 on its output: plain SparseGPT refills some zeros, --preserve-zeros none."""
+    folder, text = tinygpt_folder
+    common = ["--calibration", str(text), "--nsamples", "6", "--seqlen", "16", "--no-progress"]
+    assert main(["prune", str(folder), "--method", "wanda", "--sparsity", "0.5", *common, "--out", str(tmp_path / "a")]) == 0
+    first = load_file(str(tmp_path / "a" / "model.safetensors"))
+    for flag, sub in (([], "b"), (["--preserve-zeros"], "c")):
+        assert main(["prune", str(tmp_path / "a"), "--method", "sparsegpt", "--sparsity", "2:4", *common, *flag,
+                     "--out", str(tmp_path / sub)]) == 0
+    plain, kept = (load_file(str(tmp_path / d / "model.safetensors")) for d in "bc")
+    layers = [l["name"] for l in json.loads((tmp_path / "c" / "summary.json").read_text())["layers"]]
+    revived = sum(int((plain[k][first[k] == 0] != 0).sum()) for k in layers)
+    assert revived > 0
+    for k in layers:
+        assert not (kept[k][first[k] == 0] != 0).any(), k
+        assert int((kept[k] != 0).reshape(kept[k].shape[0], -1, 4).sum(-1).max()) <= 2
+    capsys.readouterr()
+    assert main(["prune", str(folder), "--method", "wanda", "--preserve-zeros", *common, "--out", str(tmp_path / "d")]) == 2
+    assert "--preserve-zeros applies to sparsegpt only" in capsys.readouterr().err

@@ -18,6 +18,7 @@ reconstruction error and time, the N:M check and the files written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -126,6 +127,7 @@ def run_prune(
     progress: bool | None = None,
     command: Sequence[str] | None = None,
     measure_error: bool = True,
+    preserve_zeros: bool = False,
     return_model: bool = False,
 ) -> dict[str, Any]:
     """Prune a saved model one-shot and write the pruned model, its report and ``summary.json`` into ``out``.
@@ -148,6 +150,8 @@ def run_prune(
         measure_error: report each layer's reconstruction error (accumulates the Gram matrix of every
             layer's inputs; Wanda and magnitude do not need it otherwise: on MiniLM it cost about a
             quarter of a Wanda run). SparseGPT and DSnoT build the Gram matrix anyway.
+        preserve_zeros: SparseGPT only: weights that are zero on entry stay zero
+            (:func:`~.methods.sparsegpt_prune`); other methods never make a zero nonzero.
         return_model: add the pruned model (masks folded) under ``"model_object"`` (not written to JSON).
 
     Returns:
@@ -160,12 +164,17 @@ def run_prune(
     from ..report import sparsity_report
     from .calibration import load_calibration
     from .io import load_model, save_pruned
-    from .methods import method_from_spec, resolve_target
+    from .methods import SparseGPT, method_from_spec, resolve_target
     from .sequential import _context_length, prune_oneshot
 
     t0 = time.perf_counter()
     # validate everything cheap before the model is loaded
     meth = method_from_spec(method)
+    if preserve_zeros:
+        if not isinstance(meth, SparseGPT):
+            raise ConfigError(f"--preserve-zeros applies to sparsegpt only (the one method that updates weights); "
+                              f"{meth.label} never turns a zero weight nonzero")
+        meth = dataclasses.replace(meth, preserve_zeros=True)
     pattern, target = resolve_target(_parse_sparsity(sparsity), "--sparsity")
     check_int(nsamples, "--nsamples", minimum=1)
     if seqlen is not None:
@@ -281,6 +290,9 @@ def add_prune_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-error", action="store_true", help="do not measure per-layer reconstruction errors "
                                                            "(faster for magnitude and Wanda)")
+    p.add_argument("--preserve-zeros", action="store_true",
+                   help="sparsegpt on an already sparse model: weights that are zero stay zero (the OBS update "
+                        "would otherwise refill some); the sparsity must be at least the model's")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.set_defaults(func=_cmd_prune)
     return p
@@ -293,7 +305,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                         calibration=args.calibration, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
                         batch_size=args.batch_size, tokenizer=args.tokenizer, indivisible=args.indivisible,
                         overwrite=args.overwrite, progress=False if args.no_progress else None,
-                        measure_error=not args.no_error,
+                        measure_error=not args.no_error, preserve_zeros=args.preserve_zeros,
                         command=["sparseforge", *sys.argv[1:]] if sys.argv and sys.argv[0] else None)
     err = summary["mean_reconstruction_error"]
     mem = summary["peak_memory_bytes"]

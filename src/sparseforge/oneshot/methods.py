@@ -282,10 +282,19 @@ def _inverse_cholesky_upper(h: torch.Tensor, percdamp: float, name: str) -> torc
 
 
 def _sparsegpt_blocks(wt: torch.Tensor, keep_t: torch.Tensor, u: torch.Tensor, pattern: Unstructured | NM,
-                      s: float, blocksize: int, name: str) -> None:
-    """The column loop of SparseGPT on ``W^T`` (``[in, out]``), in place; fills ``keep_t``."""
+                      s: float, blocksize: int, name: str, frozen_t: torch.Tensor | None = None) -> None:
+    """The column loop of SparseGPT on ``W^T`` (``[in, out]``), in place; fills ``keep_t``.
+
+    ``frozen_t`` (bool, like ``wt``) marks positions that must end pruned (``preserve_zeros``):
+    they rank below every other weight, each block's quota covers its frozen positions plus
+    its share (by unfrozen count) of the remaining prunes, and N:M groups never keep them.
+    """
     cols = wt.shape[0]
     done = 0
+    total_pruned = num_pruned(s, wt.numel())
+    if frozen_t is not None:
+        n_frozen = int(frozen_t.sum())
+        extra, free_total, free_done = total_pruned - n_frozen, wt.numel() - n_frozen, 0
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
@@ -293,17 +302,31 @@ def _sparsegpt_blocks(wt: torch.Tensor, keep_t: torch.Tensor, u: torch.Tensor, p
         err1 = torch.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
         d = torch.diagonal(u1)
+        f1 = None if frozen_t is None else frozen_t[i1:i2]
         if isinstance(pattern, Unstructured):
             # adaptive mask selection over the whole tile, with this block's share of the exact count
-            k = num_pruned(s, done + w1.numel()) - num_pruned(s, done)
-            done += w1.numel()
-            keep1 = topk_mask((w1.square() / d[:, None].square()).t(), w1.numel() - k).t().contiguous()
+            score = w1.square() / d[:, None].square()
+            if f1 is None:
+                k = num_pruned(s, done + w1.numel()) - num_pruned(s, done)
+                done += w1.numel()
+            else:
+                free = w1.numel() - int(f1.sum())
+                share = (round(extra * (free_done + free) / free_total) - round(extra * free_done / free_total)
+                         if free_total else 0)
+                free_done += free
+                k = w1.numel() - free + share
+                score = score.masked_fill(f1, -math.inf)
+            keep1 = topk_mask(score.t(), w1.numel() - k).t().contiguous()
         else:
             keep1 = torch.ones_like(w1, dtype=torch.bool)
         for i in range(count):
             if isinstance(pattern, NM) and i % pattern.m == 0:
                 group = w1[i : i + pattern.m].square() / d[i : i + pattern.m, None].square()
+                if f1 is not None:
+                    group = group.masked_fill(f1[i : i + pattern.m], -math.inf)
                 keep1[i : i + pattern.m] = pattern.mask(group.t(), layer=name).t()
+                if f1 is not None:
+                    keep1[i : i + pattern.m] &= ~f1[i : i + pattern.m]
             e = w1[i] * ~keep1[i] / u1[i, i]  # (w - q) / U_ii with q = w on kept entries, 0 on pruned
             w1[i:].addr_(u1[i, i:], e, alpha=-1.0)  # leaves w1[i] = q
             err1[i] = e
@@ -332,6 +355,7 @@ def sparsegpt_prune(
     *,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    preserve_zeros: bool = False,
     name: str = "weight",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT, "Massive Language Models Can Be Accurately Pruned in One-Shot" (Frantar & Alistarh, ICML 2023).
@@ -355,6 +379,15 @@ def sparsegpt_prune(
       ``err = (w_i - q_i) / U_ii``; ``W[:, i:] -= err U[i, i:]``; after the block
       ``W[:, end:] -= Err U[block, end:]``.
 
+    ``preserve_zeros`` (default False, as the reference) is for re-pruning an already sparse
+    weight: the OBS update spreads each column's error over the later columns, so an existing
+    zero that the new mask keeps comes back as a nonzero (SparseGPT "did not preserve the base
+    model's mask", vllm-project/llm-compressor's ``preserve_sparsity_mask``). With it, every
+    weight that is exactly zero on entry stays pruned: it ranks below all others, the exact
+    count (unstructured) is reached by pruning that many more, and an N:M group with fewer
+    than N nonzeros keeps fewer (the result then holds at most N of every M). The target
+    sparsity must then be at least the weight's current one.
+
     Returns ``(mask, new_weight)`` with the reconstructed weights (exact zeros off the mask).
     """
     w = _canonical_2d(weight, name).clone()  # updated in place below; the caller's weight stays intact
@@ -371,13 +404,25 @@ def sparsegpt_prune(
         hessian = stats.hessian()
     else:
         hessian = stats
+    if not isinstance(preserve_zeros, bool):
+        raise ConfigError(f"preserve_zeros must be True or False; got {preserve_zeros!r}")
+    frozen = None
+    if preserve_zeros:
+        frozen = w == 0
+        n_frozen = int(frozen.sum())
+        if isinstance(pattern, Unstructured) and n_frozen > num_pruned(s, w.numel()):
+            raise LayerError(f"{name}: preserve_zeros: the weight already has {n_frozen} zeros "
+                             f"(sparsity {n_frozen / w.numel():.4f}), more than sparsity {s} prunes "
+                             f"({num_pruned(s, w.numel())}); use a sparsity of at least {n_frozen / w.numel():.4f}")
+        if not bool(frozen.any()):
+            frozen = None
     rows, cols = w.shape
     with _few_threads(rows * blocksize, w.device):
-        return _sparsegpt(w, hessian, pattern, s, blocksize, float(percdamp), name)
+        return _sparsegpt(w, hessian, pattern, s, blocksize, float(percdamp), name, frozen)
 
 
 def _sparsegpt(w: torch.Tensor, hessian: torch.Tensor, pattern: Unstructured | NM, s: float, blocksize: int,
-               percdamp: float, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+               percdamp: float, name: str, frozen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = w.shape
     h, dead = _prepare_hessian(hessian, w, name)
     original = w.clone()
@@ -397,7 +442,7 @@ def _sparsegpt(w: torch.Tensor, hessian: torch.Tensor, pattern: Unstructured | N
     # rank-1 update (addr_) on contiguous memory instead of a strided slice and a temporary
     wt = w.t().contiguous()
     keep_t = torch.ones_like(wt, dtype=torch.bool)
-    _sparsegpt_blocks(wt, keep_t, u, pattern, s, blocksize, name)
+    _sparsegpt_blocks(wt, keep_t, u, pattern, s, blocksize, name, None if frozen is None else frozen.t().contiguous())
     mask = keep_t.t().contiguous()
     w = wt.t().contiguous()
     if bool(dead.any()):
@@ -657,10 +702,11 @@ class Wanda(OneShotMethod):
 
 @dataclass(frozen=True)
 class SparseGPT(OneShotMethod):
-    """SparseGPT (:func:`sparsegpt_prune`): OBS reconstruction, ``blocksize=128``, ``percdamp=0.01``."""
+    """SparseGPT (:func:`sparsegpt_prune`): OBS reconstruction, ``blocksize=128``, ``percdamp=0.01``, ``preserve_zeros=False``."""
 
     blocksize: int = 128
     percdamp: float = 0.01
+    preserve_zeros: bool = False
     name: str = field(default="sparsegpt", init=False)
     needs_gram: bool = field(default=True, init=False)
 
@@ -668,10 +714,13 @@ class SparseGPT(OneShotMethod):
         check_int(self.blocksize, "blocksize", minimum=1)
         if isinstance(self.percdamp, bool) or not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:
             raise ConfigError(f"percdamp must be a number >= 0; got {self.percdamp!r}")
+        if not isinstance(self.preserve_zeros, bool):
+            raise ConfigError(f"preserve_zeros must be True or False; got {self.preserve_zeros!r}")
 
     def prune(self, weight, stats, sparsity, *, name="weight", layer_name=""):
         """See :func:`sparsegpt_prune`."""
-        return sparsegpt_prune(weight, stats, sparsity, blocksize=self.blocksize, percdamp=self.percdamp, name=name)
+        return sparsegpt_prune(weight, stats, sparsity, blocksize=self.blocksize, percdamp=self.percdamp,
+                               preserve_zeros=self.preserve_zeros, name=name)
 
     def scores(self, weight, stats, *, name="weight"):
         """``W^2 / [chol(H^-1)^T]_jj^2`` (see :func:`sparsegpt_scores`)."""
