@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import textwrap
@@ -92,7 +94,7 @@ FSDP2_PRELUDE = textwrap.dedent("""
     from sparseforge.methods import RigL
     sys.path.insert(0, {tests!r})
     from test_docs import _namespace
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29400 + os.getpid() % 500))
+    os.environ["MASTER_ADDR"] = "127.0.0.1"  # MASTER_PORT: a free port chosen by the test
     dist.init_process_group("gloo", rank=0, world_size=1)
     globals().update(_namespace())
 """)
@@ -125,7 +127,11 @@ def test_readme_python_block_runs(line: int, code: str, tmp_path: Path, monkeypa
                                            "d_model=16, n_layer=1, n_head=2, block_size=16, steps=5, batch_size=4)")
     if "fully_shard" in code:
         script = "import sys\n" + FSDP2_PRELUDE.format(tests=str(Path(__file__).parent)) + code + "\n" + FSDP2_CHECK
-        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "MASTER_PORT": str(port)})
         assert r.returncode == 0 and "fsdp2 block ok" in r.stdout, f"README.md:{line}\n{r.stdout}\n{r.stderr[-3000:]}"
         return
     ns = _namespace()
