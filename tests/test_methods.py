@@ -324,6 +324,78 @@ def test_gmp_initial_sparsity_and_global_allocation() -> None:
     train(model, opt, 35, on_step=check)
 
 
+class _ReferenceGMP(GMP):
+    """GMP through the general path (full-layer scores and ``set_mask``), the one sharded layers take."""
+
+    def _shrink_layer(self, i, layer, sparsity):
+        score = layer.canonical(self.score_fn(layer.weight, None, self.generator)).float()
+        self.masking.set_mask(layer, self._shrink(layer, score, sparsity), canonical=True)
+
+
+def _tie_model(seed: int) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), transformers.pytorch_utils.Conv1D(16, 16), nn.ReLU(),
+                          nn.Linear(16, 4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.round(p * 4) / 4)  # few distinct values: many ties at every threshold
+    return model
+
+
+@pytest.mark.parametrize("score", ["magnitude", "random"])
+@pytest.mark.parametrize("adam", [False, True])
+def test_gmp_incremental_path_equals_the_general_path(score, adam) -> None:
+    """The kept-index fast path gives bit-identical masks, weights and optimizer state at every step."""
+    runs = []
+    for cls in (GMP, _ReferenceGMP):
+        model = _tie_model(0)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2) if adam else sgd(model)
+        method = cls(model, opt, sparsity=0.85, begin=2, end=40, frequency=3, score=score, seed=3)
+        trace = []
+
+        def record(t, method=method, opt=opt, trace=trace):
+            if t == 20:  # a mask changed behind the method's back: its index lists must follow
+                layer = method.layers[1]
+                m = layer.mask.clone()
+                m.view(-1)[: m.numel() // 2] = False
+                method.masking.set_mask(layer, m)
+            trace.append(([l.mask.clone() for l in method.layers], [l.weight.detach().clone() for l in method.layers],
+                          [v.clone() for l in method.layers for v in opt.state[l.weight].values() if v.dim()]))
+
+        train(model, opt, 45, on_step=record)
+        runs.append(trace)
+    for step, (fast, ref) in enumerate(zip(*runs)):
+        for a, b_ in zip(fast, ref):
+            assert all(torch.equal(x, y) for x, y in zip(a, b_)), step
+
+
+def test_prune_positions_equals_set_mask_and_keeps_the_cached_masks_current() -> None:
+    transformers = pytest.importorskip("transformers")
+    for module in (nn.Linear(6, 4), transformers.pytorch_utils.Conv1D(4, 6)):  # canonical [4, 6] both
+        model = nn.Sequential(module)
+        opt = sgd(model)
+        method = StaticSparse(model, opt, sparsity=0.25, seed=1)
+        for _ in range(2):  # momentum buffers exist
+            opt.zero_grad()
+            model(torch.randn(5, 6)).square().sum().backward()
+            opt.step()
+        layer = method.layers[0]
+        canon = layer.canonical(layer.mask)
+        kept = canon.reshape(-1).nonzero().squeeze(1)
+        drop = kept[[0, 3, 5]]
+        expected = canon.clone().reshape(-1)
+        expected[drop] = False
+        expected = expected.reshape(canon.shape)
+        method.masking._tensors()  # a current cache
+        method.masking.prune_positions(layer, drop)
+        assert torch.equal(layer.canonical(layer.mask), expected)
+        assert not layer.weight[~layer.mask].any()
+        assert not opt.state[layer.weight]["momentum_buffer"][~layer.mask].any()
+        _, cached = method.masking._tensors()
+        assert torch.equal(cached[0], layer.mask.float()) and not method.masking._stale
+
+
 def test_gmp_layer_allocation_scales_schedule() -> None:
     model = mlp()
     opt = sgd(model)

@@ -154,6 +154,13 @@ class MaskedLayer:
         """Inverse of :meth:`canonical`."""
         return t.t() if self.transposed else t
 
+    def stored_index(self, flat: torch.Tensor) -> torch.Tensor:
+        """Flat indices of the canonical layout -> flat indices of the (row-major) stored layout."""
+        if not self.transposed:
+            return flat
+        out, inp = self.canonical_shape  # canonical [out, in] is stored [in, out]
+        return (flat % inp) * out + flat // inp
+
     @property
     def canonical_shape(self) -> tuple[int, ...]:
         """Weight shape in canonical layout (the full shape of a sharded weight)."""
@@ -513,6 +520,46 @@ class Masking:
         # a gradient masked in backward with the old mask must be masked again before the next
         # step (a mask set between backward and step would otherwise let the step move, and
         # revive, the newly pruned weights)
+        self._masked.pop(i, None)
+
+    @torch.no_grad()
+    def prune_positions(self, layer: MaskedLayer, positions: torch.Tensor) -> None:
+        """Prune the kept ``positions`` (int64 flat indices, canonical layout) of ``layer``.
+
+        The same as :meth:`set_mask` with those positions cleared, at a cost proportional to
+        their number rather than to the layer's size: a gradual schedule prunes a small
+        increment at every update. Sharded, parametrized or non-contiguous weights take
+        :meth:`set_mask`.
+        """
+        if positions.numel() == 0:
+            return
+        w, buf = layer.module._parameters.get(layer.param_name), layer.mask
+        if w is None or is_sharded(w) or is_sharded(buf) or not (w.is_contiguous() and buf.is_contiguous()):
+            full = torch.clone(layer.canonical(buf), memory_format=torch.contiguous_format)
+            full.view(-1)[positions] = False
+            self.set_mask(layer, full, canonical=True)
+            return
+        pos = layer.stored_index(positions).to(buf.device)
+        version = buf._version
+        buf.view(-1)[pos] = False
+        w.view(-1)[pos] = 0
+        state = self.optimizer.state.get(w) if self.optimizer is not None else None
+        for v in (state or {}).values():
+            if torch.is_tensor(v) and v.shape == w.shape:
+                if v.is_contiguous():
+                    v.view(-1)[pos] = 0
+                else:
+                    v.mul_(mask_to(buf, v.dtype))
+        i = next((j for j, l in enumerate(self.layers) if l is layer), None)
+        if self._cache is not None and i is not None:
+            key, masks = self._cache
+            # update the cached float mask in place only if it was current before this change
+            if key[4 * i + 2: 4 * i + 4] == [id(buf), version] and masks[i].is_contiguous():
+                masks[i].view(-1)[pos] = 0
+                key[4 * i + 3] = buf._version
+            else:
+                self._cache = None
+        # a gradient masked in backward with the old mask must be masked again (see set_mask)
         self._masked.pop(i, None)
 
     @torch.no_grad()

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.patterns import NM, pattern_from_spec
+from ..core.patterns import NM, Unstructured, num_pruned, pattern_from_spec, topk_mask
 from ..core.schedules import Cubic
-from ..core.scores import get_score
+from ..core.scores import get_score, magnitude
 from ..errors import ConfigError, check_int, check_sparsity
+from ..masking import MaskedLayer, is_sharded
 from .base import SparsityMethod
 
 __all__ = ["GMP"]
@@ -56,6 +57,8 @@ class GMP(SparsityMethod):
         if isinstance(pattern_from_spec(kwargs.get("pattern")), NM):  # before any mask is registered
             raise ConfigError("GMP ramps sparsity gradually; use the N:M training methods for N:M patterns")
         check_sparsity(sparsity)  # named error before the schedule converts it
+        #: per layer index: (id of its mask buffer, its version, sorted flat indices of the kept positions)
+        self._kept: dict[int, tuple[int, int, torch.Tensor]] = {}
         self.schedule = Cubic(initial=initial_sparsity, final=float(sparsity), begin=begin, end=end,
                               frequency=frequency, exponent=exponent)
         super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
@@ -74,6 +77,12 @@ class GMP(SparsityMethod):
         self.current_sparsity = s
         if s <= 0.0:
             return
+        if not self.allocation.needs_scores and isinstance(self.pattern, Unstructured):
+            ratio = s / self.sparsity if self.sparsity > 0 else 0.0
+            for i, (layer, sl) in enumerate(zip(self.layers, self.final_layer_sparsity)):
+                self._shrink_layer(i, layer, min(sl * ratio, sl))
+            self.masking.broadcast()
+            return
         scores = [l.canonical(self.score_fn(l.weight, None, self.generator)) for l in self.layers]
         if self.allocation.needs_scores:
             saved, self.sparsity = self.sparsity, s
@@ -81,11 +90,48 @@ class GMP(SparsityMethod):
                 masks = self.masks_from_scores(scores, eligible_only=True)
             finally:
                 self.sparsity = saved
-        else:
+        else:  # block and channel patterns rank whole units
             ratio = s / self.sparsity if self.sparsity > 0 else 0.0
             per_layer = [min(sl * ratio, sl) for sl in self.final_layer_sparsity]
             masks = self.masks_from_scores(scores, per_layer, eligible_only=True)
         self.set_masks(masks)
+
+    def _shrink_layer(self, i: int, layer: MaskedLayer, sparsity: float) -> None:
+        """Prune ``layer`` to ``sparsity`` among its kept weights, in work proportional to them.
+
+        The same mask as :meth:`~.base.SparsityMethod._shrink` (the lowest scores among the
+        kept positions, lower flat index first among ties): the kept positions are held as a
+        sorted index list, so scoring, ranking and zeroing touch only those, not the whole
+        layer; the list is rebuilt whenever the mask buffer changed behind this method's back.
+        """
+        n = layer.weight.numel()
+        k_prune = num_pruned(sparsity, n)
+        if k_prune >= n:
+            self.pattern.mask(torch.zeros(layer.canonical_shape), sparsity, layer.qualname)  # the standard error
+        buf = layer.mask
+        if is_sharded(buf):  # a DTensor shard: the general path gathers and scatters
+            score = layer.canonical(self.score_fn(layer.weight, None, self.generator)).float()
+            self.masking.set_mask(layer, self._shrink(layer, score, sparsity), canonical=True)
+            return
+        cached = self._kept.get(i)
+        if cached is None or cached[:2] != (id(buf), buf._version):
+            kept = layer.canonical(buf).reshape(-1).nonzero().squeeze(1)
+        else:
+            kept = cached[2]
+        # index_select and masked_select rather than tensor[index] and tensor[bool]: 3-4x faster
+        # on CPU for a 235k-weight layer
+        if self.score_fn is magnitude:  # only the kept weights' scores are needed
+            score = layer.weight.detach().reshape(-1).index_select(0, layer.stored_index(kept)).abs()
+        else:  # drawn for the whole layer, so the generator advances as on every other path
+            full = layer.canonical(self.score_fn(layer.weight, None, self.generator))
+            score = full.reshape(-1).index_select(0, kept)
+        keep = n - k_prune
+        if keep < kept.numel():
+            # the compact scores are in flat-index order, so topk_mask's tie rule carries over
+            stay = topk_mask(score.float(), keep)
+            self.masking.prune_positions(layer, torch.masked_select(kept, ~stay))
+            kept = torch.masked_select(kept, stay)
+        self._kept[i] = (id(buf), buf._version, kept)
 
     def is_pruning_step(self, t: int) -> bool:
         """True if the masks are recomputed after optimizer step ``t``."""
