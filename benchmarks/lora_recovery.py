@@ -34,18 +34,8 @@ from typing import Any
 import torch
 
 from sparseforge.bench import check_at_least, provenance, write_results
-from sparseforge.errors import ConfigError
 
 TARGETS = ["0.5", "2:4"]
-
-
-def _target(spec: str) -> Any:
-    if ":" in spec:
-        return spec
-    try:
-        return float(spec)
-    except ValueError:
-        raise ConfigError(f"--targets: expected a sparsity such as 0.5 or an N:M pattern such as 2:4; got {spec!r}") from None
 
 
 def _layers(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
@@ -105,10 +95,10 @@ def run_target(dense: torch.nn.Module, target: str, calib: Any, train_tokens: to
     from sparseforge.export import quantize_weights
     from sparseforge.lora import add_lora, lora_layers, merge_lora
     from sparseforge.masking import finalize
-    from sparseforge.oneshot import prune_oneshot
+    from sparseforge.oneshot import parse_target, prune_oneshot
 
     net = copy.deepcopy(dense)
-    res = prune_oneshot(net, a.method, _target(target), calibration=calib, progress=False)
+    res = prune_oneshot(net, a.method, parse_target(target, "--targets"), calibration=calib, progress=False)
     finalize(net)
     names = [l.name.rsplit(".", 1)[0] for l in res.layers]
     pruned = {n: w == 0 for n, w in _layers(net, names).items()}
@@ -191,12 +181,12 @@ def main(argv: list[str]) -> None:
     p.add_argument("--name", default="lora_recovery", help="results file name")
     a = p.parse_args(argv)
     from sparseforge.lm import evaluate_lm
-    from sparseforge.oneshot import load_calibration, method_from_spec, resolve_target
+    from sparseforge.oneshot import load_calibration, method_from_spec, parse_target, resolve_target
     from sparseforge.oneshot.calibration import calibration_text, heldout_text, tokenize_text
     from sparseforge.oneshot.io import load_model
 
     for t in a.targets:
-        resolve_target(_target(t), "--targets")
+        resolve_target(parse_target(t, "--targets"), "--targets")
     method_from_spec(a.method)
     check_at_least(a, "nsamples", "steps", "batch", "rank", "group", "val_windows", "threads")
     if a.threads is not None:

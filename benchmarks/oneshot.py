@@ -43,21 +43,11 @@ from typing import Any
 import torch
 
 from sparseforge.bench import check_at_least, provenance, write_results
-from sparseforge.errors import ConfigError
 
 MODELS = ["gpt", "minilm"]
 TARGETS = ["0.5", "0.6", "0.7", "2:4", "4:8"]
 METHODS = ["magnitude", "wanda", "sparsegpt", "dsnot+magnitude", "dsnot+wanda"]
 _ORDER = ("sparsegpt", "wanda", "magnitude")
-
-
-def _target(spec: str) -> Any:
-    if ":" in spec:
-        return spec
-    try:
-        return float(spec)
-    except ValueError:
-        raise ConfigError(f"--targets: expected a sparsity such as 0.5 or an N:M pattern such as 2:4; got {spec!r}") from None
 
 
 def _key(job: dict[str, Any]) -> str:
@@ -123,10 +113,10 @@ class _Model:
 def run_one(m: _Model, method: str, target: str, a: argparse.Namespace) -> dict[str, Any]:
     """Prune a copy of ``m.model`` and score it."""
     from sparseforge.masking import finalize
-    from sparseforge.oneshot import prune_oneshot
+    from sparseforge.oneshot import parse_target, prune_oneshot
 
     net = copy.deepcopy(m.model)
-    res = prune_oneshot(net, method, _target(target), calibration=m.calib, progress=False)
+    res = prune_oneshot(net, method, parse_target(target, "--targets"), calibration=m.calib, progress=False)
     finalize(net)
     t0 = time.perf_counter()
     q = m.quality(net)
@@ -249,10 +239,10 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="oneshot", help="results file name")
     a = p.parse_args(argv)
-    from sparseforge.oneshot import method_from_spec, resolve_target
+    from sparseforge.oneshot import method_from_spec, parse_target, resolve_target
 
     for t in a.targets:
-        resolve_target(_target(t), "--targets")
+        resolve_target(parse_target(t, "--targets"), "--targets")
     for meth in a.methods:
         method_from_spec(meth)
     check_at_least(a, "nsamples", "val_windows", "sentences", "seqlen", "threads")

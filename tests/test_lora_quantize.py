@@ -122,6 +122,8 @@ def test_lora_starts_as_the_base_model_and_trains_only_the_adapters():
     assert torch.equal(model(x), ref)  # B starts at zero
     assert {id(p) for p in lora_parameters(model)} == {id(p) for p in model.parameters() if p.requires_grad}
     assert all(a.scale == 2.0 for a in adapters.values())
+    originals = {n: m.parametrizations.weight.original for n, m in model.named_modules() if n in adapters}
+    assert all(torch.equal(originals[n], base[n]) and not originals[n].requires_grad for n in adapters)
 
 
 def test_prune_lora_merge_quantize_keeps_the_24_pattern_exactly():

@@ -68,17 +68,6 @@ def resolve_calibration(spec: str) -> Any:
                       f".pt/.safetensors)")
 
 
-def _parse_sparsity(value: Any) -> Any:
-    """A float for unstructured sparsity, or the N:M string as given (checked by resolve_target)."""
-    if isinstance(value, str) and ":" not in value:
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"--sparsity must be a fraction in [0, 1) such as 0.5, or an N:M pattern such as 2:4 "
-                              f"(N kept of M); got {value!r}") from None
-    return value
-
-
 def _tokenizer_from_arg(arg: str | None, loaded: Any) -> Any:
     if arg is None:
         return loaded.tokenizer
@@ -164,7 +153,7 @@ def run_prune(
     from ..report import sparsity_report
     from .calibration import load_calibration
     from .io import load_model, save_pruned
-    from .methods import SparseGPT, method_from_spec, resolve_target
+    from .methods import SparseGPT, method_from_spec, parse_target, resolve_target
     from .sequential import _context_length, prune_oneshot
 
     t0 = time.perf_counter()
@@ -175,7 +164,7 @@ def run_prune(
             raise ConfigError(f"--preserve-zeros applies to sparsegpt only (the one method that updates weights); "
                               f"{meth.label} never turns a zero weight nonzero")
         meth = dataclasses.replace(meth, preserve_zeros=True)
-    pattern, target = resolve_target(_parse_sparsity(sparsity), "--sparsity")
+    pattern, target = resolve_target(parse_target(sparsity, "--sparsity"), "--sparsity")
     check_int(nsamples, "--nsamples", minimum=1)
     if seqlen is not None:
         check_int(seqlen, "--seqlen", minimum=1)

@@ -39,6 +39,7 @@ from ..errors import ConfigError, LayerError, check_int, check_sparsity
 from .stats import LayerStats
 
 __all__ = [
+    "parse_target",
     "resolve_target",
     "magnitude_prune",
     "wanda_scores",
@@ -90,6 +91,20 @@ def resolve_target(sparsity: Any, name: str = "sparsity") -> tuple[Unstructured 
             raise ConfigError(f"{name} must be a float in [0, 1) or an N:M pattern such as '2:4'; got {sparsity!r}")
         return p, p.sparsity
     return Unstructured(), check_sparsity(sparsity, name)
+
+
+def parse_target(text: Any, name: str = "--sparsity") -> Any:
+    """A command-line target: ``"0.5"`` -> ``0.5`` (unstructured), ``"2:4"`` stays the N:M string.
+
+    Anything else is returned as given; :func:`resolve_target` checks the value.
+    """
+    if isinstance(text, str) and ":" not in text:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be a fraction in [0, 1) such as 0.5, or an N:M pattern such as 2:4 "
+                              f"(N kept of M); got {text!r}") from None
+    return text
 
 
 def _canonical_2d(weight: torch.Tensor, name: str) -> torch.Tensor:

@@ -46,7 +46,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_int
+from ..errors import ConfigError
 from .graph import DependencyGraph, trace_groups
 from .shrink import Kept, kept_indices, shrink
 from .trace import ELEMENTS
