@@ -52,6 +52,7 @@ def test_lora_recovery_suite_tiny(setting, tmp_path):
                 assert s.get("nm_violations", 0) == 0
         assert run["training"]["masked"]["loss_last"] < run["training"]["masked"]["loss_first"]
         assert stages["masked LoRA, merged"]["val_ppl"] < stages["one-shot pruned"]["val_ppl"]
+    assert data["dense_lora"]["val_ppl"] < data["dense"]["val_ppl"]  # the recovery reference trains too
     md = (tmp_path / "lora_recovery.md").read_text()
     assert "## target 2:4" in md and "N:M violations" in md
 
