@@ -351,7 +351,7 @@ def test_gmp_incremental_path_equals_the_general_path(score, adam) -> None:
     for cls in (GMP, _ReferenceGMP):
         model = _tie_model(0)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2) if adam else sgd(model)
-        method = cls(model, opt, sparsity=0.85, begin=2, end=40, frequency=3, score=score, seed=3)
+        method = cls(model, opt, sparsity=0.95, begin=2, end=40, frequency=3, score=score, seed=3)
         trace = []
 
         def record(t, method=method, opt=opt, trace=trace):

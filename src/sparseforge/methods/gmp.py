@@ -29,6 +29,10 @@ from .base import SparsityMethod
 __all__ = ["GMP"]
 
 
+#: kept fraction above which a layer's update takes the general (full-layer) path
+_DENSE_ABOVE = 0.25
+
+
 class GMP(SparsityMethod):
     """Gradual magnitude pruning with the cubic schedule.
 
@@ -97,27 +101,33 @@ class GMP(SparsityMethod):
         self.set_masks(masks)
 
     def _shrink_layer(self, i: int, layer: MaskedLayer, sparsity: float) -> None:
-        """Prune ``layer`` to ``sparsity`` among its kept weights, in work proportional to them.
+        """Prune ``layer`` to ``sparsity`` among its kept weights.
 
         The same mask as :meth:`~.base.SparsityMethod._shrink` (the lowest scores among the
-        kept positions, lower flat index first among ties): the kept positions are held as a
-        sorted index list, so scoring, ranking and zeroing touch only those, not the whole
-        layer; the list is rebuilt whenever the mask buffer changed behind this method's back.
+        kept positions, lower flat index first among ties). Once at most :data:`_DENSE_ABOVE`
+        of the layer is kept, its kept positions are held as a sorted index list, so scoring,
+        ranking and zeroing touch only those, not the whole layer; the list is rebuilt whenever
+        the mask buffer changed behind this method's back.
         """
         n = layer.weight.numel()
         k_prune = num_pruned(sparsity, n)
         if k_prune >= n:
             self.pattern.mask(torch.zeros(layer.canonical_shape), sparsity, layer.qualname)  # the standard error
         buf = layer.mask
-        if is_sharded(buf):  # a DTensor shard: the general path gathers and scatters
+        cached = self._kept.get(i)
+        current = cached is not None and cached[:2] == (id(buf), buf._version)
+        # the index list pays off once most weights are pruned: gathering and compacting the kept
+        # entries costs more than the general path's full-layer passes while many are kept
+        # (LeNet-300-100 on a cubic ramp to 90 %, update time on this CPU: index list vs general
+        # 2.6 vs 2.5 ms at 21-37 % kept, 1.9 / 1.6 / 1.5 vs 2.5 / 2.8 / 2.6 ms below 21 %).
+        # A DTensor shard always takes the general path.
+        if is_sharded(buf) or (current and cached[2].numel() > _DENSE_ABOVE * n) or (
+                not current and bool(torch.count_nonzero(buf) > _DENSE_ABOVE * n)):
             score = layer.canonical(self.score_fn(layer.weight, None, self.generator)).float()
             self.masking.set_mask(layer, self._shrink(layer, score, sparsity), canonical=True)
+            self._kept.pop(i, None)
             return
-        cached = self._kept.get(i)
-        if cached is None or cached[:2] != (id(buf), buf._version):
-            kept = layer.canonical(buf).reshape(-1).nonzero().squeeze(1)
-        else:
-            kept = cached[2]
+        kept = cached[2] if current else layer.canonical(buf).reshape(-1).nonzero().squeeze(1)
         # index_select and masked_select rather than tensor[index] and tensor[bool]: 3-4x faster
         # on CPU for a 235k-weight layer
         if self.score_fn is magnitude:  # only the kept weights' scores are needed
