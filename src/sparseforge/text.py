@@ -615,9 +615,10 @@ def load_text_corpus(
         ConfigError: unknown name or tokenizer, ``val_fraction`` outside (0, 1), a missing or
             non-UTF-8 file, a document too short to split, or Austen not available.
 
-    Example recipe section::
+    Example (the corpus :func:`~sparseforge.lm.train_lm` takes, by object or by name)::
 
-        data: {name: austen, tokenizer: char, val_fraction: 0.1}
+        corpus = load_text_corpus("austen", tokenizer="char", val_fraction=0.1)
+        print(corpus.vocab_size, corpus.train.numel(), corpus.val.numel(), corpus.documents)
     """
     if not isinstance(name, str):
         raise ConfigError(f"name must be a string: 'austen' or 'text:PATH'; got {name!r}")

@@ -818,7 +818,8 @@ METHOD_NAMES = ("magnitude", "magnitude-row", "wanda", "sparsegpt", "dsnot", "ds
 def method_from_spec(spec: Any) -> OneShotMethod:
     """Build a method from a name in :data:`METHOD_NAMES`, a dict or an :class:`OneShotMethod`.
 
-    ``"dsnot"`` is DSnoT on Wanda, ``"dsnot+magnitude"`` on magnitude. Dict form (recipes)::
+    ``"dsnot"`` is DSnoT on Wanda, ``"dsnot+magnitude"`` on magnitude. Dict form, written as
+    YAML (``prune_oneshot(model, method=...)`` takes the parsed mapping)::
 
         method: {type: sparsegpt, blocksize: 128, percdamp: 0.01}
         method: {type: dsnot, initial: magnitude, max_cycles: 50, update_threshold: 0.1, skip: mlp}
