@@ -396,6 +396,40 @@ def test_prune_positions_equals_set_mask_and_keeps_the_cached_masks_current() ->
         assert torch.equal(cached[0], layer.mask.float()) and not method.masking._stale
 
 
+def test_grow_positions_activates_at_zero_with_reset_state_and_keeps_the_cache_current() -> None:
+    transformers = pytest.importorskip("transformers")
+    for module in (nn.Linear(6, 4), transformers.pytorch_utils.Conv1D(4, 6)):  # canonical [4, 6] both
+        model = nn.Sequential(module)
+        opt = sgd(model)
+        method = StaticSparse(model, opt, sparsity=0.5, seed=1)
+        layer = method.layers[0]
+        canon = layer.canonical(layer.mask)
+        empty = (~canon).reshape(-1).nonzero().squeeze(1)
+        grow = empty[[0, 2, 7]]
+        with torch.no_grad():  # pretend something left values there: growth must reset them
+            layer.weight.view(-1)[layer.stored_index(grow)] = 5.0
+        for _ in range(2):  # momentum buffers exist
+            opt.zero_grad()
+            model(torch.randn(5, 6)).square().sum().backward()
+            opt.step()
+        opt.state[layer.weight]["momentum_buffer"].view(-1)[layer.stored_index(grow)] = 3.0
+        expected = canon.clone().reshape(-1)
+        expected[grow] = True
+        expected = expected.reshape(canon.shape)
+        method.masking._tensors()  # a current cache
+        method.masking.grow_positions(layer, grow)
+        assert torch.equal(layer.canonical(layer.mask), expected)
+        at = layer.stored_index(grow)
+        assert not layer.weight.view(-1)[at].any()
+        assert not opt.state[layer.weight]["momentum_buffer"].view(-1)[at].any()
+        _, cached = method.masking._tensors()
+        assert torch.equal(cached[0], layer.mask.float()) and not method.masking._stale
+        opt.zero_grad()
+        model(torch.randn(5, 6)).square().sum().backward()
+        opt.step()  # the grown positions now train
+        assert layer.weight.view(-1)[at].ne(0).all()
+
+
 def test_gmp_layer_allocation_scales_schedule() -> None:
     model = mlp()
     opt = sgd(model)

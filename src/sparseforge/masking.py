@@ -522,7 +522,6 @@ class Masking:
         # revive, the newly pruned weights)
         self._masked.pop(i, None)
 
-    @torch.no_grad()
     def prune_positions(self, layer: MaskedLayer, positions: torch.Tensor) -> None:
         """Prune the kept ``positions`` (int64 flat indices, canonical layout) of ``layer``.
 
@@ -531,17 +530,33 @@ class Masking:
         increment at every update. Sharded, parametrized or non-contiguous weights take
         :meth:`set_mask`.
         """
+        self._set_positions(layer, positions, False)
+
+    def grow_positions(self, layer: MaskedLayer, positions: torch.Tensor) -> None:
+        """Activate the pruned ``positions`` (int64 flat indices, canonical layout) of ``layer``.
+
+        Regrowth as in RigL and SET: the weights at ``positions`` start at zero and their
+        optimizer state is reset to zero (RigL's ``grow_init='zeros'``,
+        ``initial_acc_scale=0``), at a cost proportional to their number. Sharded,
+        parametrized or non-contiguous weights take :meth:`set_mask`; there the positions'
+        weights and state are zero already, as at every pruned position.
+        """
+        self._set_positions(layer, positions, True)
+
+    @torch.no_grad()
+    def _set_positions(self, layer: MaskedLayer, positions: torch.Tensor, keep: bool) -> None:
+        # mask[positions] = keep, with the weights and optimizer state there zeroed either way
         if positions.numel() == 0:
             return
         w, buf = layer.module._parameters.get(layer.param_name), layer.mask
         if w is None or is_sharded(w) or is_sharded(buf) or not (w.is_contiguous() and buf.is_contiguous()):
             full = torch.clone(layer.canonical(buf), memory_format=torch.contiguous_format)
-            full.view(-1)[positions] = False
+            full.view(-1)[positions] = keep
             self.set_mask(layer, full, canonical=True)
             return
         pos = layer.stored_index(positions).to(buf.device)
         version = buf._version
-        buf.view(-1)[pos] = False
+        buf.view(-1)[pos] = keep
         w.view(-1)[pos] = 0
         state = self.optimizer.state.get(w) if self.optimizer is not None else None
         for v in (state or {}).values():
@@ -549,13 +564,15 @@ class Masking:
                 if v.is_contiguous():
                     v.view(-1)[pos] = 0
                 else:
-                    v.mul_(mask_to(buf, v.dtype))
+                    hit = torch.zeros(w.numel(), dtype=torch.bool, device=v.device)
+                    hit[pos.to(v.device)] = True
+                    v.masked_fill_(hit.view(w.shape), 0)
         i = next((j for j, l in enumerate(self.layers) if l is layer), None)
         if self._cache is not None and i is not None:
             key, masks = self._cache
             # update the cached float mask in place only if it was current before this change
             if key[4 * i + 2: 4 * i + 4] == [id(buf), version] and masks[i].is_contiguous():
-                masks[i].view(-1)[pos] = 0
+                masks[i].view(-1)[pos] = float(keep)
                 key[4 * i + 3] = buf._version
             else:
                 self._cache = None

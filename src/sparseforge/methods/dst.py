@@ -169,13 +169,32 @@ class DynamicSparse(SparsityMethod):
                 p.grad = g
 
     def drop(self, layer: MaskedLayer, mask: torch.Tensor, n_drop: int) -> torch.Tensor:
-        """Canonical mask of the active weights that survive: drop the ``n_drop`` smallest ``|w| + noise``."""
-        w = layer.canonical(layer.weight.detach()).abs()
+        """Canonical mask of the active weights (``mask``, canonical) that survive :meth:`drop_active`."""
+        flat = mask.reshape(-1)
+        active = flat.nonzero().squeeze(1)
+        kept = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+        kept[torch.masked_select(active, self.drop_active(layer, active, n_drop))] = True
+        return kept.reshape(mask.shape)
+
+    def drop_active(self, layer: MaskedLayer, active: torch.Tensor, n_drop: int) -> torch.Tensor:
+        """Which ``active`` positions survive (bool per entry): drop the ``n_drop`` smallest ``|w| + noise``.
+
+        ``active`` holds the active positions as sorted canonical flat indices. Only their
+        weights are scored (and only they get noise), so an update costs in proportion to a
+        layer's nonzeros; the scores are in flat-index order, so ties go by position as in
+        :func:`~sparseforge.core.patterns.topk_mask`.
+        """
+        w = self.active_weights(layer, active).abs().float()
         if self.drop_noise > 0:
             noise = torch.randn(w.shape, generator=self.generator, dtype=torch.float32)
-            w = w.float() + self.drop_noise * noise.to(w.device)
-        n_keep = int(torch.count_nonzero(mask)) - n_drop
-        return topk_mask(w, n_keep, eligible=mask)
+            w = w + self.drop_noise * noise.to(w.device)
+        return topk_mask(w, active.numel() - n_drop)
+
+    @staticmethod
+    def active_weights(layer: MaskedLayer, active: torch.Tensor) -> torch.Tensor:
+        """The weights at ``active`` (canonical flat indices), gathered from the canonical layout."""
+        # index_select rather than tensor[index]: several times faster on CPU
+        return layer.canonical(layer.weight.detach()).reshape(-1).index_select(0, active)
 
     def grow(self, layer: MaskedLayer, kept: torch.Tensor, n_regrow: int) -> torch.Tensor:
         """Canonical mask of ``n_regrow`` positions to grow among those not in ``kept``."""
@@ -183,22 +202,33 @@ class DynamicSparse(SparsityMethod):
 
     @torch.no_grad()
     def update(self, t: int) -> None:
-        """Drop and regrow on update steps; record counts in :attr:`last_update`."""
+        """Drop and regrow on update steps; record counts in :attr:`last_update`.
+
+        Only the positions that change are written (:meth:`~sparseforge.masking.Masking.prune_positions`
+        for the dropped, :meth:`~sparseforge.masking.Masking.grow_positions` for the newly
+        grown, at zero weight and zero optimizer state); a position dropped and regrown in the
+        same update is left as it was.
+        """
         if not self.is_update_step(t):
             return
         frac = self.drop_fraction_at(t)
-        new_masks, stats = [], {}
+        stats = {}
         for layer in self.layers:
-            mask = layer.canonical(layer.mask)
-            n_active = int(torch.count_nonzero(mask))
-            n_drop = int(n_active * frac)
-            kept = self.drop(layer, mask, n_drop)
-            n_regrow = n_active - int(torch.count_nonzero(kept))
-            grown = self.grow(layer, kept, n_regrow)
-            new = kept | grown
-            new_masks.append(new)
-            stats[layer.qualname] = {"active": n_active, "dropped": int((mask & ~new).sum()), "grown": int((grown & ~mask).sum())}
-        self.set_masks(new_masks)  # newly grown positions were zero with zero state: grow_init = zeros
+            flat = layer.canonical(layer.mask).reshape(-1)
+            active = flat.nonzero().squeeze(1)
+            n_active = active.numel()
+            stay = self.drop_active(layer, active, int(n_active * frac))
+            dropped = torch.masked_select(active, ~stay)
+            kept = flat.clone()
+            kept[dropped] = False
+            grown = self.grow(layer, kept.view(layer.canonical_shape), dropped.numel()).reshape(-1)
+            fresh = grown.nonzero().squeeze(1)
+            fresh = torch.masked_select(fresh, ~flat.index_select(0, fresh))  # not active before
+            pruned = torch.masked_select(dropped, ~grown.index_select(0, dropped))  # not regrown at once
+            self.masking.prune_positions(layer, pruned)
+            self.masking.grow_positions(layer, fresh)
+            stats[layer.qualname] = {"active": n_active, "dropped": pruned.numel(), "grown": fresh.numel()}
+        self.masking.broadcast()
         self.last_update = {"step": t + 1, "drop_fraction": frac, "skipped_step": self.skip_step, "layers": stats}
 
     def extra_state(self) -> dict[str, Any]:
@@ -265,18 +295,18 @@ class SET(DynamicSparse):
         """``zeta`` at the end of step ``t``: ``f(t + 1)``."""
         return self.schedule(t + 1)
 
-    def drop(self, layer: MaskedLayer, mask: torch.Tensor, n_drop: int) -> torch.Tensor:
+    def drop_active(self, layer: MaskedLayer, active: torch.Tensor, n_drop: int) -> torch.Tensor:
         """Official SET rule; ``n_drop`` is ignored, the fraction applies to each sign separately.
 
         Each sign keeps ``floor((1 - zeta) n_sign)`` weights, the count the official Keras
         ``rewireMask`` keeps for negatives (``values[int((1 - zeta) firstZeroPos)]`` as a strict
         threshold). For positives that code keeps one fewer (an index off-by-one in its
-        ``smallestPositive``); the symmetric count is used here.
+        ``smallestPositive``); the symmetric count is used here. Active weights that are
+        exactly zero are dropped.
         """
         frac = self.schedule(self.step)
-        w = layer.canonical(layer.weight.detach())
-        pos = mask & (w > 0)
-        neg = mask & (w < 0)
+        w = self.active_weights(layer, active)
+        pos, neg = w > 0, w < 0
         n_pos, n_neg = int(torch.count_nonzero(pos)), int(torch.count_nonzero(neg))
         # the epsilon absorbs binary noise such as (1 - 0.3) * 10 = 7.000000000000001
         keep_pos = topk_mask(w, int(math.floor((1.0 - frac) * n_pos + 1e-9)), eligible=pos)  # largest positives
