@@ -18,7 +18,7 @@
   (dense, HESSO, one-shot + fine-tuning, group lasso, WGSEF) and returns the export (:mod:`.train`).
 """
 
-from . import hf as _hf  # registers the Hugging Face attention rule
+from . import hf as _hf  # noqa: F401  (imported for its side effect: registers the Hugging Face attention rule)
 from .graph import Cluster, DependencyGraph, Group, trace_groups
 from .importance import IMPORTANCES, group_importance
 from .pruner import LayerRow, StructuredPruner, StructuredReport, count_params_macs, prune_structured, select_groups
