@@ -241,3 +241,28 @@ def test_process_group_single_process_and_a_torchrun_launch_without_distributed(
     monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="WORLD_SIZE > 1.*no torch.distributed"):
         process_group()
+
+
+def test_process_group_it_creates_is_destroyed_at_exit(monkeypatch) -> None:
+    # a gloo group left to static destructors aborts a finished rank with SIGABRT
+    import atexit
+
+    from sparseforge import train
+
+    calls: list[str] = []
+    exit_hooks: list = []
+    state = {"initialized": False}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: state["initialized"])
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend: (calls.append(f"init {backend}"), state.update(initialized=True)))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group",
+                        lambda: (calls.append("destroy"), state.update(initialized=False)))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(atexit, "register", exit_hooks.append)
+    assert train.process_group() == (1, 2)
+    assert calls == ["init gloo"] and len(exit_hooks) == 1
+    exit_hooks[0]()
+    exit_hooks[0]()  # already destroyed (e.g. by the user's own code): nothing to do
+    assert calls == ["init gloo", "destroy"]

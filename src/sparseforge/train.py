@@ -25,6 +25,7 @@ Process 0 alone shows progress and writes the run folder; every process reads it
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -57,7 +58,7 @@ def process_group() -> tuple[int, int]:
 
     ``(0, 1)`` for a plain single-process run. Under ``torchrun`` (``WORLD_SIZE > 1`` in the
     environment) the default process group is initialized with the gloo backend unless it
-    already exists.
+    already exists; a group this function created is destroyed when the interpreter exits.
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -66,7 +67,16 @@ def process_group() -> tuple[int, int]:
     if not dist.is_available():
         raise ConfigError("WORLD_SIZE > 1 (a torchrun launch) but this torch build has no torch.distributed")
     dist.init_process_group("gloo")
+    # gloo's worker threads must be joined before interpreter teardown: left to static
+    # destructors they abort the process ("terminate called without an active exception")
+    # after the run has finished, and torchrun reports the whole job as failed
+    atexit.register(_destroy_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def atomic_save(obj: Any, path: Path) -> None:
