@@ -2,7 +2,9 @@
 
 Every method gets the same epochs, optimizer (SGD 0.05, momentum 0.9, wd 1e-4, cosine LR,
 batch 128) and data order per seed; the reported accuracy is the final epoch's test accuracy
-(never the best epoch), as mean and standard deviation over seeds. Finished runs are cached in
+(never the best epoch), as mean and standard deviation over seeds. For SET and RigL a second
+table gives the in-time over-parameterization rate ``R_s`` after training (Liu et al. 2021:
+the fraction of the weights that were active at any time). Finished runs are cached in
 ``runs/bench-fmnist/`` so an interrupted suite continues where it stopped.
 
     sparseforge bench fmnist --jobs 2                           # full grid (long)
@@ -117,6 +119,9 @@ def main(argv: list[str]) -> None:
                         "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "seeds": len(accs),
                         "achieved_sparsity": statistics.mean(r["achieved_sparsity"] for r in rs),
                         "sparse_flops": rs[0]["sparse_flops"], "dense_flops": rs[0]["dense_flops"]})
+        explored = [r["history"][-1].get("exploration_rate") for r in rs]
+        if all(e is not None for e in explored):  # SET and RigL log it
+            summary[-1]["exploration_rate"] = statistics.mean(explored)
     budget = ", ".join(f"{m} {e}" for m, e in epochs.items())
     md = [f"Final-epoch test accuracy (%), mean ± std over seeds {a.seeds}, dataset {data.name}; epochs per run: {budget}.\n"]
     for model in a.models:
@@ -135,6 +140,18 @@ def main(argv: list[str]) -> None:
                 hit = [r for r in rows if r["method"] == method and abs(r["sparsity"] - s) < 1e-9]
                 cells.append(f"{100 * hit[0]['mean']:.2f} ± {100 * hit[0]['std']:.2f}" if hit else "-")
             md.append(f"| {method} | " + " | ".join(cells) + " |")
+        explorers = [m for m in a.methods if any("exploration_rate" in r for r in rows if r["method"] == m)]
+        if explorers:
+            md.append("\nIn-time over-parameterization rate R_s after training (Liu et al. 2021): the fraction "
+                      "of the masked layers' weights that were active at any time, mean over seeds "
+                      "(1 - sparsity for a mask that never changes).\n")
+            md.append("| method | " + " | ".join(f"{100 * s:g} %" for s in a.sparsities) + " |")
+            md.append("|---|" + "---|" * len(a.sparsities))
+            for method in explorers:
+                hit = {round(r["sparsity"], 9): r["exploration_rate"] for r in rows
+                       if r["method"] == method and "exploration_rate" in r}
+                md.append(f"| {method} | " + " | ".join(f"{hit[round(s, 9)]:.3f}" if round(s, 9) in hit else "-"
+                                                        for s in a.sparsities) + " |")
     out = Path(a.out) if a.out else None
     data_out = {"provenance": prov, "config": {**vars(a), "epochs": epochs}, "dataset": data.name, "summary": summary, "runs": runs}
     jp, mp = write_results(a.name, data_out, "\n".join(md), out)

@@ -36,6 +36,9 @@ def test_fmnist_suite_tiny(tmp_path: Path) -> None:
     assert rigl["seeds"] == 2 and abs(rigl["achieved_sparsity"] - 0.9) < 1e-3
     md = (tmp_path / "tiny.md").read_text()
     assert "| rigl |" in md and "command" in md
+    # R_s table: RigL explored more than its 10 % of active weights; dense has no row
+    assert 0.1 < rigl["exploration_rate"] < 1 and "exploration_rate" not in data["summary"][0]
+    assert f"| rigl | {rigl['exploration_rate']:.3f} |" in md.split("In-time over-parameterization")[1]
     # a second call reuses the cached runs instead of training again
     before = sorted(p.stat().st_mtime for p in (tmp_path / "cache").iterdir())
     run_suite("fmnist", ["--models", "lenet300100", "--methods", "dense", "rigl", "--sparsities", "0.9",
@@ -245,6 +248,7 @@ def test_rigl_sweep_suite_tiny(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "rigl_sweep.json").read_text())
     assert [s["setting"] for s in data["summary"]] == ["default", "dT=50"]
     assert all(0 < s["mean"] <= 100 and abs(r["sparsity"] - 0.9) < 0.01 for s in data["summary"] for r in data["runs"])
+    assert all(0.1 < s["exploration_rate"] < 1 for s in data["summary"])
     with pytest.raises(ConfigError, match="unknown"):
         run_suite("rigl_sweep", ["--settings", "fastest", "--out", str(tmp_path)])
 

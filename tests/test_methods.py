@@ -678,6 +678,20 @@ def test_rigl_grows_top_gradient_drops_smallest_weight() -> None:
     assert torch.equal(opt.state[layer.weight]["momentum_buffer"][grown], torch.ones(4))
 
 
+def test_rigl_exploration_rate_by_hand() -> None:
+    # Liu et al. 2021's R_s: positions ever active / all positions
+    model, opt, method, layer, w = _rigl_hand()
+    method.explored = [(w != 0).clone()]  # start at the hand-made mask, not the random initial one
+    assert method.exploration_rate() == 0.5  # the 8 initial weights of 16
+    g = torch.tensor([[0.0] * 4, [0.0] * 4, [0.1, -0.9, 0.3, 0.05], [-0.6, 0.2, 0.8, -0.4]])
+    (layer.weight * g).sum().backward()
+    opt.step()  # 4 dropped in rows 0-1, 4 grown in rows 2-3 (the update above)
+    assert method.exploration_rate() == 12 / 16
+    assert method.exploration_rate(per_layer=True) == {"0.weight": 0.75}
+    assert method.metrics() == {"exploration_rate": 0.75}
+    assert torch.equal(method.explored[0], (w != 0) | layer.mask)
+
+
 def test_rigl_skips_the_optimizer_step_on_update_steps() -> None:
     # official: cond(mask_update_step, mask_update, apply_gradients) -- the update step's batch
     # only ranks the regrown positions; weights, momentum and weight decay do not move
@@ -826,11 +840,17 @@ def test_dst_invariants_over_many_updates(cls) -> None:
     opt.register_step_post_hook(post)  # post-step weights that the update scores
     method.attach(opt)
     counts = [int(l.mask.sum()) for l in method.layers]
+    union = masks_of(method)
+    rates = [method.exploration_rate()]
     n_updates = 0
 
     def check(t: int) -> None:
         nonlocal n_updates
         assert [int(l.mask.sum()) for l in method.layers] == counts
+        for u, layer, e in zip(union, method.layers, method.explored):
+            u |= layer.mask
+            assert torch.equal(e, u), layer.qualname  # explored = union of every mask so far
+        rates.append(method.exploration_rate())
         for layer in method.layers:
             assert int((layer.weight[~layer.mask] != 0).sum()) == 0
         if method.last_update.get("step") != t + 1:
@@ -858,6 +878,8 @@ def test_dst_invariants_over_many_updates(cls) -> None:
 
     train(model, opt, 120, on_step=check)
     assert n_updates == 24
+    assert rates[0] == sum(counts) / sum(u.numel() for u in union)  # 1 - S before any update
+    assert rates == sorted(rates) and rates[-1] > rates[0]
 
 
 def test_rigl_requires_end_or_total_steps() -> None:
@@ -935,8 +957,29 @@ def test_resume_from_checkpoint_is_identical(name: str) -> None:
     for k in sd1:
         assert torch.equal(sd1[k], sd2[k]), k
     assert method2.step == method.step == 100
+    if name in ("rigl", "set"):
+        assert all(torch.equal(a, b_) for a, b_ in zip(method.explored, method2.explored))
+        assert method2.exploration_rate() == method.exploration_rate() > 0.3
     if name == "imp":
         assert method2.round == method.round >= 2
+
+
+def test_dst_checkpoint_without_or_with_wrong_explored_positions() -> None:
+    from sparseforge.errors import CheckpointError
+
+    model = mlp(0)
+    opt = sgd(model)
+    method = SET(model, opt, sparsity=0.7, update_interval=10)
+    train(model, opt, 30)
+    state = method.state_dict()
+    old = {k: v for k, v in state.items() if k != "explored"}  # written before R_s was tracked
+    fresh = SET(mlp(1), sparsity=0.7, update_interval=10)
+    fresh.load_state_dict(old)
+    assert all(torch.equal(e, l.mask) for e, l in zip(fresh.explored, fresh.layers))  # restarts at the masks
+    name = method.layers[0].qualname
+    bad = {**state, "explored": {**state["explored"], name: torch.ones(3, 3, dtype=torch.bool)}}
+    with pytest.raises(CheckpointError, match=rf"layer '{name}'.*shape \(3, 3\).*needs"):
+        fresh.load_state_dict(bad)
 
 
 def test_method_state_dict_rejects_other_method() -> None:

@@ -98,6 +98,10 @@ def test_interrupted_run_resumes_on_the_same_trajectory(tmp_path: Path, method: 
         assert torch.equal(a[k], b[k]), k
     assert (tmp_path / "b" / "result.json").exists()
     assert [h["epoch"] for h in resumed.history] == [h["epoch"] for h in full.history]
+    if method["name"] == "rigl":  # the explored positions survive the interruption too
+        rates = [h["exploration_rate"] for h in full.history]
+        assert [h["exploration_rate"] for h in resumed.history] == rates
+        assert rates == sorted(rates) and rates[0] > 0.1
 
 
 def test_resume_refuses_a_different_recipe(tmp_path: Path, data) -> None:

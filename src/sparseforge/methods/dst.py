@@ -26,6 +26,14 @@ weight dropped and regrown in the same update keeps its value and its state.
   code skips the last epoch's update, and the Keras code reports the accuracy measured before
   it). Defaults: ``zeta = 0.3`` constant, ER allocation.
 
+Both track the *in-time over-parameterization* rate of Liu et al. 2021 ("Do We Actually
+Need Dense Over-Parameterization? In-Time Over-Parameterization in Sparse Training", ICML):
+``R_s = |union over training of the active positions| / |all positions|`` of the masked
+layers, which starts at ``1 - S`` and can only grow. The paper finds that accuracy rises
+with ``R_s`` at a fixed sparsity and that gradient-based regrowth (RigL) explores less than
+random regrowth (SET). :meth:`DynamicSparse.exploration_rate` returns it, the trainer logs it
+with every epoch (``exploration_rate``), and checkpoints carry the explored positions.
+
 Conventions kept on purpose, where they differ from ``google-research/rigl``:
 
 * drop candidates are the active weights only; the official code ranks all positions with
@@ -52,13 +60,18 @@ from torch import nn
 
 from ..core.patterns import Unstructured, random_mask, topk_mask
 from ..core.schedules import Constant, CosineDecay, Schedule
-from ..errors import ConfigError, check_fraction, check_int
+from ..errors import CheckpointError, ConfigError, check_fraction, check_int
 from ..masking import MaskedLayer
 from .base import SparsityMethod
 
 __all__ = ["DynamicSparse", "SET", "RigL"]
 
 _FOREVER = 2**62  # "update until training stops" for constant drop fractions
+
+
+def _cpu_copy(mask: torch.Tensor) -> torch.Tensor:
+    # always a new contiguous tensor: a transposed canonical view must not alias the mask
+    return mask.detach().to("cpu", torch.bool).clone(memory_format=torch.contiguous_format)
 
 
 class DynamicSparse(SparsityMethod):
@@ -115,6 +128,8 @@ class DynamicSparse(SparsityMethod):
         else:
             raise ConfigError(f"decay must be 'cosine' or 'constant'; got {decay!r}")
         self.last_update: dict[str, Any] = {}
+        #: per layer (canonical layout, CPU): positions active at any time so far
+        self.explored: list[torch.Tensor] = []
         self._held_grads: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
 
@@ -123,6 +138,26 @@ class DynamicSparse(SparsityMethod):
         """Random masks with exact per-layer counts (the allocation's sparsities)."""
         scores = [torch.rand(l.canonical_shape, generator=self.generator) for l in self.layers]
         self.set_masks(self.masks_from_scores(scores))
+        self._reset_explored()
+
+    def _reset_explored(self) -> None:
+        """Start the explored positions at the current masks."""
+        self.explored = [_cpu_copy(l.canonical(l.mask)) for l in self.layers]
+
+    def exploration_rate(self, per_layer: bool = False) -> float | dict[str, float]:
+        """In-time over-parameterization rate ``R_s`` (Liu et al. 2021): ever-active / all positions.
+
+        Over all masked layers, or per layer (``per_layer=True``: ``{qualname: rate}``).
+        It equals ``1 - S`` before the first update and never decreases.
+        """
+        if per_layer:
+            return {l.qualname: float(e.sum()) / e.numel() for l, e in zip(self.layers, self.explored)}
+        total = sum(e.numel() for e in self.explored)
+        return sum(int(e.sum()) for e in self.explored) / total if total else 0.0
+
+    def metrics(self) -> dict[str, Any]:
+        """``exploration_rate`` (:meth:`exploration_rate`), logged by the trainer with each epoch."""
+        return {"exploration_rate": self.exploration_rate()}
 
     def _before_last_step(self, t: int) -> bool:
         return self.total_steps is None or t + 1 < self.total_steps
@@ -213,8 +248,10 @@ class DynamicSparse(SparsityMethod):
             return
         frac = self.drop_fraction_at(t)
         stats = {}
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             flat = layer.canonical(layer.mask).reshape(-1)
+            # also records masks installed behind the method's back (Masking.set_mask)
+            self.explored[i].view(-1).logical_or_(flat.cpu())
             active = flat.nonzero().squeeze(1)
             n_active = active.numel()
             stay = self.drop_active(layer, active, int(n_active * frac))
@@ -227,13 +264,31 @@ class DynamicSparse(SparsityMethod):
             pruned = torch.masked_select(dropped, ~grown.index_select(0, dropped))  # not regrown at once
             self.masking.prune_positions(layer, pruned)
             self.masking.grow_positions(layer, fresh)
+            self.explored[i].view(-1)[fresh.cpu()] = True
             stats[layer.qualname] = {"active": n_active, "dropped": pruned.numel(), "grown": fresh.numel()}
         self.masking.broadcast()
         self.last_update = {"step": t + 1, "drop_fraction": frac, "skipped_step": self.skip_step, "layers": stats}
 
     def extra_state(self) -> dict[str, Any]:
-        """Schedule window, for reports."""
-        return {"begin": self.begin, "end": self.end}
+        """Schedule window (for reports) and the explored positions (bool per weight, by layer)."""
+        return {"begin": self.begin, "end": self.end,
+                "explored": {l.qualname: e.clone() for l, e in zip(self.layers, self.explored)}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the explored positions; a checkpoint without them restarts them at the masks."""
+        saved = state.get("explored")
+        if saved is None:
+            self._reset_explored()
+            return
+        explored = []
+        for l in self.layers:
+            e = saved.get(l.qualname)
+            if e is None or tuple(e.shape) != tuple(l.canonical_shape):
+                got = None if e is None else tuple(e.shape)
+                raise CheckpointError(f"layer {l.qualname!r}: the checkpoint's explored positions have shape {got}; "
+                                      f"the model's layer needs {tuple(l.canonical_shape)}")
+            explored.append(_cpu_copy(e))
+        self.explored = explored
 
 
 class RigL(DynamicSparse):
