@@ -204,9 +204,11 @@ class Trainer:
             mparams["data"] = (xb, yb)
         self.method = build_method(name, self.model, self.optimizer, targets=r.targets or None, **mparams)
         # the masks need no syncing at every forward (they are kept identical across processes),
-        # and DDP rewriting them in place would make the masking redo its work every step
+        # and DDP rewriting them in place would make the masking redo its work every step; the
+        # one broadcast from process 0 at construction is harmless (torch 2.13 deprecates
+        # broadcast_buffers, which skipped that one too)
         self.train_model = (self.model if self.world == 1 else
-                            DistributedDataParallel(self.model, broadcast_buffers=False))
+                            DistributedDataParallel(self.model, forward_sync_buffers=False))
         self.total_steps = self.method.total_steps if isinstance(self.method, IMP) else train_steps
         self.step = 0
         self.history: list[dict[str, Any]] = []
