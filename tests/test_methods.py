@@ -980,6 +980,9 @@ def test_dst_checkpoint_without_or_with_wrong_explored_positions() -> None:
     bad = {**state, "explored": {**state["explored"], name: torch.ones(3, 3, dtype=torch.bool)}}
     with pytest.raises(CheckpointError, match=rf"layer '{name}'.*shape \(3, 3\).*needs"):
         fresh.load_state_dict(bad)
+    missing = {**state, "explored": {k: v for k, v in state["explored"].items() if k != name}}
+    with pytest.raises(CheckpointError, match=rf"layer '{name}'.*no explored positions"):
+        fresh.load_state_dict(missing)
 
 
 def test_method_state_dict_rejects_other_method() -> None:

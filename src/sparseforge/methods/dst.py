@@ -283,10 +283,12 @@ class DynamicSparse(SparsityMethod):
         explored = []
         for l in self.layers:
             e = saved.get(l.qualname)
-            if e is None or tuple(e.shape) != tuple(l.canonical_shape):
-                got = None if e is None else tuple(e.shape)
-                raise CheckpointError(f"layer {l.qualname!r}: the checkpoint's explored positions have shape {got}; "
-                                      f"the model's layer needs {tuple(l.canonical_shape)}")
+            if e is None:
+                raise CheckpointError(f"layer {l.qualname!r}: the checkpoint has no explored positions for it; "
+                                      f"it has them for {sorted(saved)}")
+            if tuple(e.shape) != tuple(l.canonical_shape):
+                raise CheckpointError(f"layer {l.qualname!r}: the checkpoint's explored positions have shape "
+                                      f"{tuple(e.shape)}; the model's layer needs {tuple(l.canonical_shape)}")
             explored.append(_cpu_copy(e))
         self.explored = explored
 
