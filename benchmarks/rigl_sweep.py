@@ -20,13 +20,13 @@ validation split, so choosing a setting by these test accuracies tunes on the te
 suite shows how far RigL's own settings move it, it does not pick new defaults.
 
     sparseforge bench rigl_sweep --jobs 2           # 13 settings x 3 seeds, ~13 min on 2 idle cores
-    sparseforge bench rigl_sweep --sparsity 0.98 --settings default dT=1ep dT=2ep dT=50 alpha=0.5 \
-        no-skip uniform --jobs 2 --name rigl_sweep_98   # the single changes at 98 % (~8 min)
+    # the single changes at 98 % (~8 min):
+    sparseforge bench rigl_sweep --sparsity 0.98 --settings default dT=1ep dT=2ep dT=50 alpha=0.5 no-skip uniform --jobs 2 --name rigl_sweep_98
 
 The table also gives each setting's in-time over-parameterization rate ``R_s`` (Liu et al.
 2021; :meth:`~sparseforge.methods.dst.DynamicSparse.exploration_rate`).
 
-Runs are cached in ``runs/bench-rigl-sweep/``; results go to ``benchmarks/results/rigl_sweep.{json,md}``.
+Runs are cached in ``runs/bench-rigl-sweep/``; results go to ``benchmarks/results/NAME.{json,md}`` (``--name``, default ``rigl_sweep``).
 """
 
 from __future__ import annotations
