@@ -688,7 +688,7 @@ def test_rigl_exploration_rate_by_hand() -> None:
     opt.step()  # 4 dropped in rows 0-1, 4 grown in rows 2-3 (the update above)
     assert method.exploration_rate() == 12 / 16
     assert method.exploration_rate(per_layer=True) == {"0.weight": 0.75}
-    assert method.metrics() == {"exploration_rate": 0.75}
+    assert method.metrics() == {"exploration_rate": 0.75, "regrown_dropped_next": None}  # one update so far
     assert torch.equal(method.explored[0], (w != 0) | layer.mask)
 
 
@@ -842,6 +842,8 @@ def test_dst_invariants_over_many_updates(cls) -> None:
     counts = [int(l.mask.sum()) for l in method.layers]
     union = masks_of(method)
     rates = [method.exploration_rate()]
+    prev_grown: list[torch.Tensor] = []
+    regrowth = {"grown": 0, "dropped_next": 0}
     n_updates = 0
 
     def check(t: int) -> None:
@@ -858,6 +860,12 @@ def test_dst_invariants_over_many_updates(cls) -> None:
                 assert torch.equal(old, layer.mask)
             return
         n_updates += 1
+        grown_now = [l.mask & ~old for old, l in zip(probe["old"], method.layers)]
+        for pg, old, layer in zip(prev_grown, probe["old"], method.layers):
+            regrowth["grown"] += int(pg.sum())
+            regrowth["dropped_next"] += int((pg & old & ~layer.mask).sum())
+        prev_grown[:] = grown_now
+        assert method.regrowth == regrowth
         frac = method.last_update["drop_fraction"]
         for old, g, w, layer in zip(probe["old"], probe["g"], probe["w"], method.layers):
             new = layer.mask
@@ -880,6 +888,7 @@ def test_dst_invariants_over_many_updates(cls) -> None:
     assert n_updates == 24
     assert rates[0] == sum(counts) / sum(u.numel() for u in union)  # 1 - S before any update
     assert rates == sorted(rates) and rates[-1] > rates[0]
+    assert 0 < method.regrown_dropped_next() == regrowth["dropped_next"] / regrowth["grown"] < 1
 
 
 def test_rigl_requires_end_or_total_steps() -> None:
@@ -960,6 +969,8 @@ def test_resume_from_checkpoint_is_identical(name: str) -> None:
     if name in ("rigl", "set"):
         assert all(torch.equal(a, b_) for a, b_ in zip(method.explored, method2.explored))
         assert method2.exploration_rate() == method.exploration_rate() > 0.3
+        assert method2.regrowth == method.regrowth and method.regrowth["grown"] > 0
+        assert all(torch.equal(a, b_) for a, b_ in zip(method.last_grown, method2.last_grown))
     if name == "imp":
         assert method2.round == method.round >= 2
 

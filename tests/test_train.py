@@ -102,6 +102,8 @@ def test_interrupted_run_resumes_on_the_same_trajectory(tmp_path: Path, method: 
         rates = [h["exploration_rate"] for h in full.history]
         assert [h["exploration_rate"] for h in resumed.history] == rates
         assert rates == sorted(rates) and rates[0] > 0.1
+        churn = [h["regrown_dropped_next"] for h in full.history]
+        assert [h["regrown_dropped_next"] for h in resumed.history] == churn and churn[-1] is not None
 
 
 def test_resume_refuses_a_different_recipe(tmp_path: Path, data) -> None:

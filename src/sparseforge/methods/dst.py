@@ -33,6 +33,10 @@ layers, which starts at ``1 - S`` and can only grow. The paper finds that accura
 with ``R_s`` at a fixed sparsity and that gradient-based regrowth (RigL) explores less than
 random regrowth (SET). :meth:`DynamicSparse.exploration_rate` returns it, the trainer logs it
 with every epoch (``exploration_rate``), and checkpoints carry the explored positions.
+Next to it the trainer logs ``regrown_dropped_next``
+(:meth:`DynamicSparse.regrown_dropped_next`): of the positions grown at one update, the
+fraction that the next update removes again, a measure of regrowth that never gets the
+chance to grow.
 
 Conventions kept on purpose, where they differ from ``google-research/rigl``:
 
@@ -130,6 +134,10 @@ class DynamicSparse(SparsityMethod):
         self.last_update: dict[str, Any] = {}
         #: per layer (canonical layout, CPU): positions active at any time so far
         self.explored: list[torch.Tensor] = []
+        #: per layer (CPU): flat canonical indices grown at the latest update (None before it)
+        self.last_grown: list[torch.Tensor | None] = []
+        #: positions grown at an update that was followed by another, and how many of those it removed
+        self.regrowth = {"grown": 0, "dropped_next": 0}
         self._held_grads: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
 
@@ -143,6 +151,7 @@ class DynamicSparse(SparsityMethod):
     def _reset_explored(self) -> None:
         """Start the explored positions at the current masks."""
         self.explored = [_cpu_copy(l.canonical(l.mask)) for l in self.layers]
+        self.last_grown = [None] * len(self.layers)
 
     def exploration_rate(self, per_layer: bool = False) -> float | dict[str, float]:
         """In-time over-parameterization rate ``R_s`` (Liu et al. 2021): ever-active / all positions.
@@ -155,9 +164,18 @@ class DynamicSparse(SparsityMethod):
         total = sum(e.numel() for e in self.explored)
         return sum(int(e.sum()) for e in self.explored) / total if total else 0.0
 
+    def regrown_dropped_next(self) -> float | None:
+        """Of the positions grown at one update, the fraction that the next update removed.
+
+        Pooled over layers and over every update followed by another; a position removed and
+        grown back within the same update is not removed. None before the second update.
+        """
+        grown = self.regrowth["grown"]
+        return self.regrowth["dropped_next"] / grown if grown else None
+
     def metrics(self) -> dict[str, Any]:
-        """``exploration_rate`` (:meth:`exploration_rate`), logged by the trainer with each epoch."""
-        return {"exploration_rate": self.exploration_rate()}
+        """:meth:`exploration_rate` and :meth:`regrown_dropped_next`, logged by the trainer with each epoch."""
+        return {"exploration_rate": self.exploration_rate(), "regrown_dropped_next": self.regrown_dropped_next()}
 
     def _before_last_step(self, t: int) -> bool:
         return self.total_steps is None or t + 1 < self.total_steps
@@ -264,21 +282,29 @@ class DynamicSparse(SparsityMethod):
             pruned = torch.masked_select(dropped, ~grown.index_select(0, dropped))  # not regrown at once
             self.masking.prune_positions(layer, pruned)
             self.masking.grow_positions(layer, fresh)
-            self.explored[i].view(-1)[fresh.cpu()] = True
+            fresh_cpu = fresh.cpu()
+            self.explored[i].view(-1)[fresh_cpu] = True
+            if self.last_grown[i] is not None:
+                self.regrowth["grown"] += self.last_grown[i].numel()
+                self.regrowth["dropped_next"] += int(torch.isin(self.last_grown[i], pruned.cpu()).sum())
+            self.last_grown[i] = fresh_cpu
             stats[layer.qualname] = {"active": n_active, "dropped": pruned.numel(), "grown": fresh.numel()}
         self.masking.broadcast()
         self.last_update = {"step": t + 1, "drop_fraction": frac, "skipped_step": self.skip_step, "layers": stats}
 
     def extra_state(self) -> dict[str, Any]:
-        """Schedule window (for reports) and the explored positions (bool per weight, by layer)."""
+        """Schedule window (for reports), explored positions (bool per weight) and regrowth counts, by layer."""
         return {"begin": self.begin, "end": self.end,
-                "explored": {l.qualname: e.clone() for l, e in zip(self.layers, self.explored)}}
+                "explored": {l.qualname: e.clone() for l, e in zip(self.layers, self.explored)},
+                "regrowth": dict(self.regrowth),
+                "last_grown": {l.qualname: g.clone() for l, g in zip(self.layers, self.last_grown) if g is not None}}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore the explored positions; a checkpoint without them restarts them at the masks."""
+        """Restore the explored positions and regrowth counts; a checkpoint without them restarts them at the masks."""
         saved = state.get("explored")
         if saved is None:
             self._reset_explored()
+            self.regrowth = {"grown": 0, "dropped_next": 0}
             return
         explored = []
         for l in self.layers:
@@ -291,6 +317,10 @@ class DynamicSparse(SparsityMethod):
                                       f"{tuple(e.shape)}; the model's layer needs {tuple(l.canonical_shape)}")
             explored.append(_cpu_copy(e))
         self.explored = explored
+        self.regrowth = {k: int(v) for k, v in state.get("regrowth", {"grown": 0, "dropped_next": 0}).items()}
+        grown = state.get("last_grown", {})
+        self.last_grown = [grown[l.qualname].to("cpu", torch.int64).clone() if l.qualname in grown else None
+                           for l in self.layers]
 
 
 class RigL(DynamicSparse):
