@@ -146,12 +146,13 @@ class DynamicSparse(SparsityMethod):
         """Random masks with exact per-layer counts (the allocation's sparsities)."""
         scores = [torch.rand(l.canonical_shape, generator=self.generator) for l in self.layers]
         self.set_masks(self.masks_from_scores(scores))
-        self._reset_explored()
+        self._reset_tracking()
 
-    def _reset_explored(self) -> None:
-        """Start the explored positions at the current masks."""
+    def _reset_tracking(self) -> None:
+        """Start the explored positions at the current masks, with no regrowth counted yet."""
         self.explored = [_cpu_copy(l.canonical(l.mask)) for l in self.layers]
         self.last_grown = [None] * len(self.layers)
+        self.regrowth = {"grown": 0, "dropped_next": 0}
 
     def exploration_rate(self, per_layer: bool = False) -> float | dict[str, float]:
         """In-time over-parameterization rate ``R_s`` (Liu et al. 2021): ever-active / all positions.
@@ -303,8 +304,7 @@ class DynamicSparse(SparsityMethod):
         """Restore the explored positions and regrowth counts; a checkpoint without them restarts them at the masks."""
         saved = state.get("explored")
         if saved is None:
-            self._reset_explored()
-            self.regrowth = {"grown": 0, "dropped_next": 0}
+            self._reset_tracking()
             return
         explored = []
         for l in self.layers:
@@ -317,7 +317,8 @@ class DynamicSparse(SparsityMethod):
                                       f"{tuple(e.shape)}; the model's layer needs {tuple(l.canonical_shape)}")
             explored.append(_cpu_copy(e))
         self.explored = explored
-        self.regrowth = {k: int(v) for k, v in state.get("regrowth", {"grown": 0, "dropped_next": 0}).items()}
+        counts = state.get("regrowth", {})  # absent in checkpoints that predate the counts
+        self.regrowth = {k: int(counts.get(k, 0)) for k in ("grown", "dropped_next")}
         grown = state.get("last_grown", {})
         self.last_grown = [grown[l.qualname].to("cpu", torch.int64).clone() if l.qualname in grown else None
                            for l in self.layers]
