@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparseforge.errors import ConfigError, LayerError
+from sparseforge.errors import CheckpointError, ConfigError, LayerError
 from sparseforge.lm import DEFAULT_LM_TARGETS, evaluate_lm, lm_loss, lm_lr_factor, nm_violations, train_lm
 from sparseforge.masking import find_masked_layers
 from sparseforge.text import TextCorpus, load_text_corpus
@@ -214,6 +214,116 @@ def test_bad_input_is_named(corpus: TextCorpus, kwargs: dict, needle: str) -> No
     method = args.pop("method", "dense")
     with pytest.raises(ConfigError, match=needle):
         train_lm(corpus, method, **args)
+
+
+# --- checkpoints: an interrupted run resumes on the same trajectory --------------------------------
+
+RESUME = {"model_params": {**TINY, "dropout": 0.1}, "steps": 12, "batch_size": 4, "val_windows": 12, "log_every": 2,
+          "eval_every": 4, "curve_val_windows": 4, "return_model": True}
+
+
+def _same_run(a: dict, b: dict) -> None:
+    for key in ("val_loss", "train_loss", "evals", "sad", "sad_curve", "final_train_loss", "sparsity", "nonzeros"):
+        assert a[key] == b[key], key
+    sa, sb = a["model_object"].state_dict(), b["model_object"].state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("method, params", [
+    ("dense", {}), ("srste", {"pattern": "2:4"}), ("mdgf", {"pattern": "1:8"}), ("sdgf", {"pattern": "2:4"}),
+    ("rigl", {"sparsity": 0.5, "update_interval": 2}), ("set", {"sparsity": 0.5, "update_interval": 3}),
+    ("gmp", {"sparsity": 0.5, "frequency": 2}),
+])
+def test_interrupted_train_lm_resumes_bit_identically(tmp_path: Path, corpus: TextCorpus, method: str,
+                                                      params: dict) -> None:
+    # dropout 0.1: the torch RNG is part of what a checkpoint must restore
+    full = train_lm(corpus, method, method_params=params, **RESUME)
+    ck = tmp_path / "lm.pt"
+    first = train_lm(corpus, method, method_params=params, checkpoint=ck, max_steps=5, **RESUME)
+    assert first == {"finished": False, "step": 5, "steps": 12, "checkpoint": str(ck)}
+    second = train_lm(corpus, method, method_params=params, checkpoint=ck, max_steps=2, **RESUME)
+    assert second["step"] == 7  # stopped mid-way between two log points and before an evaluation
+    resumed = train_lm(corpus, method, method_params=params, checkpoint=ck, **RESUME)
+    assert resumed["finished"] and resumed["resumed_from"] == 7 and full["resumed_from"] is None
+    _same_run(full, resumed)
+    # the checkpoint of the finished run is only scored again
+    again = train_lm(corpus, method, method_params=params, checkpoint=ck, **RESUME)
+    assert again["resumed_from"] == 12
+    _same_run(full, again)
+
+
+def test_ctrl_c_inside_or_between_steps_leaves_a_consistent_checkpoint(tmp_path: Path, corpus: TextCorpus,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparseforge import text
+    from sparseforge.models import build_model
+
+    def gpt(interrupt_at: int = 0) -> nn.Module:
+        # TinyGPT whose `interrupt_at`-th training forward raises KeyboardInterrupt (Ctrl-C inside a step)
+        torch.manual_seed(0)
+        net = build_model("tiny-gpt", corpus, **{**TINY, "dropout": 0.1})
+        forward, calls = net.forward, [0]
+
+        def interrupted(x: torch.Tensor) -> torch.Tensor:
+            if net.training:
+                calls[0] += 1
+                if calls[0] == interrupt_at:
+                    raise KeyboardInterrupt
+            return forward(x)
+
+        net.forward = interrupted
+        return net
+
+    kw = {**RESUME, "model_params": None, "method_params": {"sparsity": 0.5, "update_interval": 2}}
+    full = train_lm(corpus, "rigl", model=gpt(), **kw)
+    ck = tmp_path / "lm.pt"
+    # inside step 7 (1-based): the step is half applied, so the checkpoint of step 4 stays
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(corpus, "rigl", model=gpt(7), checkpoint=ck, checkpoint_every=4, **kw)
+    assert torch.load(ck, weights_only=False)["step"] == 4
+    # between steps 9 and 10 (the batch stream raises): steps 5-9 are saved
+    real = text.lm_batches
+
+    def batches(*args: object, **kwargs: object):
+        for i, b in enumerate(real(*args, **kwargs), kwargs.get("start", 0)):
+            if i == 9:
+                raise KeyboardInterrupt
+            yield b
+
+    monkeypatch.setattr(text, "lm_batches", batches)
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(corpus, "rigl", model=gpt(), checkpoint=ck, checkpoint_every=4, **kw)
+    assert torch.load(ck, weights_only=False)["step"] == 9
+    monkeypatch.setattr(text, "lm_batches", real)
+    resumed = train_lm(corpus, "rigl", model=gpt(), checkpoint=ck, **kw)
+    assert resumed["resumed_from"] == 9
+    _same_run(full, resumed)
+
+
+def test_checkpoint_of_another_run_or_unreadable_is_refused(tmp_path: Path, corpus: TextCorpus) -> None:
+    ck = tmp_path / "lm.pt"
+    train_lm(corpus, "srste", method_params={"pattern": "2:4"}, checkpoint=ck, max_steps=2, **FAST)
+    with pytest.raises(CheckpointError, match=r"another run \(lr: 0.001 there, 0.002 here\)"):
+        train_lm(corpus, "srste", method_params={"pattern": "2:4"}, checkpoint=ck, lr=2e-3, **FAST)
+    with pytest.raises(CheckpointError, match=r"method: 'srste' there, 'ste' here"):
+        train_lm(corpus, "ste", method_params={"pattern": "2:4"}, checkpoint=ck, **FAST)
+    other = load_text_corpus(f"text:{tmp_path / 'other.txt'}", val_fraction=0.2) if (
+        (tmp_path / "other.txt").write_text(" ".join(reversed(SENTENCES)) * 4, encoding="utf-8")) else None
+    with pytest.raises(CheckpointError, match="corpus: "):
+        train_lm(other, "srste", method_params={"pattern": "2:4"}, checkpoint=ck, **FAST)
+    ck.write_bytes(ck.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="checkpoint: cannot read"):
+        train_lm(corpus, "srste", method_params={"pattern": "2:4"}, checkpoint=ck, **FAST)
+    torch.save({"format": "something else"}, ck)
+    with pytest.raises(CheckpointError, match="is not a train_lm checkpoint"):
+        train_lm(corpus, "srste", method_params={"pattern": "2:4"}, checkpoint=ck, **FAST)
+    with pytest.raises(ConfigError, match="max_steps=3 stops the run early; pass checkpoint=PATH"):
+        train_lm(corpus, max_steps=3, **FAST)
+    with pytest.raises(ConfigError, match="checkpoint_every must be >= 0; got -1"):
+        train_lm(corpus, checkpoint=ck, checkpoint_every=-1, **FAST)
+    with pytest.raises(ConfigError, match="max_steps must be >= 1; got 0"):
+        train_lm(corpus, checkpoint=ck, max_steps=0, **FAST)
 
 
 def test_bad_corpus_and_tokens(tmp_path: Path, corpus: TextCorpus) -> None:

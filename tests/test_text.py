@@ -133,6 +133,18 @@ def test_lm_batches_deterministic_per_seed_and_independent_of_global_rng(corpus:
     assert next(endless)[0].equal(a[0][0])
 
 
+def test_lm_batches_start_continues_the_stream(corpus: TextCorpus) -> None:
+    full = list(lm_batches(corpus.train, 8, 4, seed=7, steps=5))
+    tail = list(lm_batches(corpus.train, 8, 4, seed=7, steps=5, start=2))
+    assert len(tail) == 3
+    assert all(xa.equal(xb) and ya.equal(yb) for (xa, ya), (xb, yb) in zip(full[2:], tail))
+    assert list(lm_batches(corpus.train, 8, 4, seed=7, steps=5, start=5)) == []
+    with pytest.raises(ConfigError, match=r"start must be in \[0, steps=5\]; got 6"):
+        lm_batches(corpus.train, 8, 4, seed=7, steps=5, start=6)
+    with pytest.raises(ConfigError, match="start must be >= 0; got -1"):
+        lm_batches(corpus.train, 8, 4, seed=7, steps=5, start=-1)
+
+
 def test_lm_batches_reach_both_ends(corpus: TextCorpus) -> None:
     tokens = torch.arange(12)
     seen = torch.cat([x.reshape(-1) for x, _ in lm_batches(tokens, 10, 8, seed=0, steps=20)])

@@ -31,8 +31,10 @@ method's own generator.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,8 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core.patterns import NM, nm_groups_view
-from .errors import ConfigError, check_fraction, check_int
-from .masking import MaskedLayer, Targets
+from .errors import CheckpointError, ConfigError, check_fraction, check_int
+from .masking import MaskedLayer, Targets, load_masked_state_dict
 from .methods import IMP, METHODS, NM_METHODS, build_method
 
 __all__ = ["DEFAULT_LM_TARGETS", "evaluate_lm", "lm_loss", "lm_lr_factor", "nm_violations", "train_lm"]
@@ -194,6 +196,36 @@ def _resolve_method(name: Any, params: dict[str, Any], steps: int, first_batch: 
     return p
 
 
+LM_CHECKPOINT_FORMAT = "sparseforge-lm-checkpoint-v1"
+
+
+def _corpus_identity(corpus: Any) -> dict[str, Any]:
+    # a digest of the tokens themselves: a corpus file edited under the same name must not resume
+    digest = hashlib.sha256()
+    for split in (corpus.train, corpus.val):
+        digest.update(split.contiguous().numpy().tobytes())
+    return {"name": corpus.name, "train_tokens": corpus.train.numel(), "val_tokens": corpus.val.numel(),
+            "sha256": digest.hexdigest()}
+
+
+def _read_lm_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file must not be half-loaded
+        raise CheckpointError(f"checkpoint: cannot read {str(path)!r}: {e}") from None
+    if not isinstance(saved, dict) or saved.get("format") != LM_CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint: {str(path)!r} is not a train_lm checkpoint ({LM_CHECKPOINT_FORMAT})")
+    theirs = saved.get("config", {})
+    diff = [f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in config.items()
+            if k != "model_shapes" and theirs.get(k) != v]
+    if theirs.get("model_shapes") != config["model_shapes"]:
+        diff.append("model: other parameter names or shapes")
+    if diff:
+        raise CheckpointError(f"checkpoint {str(path)!r} was written by another run ({'; '.join(diff[:4])}); "
+                              "pass another checkpoint path or delete the file to start over")
+    return saved
+
+
 def train_lm(
     corpus: Any,
     method: str = "dense",
@@ -219,6 +251,9 @@ def train_lm(
     log_every: int | None = None,
     progress: bool = False,
     return_model: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train a causal LM with ``method`` for ``steps`` optimizer steps and score the finished model.
 
@@ -262,6 +297,20 @@ def train_lm(
         log_every: steps per point of the ``train_loss`` curve (default ``max(1, steps // 100)``).
         progress: show a tqdm bar.
         return_model: add the finalized model under ``"model_object"`` (not JSON-serialisable).
+        checkpoint: file to save the run's state to and resume from (None = no checkpoints).
+            If the file exists, it must hold a checkpoint of this same run (every argument
+            above that shapes the result, and the corpus' tokens); training continues from its
+            step and gives the same result as a run never interrupted: weights, masks,
+            optimizer and scheduler, the method's state, the batch stream, the torch RNG
+            (dropout) and the loss and SAD curves are all restored. A finished run's checkpoint
+            (written at the last step) is only finalized and scored again.
+        checkpoint_every: steps between checkpoints (default ``max(1, steps // 10)``; 0 = only
+            when the call stops at ``max_steps`` or on Ctrl-C). Ctrl-C between steps saves the
+            state before re-raising; one that lands inside a step leaves the last checkpoint
+            as it was (the step is half applied, so nothing consistent could be saved).
+        max_steps: stop after this many steps in this call, save the checkpoint and return
+            ``{"finished": False, "step", "steps", "checkpoint"}``; calling again resumes.
+            Needs ``checkpoint``. None = run to the end.
 
     Returns:
         A dict with ``val_loss``, ``val_ppl`` (``exp(val_loss)``), ``val_windows``,
@@ -275,12 +324,15 @@ def train_lm(
         sequence; ``weight_sparsity`` (zeros counted in the finalized weights of the masked
         layers); ``pattern`` and ``nm_violations`` (0) for N:M; ``sad`` (total mask flips
         of the run, N:M methods) and ``sad_curve``; ``nonfinite_steps`` (steps whose loss was
-        NaN or inf).
+        NaN or inf); ``finished`` (True) and ``resumed_from`` (the checkpoint's step, or None).
 
     Raises:
         ConfigError: any argument out of range (named with its value and the allowed range),
             an unknown method or method parameter, a block size the model or corpus cannot
-            hold, or targets that match no layer.
+            hold, targets that match no layer, or ``max_steps`` without ``checkpoint``.
+        CheckpointError: ``checkpoint`` exists but cannot be read, is not a train_lm
+            checkpoint, or was written by a run with other arguments or another corpus (the
+            message names the differences).
     """
     from .models import build_model
     from .report import sparsity_report
@@ -311,6 +363,14 @@ def train_lm(
     check_int(eval_every, "eval_every", minimum=0)
     check_int(eval_batch_size, "eval_batch_size", minimum=1)
     log_every = max(1, steps // 100) if log_every is None else check_int(log_every, "log_every", minimum=1)
+    ck_path = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint_every is None:
+        checkpoint_every = max(1, steps // 10) if ck_path is not None else 0
+    check_int(checkpoint_every, "checkpoint_every", minimum=0)
+    if max_steps is not None:
+        check_int(max_steps, "max_steps", minimum=1)
+        if ck_path is None:
+            raise ConfigError(f"max_steps={max_steps} stops the run early; pass checkpoint=PATH so it can resume")
     if method_params is None:
         method_params = {}
     if model_params is None:
@@ -351,6 +411,16 @@ def train_lm(
     elif isinstance(targets, str):
         raise ConfigError(f"targets must be 'blocks', None, a Targets or a dict; got {targets!r}")
 
+    # everything that shapes the result: a checkpoint resumes only the run that wrote it
+    config = {"method": method, "method_params": dict(method_params), "model": model_name,
+              "model_params": dict(model_params),
+              "model_shapes": {k: tuple(v.shape) for k, v in net.state_dict().items()},
+              "targets": repr(targets), "steps": steps, "batch_size": batch_size, "block_size": block_size,
+              "lr": lr, "min_lr_ratio": min_lr_ratio, "warmup_steps": warmup_steps, "weight_decay": weight_decay,
+              "betas": tuple(betas), "grad_clip": grad_clip, "seed": seed, "eval_every": eval_every,
+              "curve_val_windows": curve_val_windows, "eval_batch_size": eval_batch_size, "log_every": log_every,
+              "corpus": _corpus_identity(corpus)} if ck_path is not None else {}
+
     # matrices decay; biases, LayerNorm gains and shifts do not (they set scales, not features)
     decay = [p for p in net.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in net.parameters() if p.requires_grad and p.dim() < 2]
@@ -358,7 +428,6 @@ def train_lm(
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: lm_lr_factor(t, steps=steps, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio))
-    batches = lm_batches(corpus.train, block_size, batch_size, seed=seed, steps=steps)
     # SNIP-like scores need one batch; draw it from a stream of its own so training batches do not shift
     first = next(lm_batches(corpus.train, block_size, batch_size, seed=seed + 1, steps=1))
     mparams = _resolve_method(method, method_params, steps, first)
@@ -377,35 +446,76 @@ def train_lm(
     sad_curve: list[dict[str, float]] = []
     evals: list[dict[str, float]] = []
     nonfinite = 0
-    net.train()
+    done = start = 0
+    seconds_before = 0.0
+    saved = None
+    if ck_path is not None and ck_path.exists():
+        saved = _read_lm_checkpoint(ck_path, config)
+        load_masked_state_dict(net, saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        sparse_method.load_state_dict(saved["method"])
+        sparse_method.masking._cache = None  # the float masks follow the loaded ones
+        torch.set_rng_state(saved["torch_rng"])
+        done = start = int(saved["step"])
+        losses, curve, sad_curve, evals = saved["losses"], saved["curve"], saved["sad_curve"], saved["evals"]
+        nonfinite, seconds_before = int(saved["nonfinite"]), float(saved["train_seconds"])
+    stop_at = steps if max_steps is None else min(steps, start + max_steps)
+    if bar is not None:
+        bar.update(start)
     t_train = time.perf_counter()
-    for t, (x, y) in enumerate(batches):
-        optimizer.zero_grad(set_to_none=True)
-        loss = lm_loss(net(x), y)
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-        optimizer.step()
-        scheduler.step()
-        value = loss.item()
-        nonfinite += not math.isfinite(value)
-        losses.append(value)
-        done = t + 1
-        if done % log_every == 0 or done == steps:
-            k = (done - 1) % log_every + 1
-            curve.append({"step": done, "loss": sum(losses[-k:]) / k})
-            if logs_sad:
-                sad_curve.append({"step": done, "sad": sum(h["sad"] for h in sparse_method.sad_history[-k:])})
-        if eval_every and done % eval_every == 0 and done < steps:
-            ev = evaluate_lm(net, corpus.val, block_size, batch_size=eval_batch_size, max_windows=curve_val_windows)
-            evals.append({"step": done, "val_loss": ev["loss"], "val_ppl": ev["ppl"]})
+
+    def save() -> None:
+        from .train import atomic_save
+
+        atomic_save({"format": LM_CHECKPOINT_FORMAT, "config": config, "step": done, "model": net.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "method": sparse_method.state_dict(), "losses": losses, "curve": curve, "sad_curve": sad_curve,
+                     "evals": evals, "nonfinite": nonfinite, "torch_rng": torch.get_rng_state(),
+                     "train_seconds": seconds_before + time.perf_counter() - t_train}, ck_path)
+
+    net.train()
+    in_step = False
+    try:
+        for t, (x, y) in enumerate(lm_batches(corpus.train, block_size, batch_size, seed=seed, steps=stop_at,
+                                              start=start), start):
+            in_step = True
+            optimizer.zero_grad(set_to_none=True)
+            loss = lm_loss(net(x), y)
+            loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+            optimizer.step()
+            scheduler.step()
+            value = loss.item()
+            losses.append(value)
+            nonfinite += not math.isfinite(value)
+            done = t + 1
+            if done % log_every == 0 or done == steps:
+                k = (done - 1) % log_every + 1
+                curve.append({"step": done, "loss": sum(losses[-k:]) / k})
+                if logs_sad:
+                    sad_curve.append({"step": done, "sad": sum(h["sad"] for h in sparse_method.sad_history[-k:])})
+            if eval_every and done % eval_every == 0 and done < steps:
+                ev = evaluate_lm(net, corpus.val, block_size, batch_size=eval_batch_size, max_windows=curve_val_windows)
+                evals.append({"step": done, "val_loss": ev["loss"], "val_ppl": ev["ppl"]})
+            in_step = False
+            if ck_path is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == stop_at):
+                save()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.3f}")
+    except KeyboardInterrupt:
+        if ck_path is not None and not in_step:
+            save()
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.3f}")
-    train_seconds = time.perf_counter() - t_train
+            bar.close()
+        raise
+    train_seconds = seconds_before + time.perf_counter() - t_train
     if bar is not None:
         bar.close()
-
+    if done < steps:
+        return {"finished": False, "step": done, "steps": steps, "checkpoint": str(ck_path)}
     # the report's own forward pass refreshes N:M masks in the finished ("done") state, so it
     # counts exactly the masks finalize() folds in next
     report = sparsity_report(net, torch.zeros(1, block_size, dtype=torch.int64), **sparse_method.report_kwargs())
@@ -465,6 +575,8 @@ def train_lm(
         "train_seconds": train_seconds,
         "seconds_per_step": train_seconds / steps,
         "seconds": time.perf_counter() - t_start,
+        "finished": True,
+        "resumed_from": start if saved is not None else None,
     }
     if return_model:
         out["model_object"] = net

@@ -678,6 +678,7 @@ def lm_batches(
     *,
     seed: int,
     steps: int | None,
+    start: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Random contiguous training windows: yields ``(x, y)``, each ``[batch_size, block_size]`` int64.
 
@@ -694,22 +695,31 @@ def lm_batches(
         batch_size: windows per batch.
         seed: seed of the window stream.
         steps: number of batches to yield, or None for an endless stream.
+        start: skip the first ``start`` batches of that stream (their draws are made, their
+            windows are not gathered): a resumed run continues with the batches it would
+            have seen. ``steps`` counts from the beginning, so ``steps - start`` are yielded.
 
     Raises:
         ConfigError: ``tokens`` not a 1-D integer tensor, ``block_size`` or ``batch_size``
-            below 1, ``block_size`` too large for ``tokens``, or ``steps`` below 1.
+            below 1, ``block_size`` too large for ``tokens``, ``steps`` below 1, or ``start``
+            negative or beyond ``steps``.
     """
     tokens = _check_tokens(tokens, block_size)
     check_int(batch_size, "batch_size", minimum=1)
     check_int(seed, "seed")
     if steps is not None:
         check_int(steps, "steps", minimum=1)
+    check_int(start, "start", minimum=0)
+    if steps is not None and start > steps:
+        raise ConfigError(f"start must be in [0, steps={steps}]; got {start}")
     generator = stream_generator(seed, "lm-batches")
     offsets = torch.arange(block_size)
     n_starts = tokens.numel() - block_size
 
     def windows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        step = 0
+        for _ in range(start):  # the same draws as the batches skipped, so the stream lines up
+            torch.randint(n_starts, (batch_size, 1), generator=generator)
+        step = start
         while steps is None or step < steps:
             starts = torch.randint(n_starts, (batch_size, 1), generator=generator)
             idx = (starts + offsets).to(tokens.device)
