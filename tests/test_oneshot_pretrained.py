@@ -71,6 +71,38 @@ def test_retrain_replaces_and_env_var_sets_root(tmp_path, corpus_file, monkeypat
     assert not any(p.name.startswith(".") for p in a.path.parent.iterdir())  # no temporary folder left
 
 
+def test_interrupted_training_resumes_on_the_same_trajectory(tmp_path, corpus_file, monkeypatch):
+    import sparseforge.lm as lm
+
+    spec = f"text:{corpus_file}"
+    fresh = austen_gpt(cache_dir=tmp_path / "fresh", corpus=spec, **TINY)
+    real = lm.train_lm
+
+    def interrupted(*args, **kwargs):  # 12 of the 30 steps, then Ctrl-C
+        real(*args, max_steps=12, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lm, "train_lm", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        austen_gpt(cache_dir=tmp_path / "cut", corpus=spec, **TINY)
+    partial = list((tmp_path / "cut" / "austen-gpt").iterdir())
+    assert [p.name for p in partial] == [f".{fresh.path.name}-training.pt"]  # no model folder yet
+    monkeypatch.setattr(lm, "train_lm", real)
+    resumed = austen_gpt(cache_dir=tmp_path / "cut", corpus=spec, **TINY)
+    assert resumed.trained and resumed.log["resumed_from"] == 12 and fresh.log["resumed_from"] is None
+    for (ka, va), (kb, vb) in zip(fresh.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    assert resumed.log["val_ppl"] == fresh.log["val_ppl"]
+    assert [p.name for p in (tmp_path / "cut" / "austen-gpt").iterdir()] == [resumed.path.name]  # checkpoint gone
+    # retrain=True discards a checkpoint instead of resuming it
+    monkeypatch.setattr(lm, "train_lm", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        austen_gpt(cache_dir=tmp_path / "cut", corpus=spec, retrain=True, **TINY)
+    monkeypatch.setattr(lm, "train_lm", real)
+    again = austen_gpt(cache_dir=tmp_path / "cut", corpus=spec, retrain=True, **TINY)
+    assert again.log["resumed_from"] is None
+
+
 def test_unigram_perplexity_hand_computed():
     train = torch.tensor([0, 0, 1])  # counts + 1: [3, 2, 1] of 6
     val = torch.tensor([0, 2])

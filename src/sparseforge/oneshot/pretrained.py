@@ -27,7 +27,10 @@ Same seed and arguments, same weights: the seed fixes the initialisation and the
 windows. Bitwise equality holds for the same torch build and thread count; other thread counts
 change the summation order of matrix products, so the last bits (not the quality) may differ.
 The folder is written under a temporary name and renamed when complete, so an interrupted
-run leaves no half-written cache behind.
+run leaves no half-written cache behind. Training saves a checkpoint every tenth of its steps
+(hidden beside the folder, ``.<key>-training.pt``); calling again after an interruption
+resumes from it on the same trajectory (see :func:`sparseforge.lm.train_lm`), and the
+checkpoint is deleted once the folder is written.
 """
 
 from __future__ import annotations
@@ -129,6 +132,11 @@ def _cache_key(corpus: str, kw: dict[str, Any]) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:12]
 
 
+def _checkpoint_path(folder: Path) -> Path:
+    # beside the model folder, hidden, so a half-trained model is never mistaken for a cached one
+    return folder.parent / f".{folder.name}-training.pt"
+
+
 def _load(folder: Path) -> PretrainedLM:
     from safetensors.torch import load_file
 
@@ -165,7 +173,8 @@ def austen_gpt(
             ``<cache_dir>/austen-gpt/<key>``.
         corpus: corpus name for :func:`~sparseforge.text.load_text_corpus` (``"austen"``, or
             ``"text:PATH"`` for a quick model on another text, as the tests do).
-        retrain: train again even if the cache holds this model (the cache is replaced).
+        retrain: train again even if the cache holds this model (the cache is replaced, and
+            a checkpoint of an interrupted training is discarded, not resumed).
         train_if_missing: if False and the model is not cached, raise instead of training
             (for callers that must not start a long training job by accident).
         progress: show a progress bar while training.
@@ -202,11 +211,16 @@ def austen_gpt(
     from ..text import load_text_corpus
 
     data = load_text_corpus(corpus)
+    # 20-50 minutes of training: an interrupted call resumes from here instead of starting over
+    checkpoint = _checkpoint_path(folder)
+    if retrain:
+        checkpoint.unlink(missing_ok=True)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
     model_kw = {"vocab_size": int(data.vocab_size), "block_size": kw["block_size"], "d_model": kw["d_model"],
                 "n_layer": kw["n_layer"], "n_head": kw["n_head"]}
     result = train_lm(data, "dense", model_params={k: v for k, v in model_kw.items() if k != "vocab_size"},
                       steps=kw["steps"], batch_size=kw["batch_size"], lr=kw["lr"], seed=kw["seed"],
-                      progress=progress, return_model=True)
+                      progress=progress, return_model=True, checkpoint=checkpoint)
     model = result.pop("model_object")
     model.eval()
     log = {**result, "unigram_val_ppl": unigram_perplexity(data.train, data.val, data.vocab_size),
@@ -230,4 +244,5 @@ def austen_gpt(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    checkpoint.unlink(missing_ok=True)
     return PretrainedLM(model=model, config=config, log=log, path=folder, trained=True)
