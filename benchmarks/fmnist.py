@@ -44,7 +44,7 @@ def _record(row: dict) -> dict:
             "history": row["history"], "seconds": row["seconds"]}
 
 
-def _plot(summary: list[dict], path: Path) -> None:
+def _plot(summary: list[dict], path: Path, methods: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +55,7 @@ def _plot(summary: list[dict], path: Path) -> None:
     for ax, model in zip(axes[0], models):
         rows = [r for r in summary if r["model"] == model]
         dense = [r for r in rows if r["method"] == "dense"]
-        for method in METHODS[1:]:
+        for method in [m for m in methods if m != "dense"]:
             pts = sorted((r["sparsity"], r["mean"], r["std"]) for r in rows if r["method"] == method)
             if pts:
                 xs, ys, es = zip(*pts)
@@ -156,7 +156,7 @@ def main(argv: list[str]) -> None:
     data_out = {"provenance": prov, "config": {**vars(a), "epochs": epochs}, "dataset": data.name, "summary": summary, "runs": runs}
     jp, mp = write_results(a.name, data_out, "\n".join(md), out)
     try:
-        _plot(summary, jp.with_suffix(".png"))
+        _plot(summary, jp.with_suffix(".png"), a.methods)
         with open(mp, "a") as f:
             f.write(f"\n![accuracy vs sparsity]({jp.with_suffix('.png').name})\n")
     except ImportError:

@@ -26,6 +26,10 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "rigl": {"name": "rigl", "update_interval": 100, "drop_fraction": 0.3, "end": "75%"},
     "imp": {"name": "imp", "fraction": 0.2, "rewind_step": 0},
 }
+# the sparse-from-scratch presets again with the sparse initialisation of Evci et al. 2022
+# (init_scale="unit": each unit's kept weights rescaled to its real fan-in)
+METHOD_PRESETS.update({f"{k}-sinit": {**METHOD_PRESETS[k], "init_scale": "unit"}
+                       for k in ("static-uniform", "static-erk", "snip", "set", "rigl")})
 
 DEFAULT_DEMO_METHODS = ("dense", "static-uniform", "static-erk", "snip", "gmp", "set", "rigl")
 

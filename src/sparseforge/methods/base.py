@@ -29,10 +29,11 @@ import torch
 from torch import nn
 
 from ..core.allocation import Allocation, allocation_from_spec, global_sparsities
+from ..core.init import init_scale_factors
 from ..core.patterns import NM, Pattern, Unstructured, num_pruned, pattern_from_spec, topk_mask
 from ..core.rng import stream_generator
 from ..errors import ConfigError, LayerError, check_sparsity
-from ..masking import MaskedLayer, Masking, Targets
+from ..masking import MaskedLayer, Masking, Targets, is_sharded, shard_like
 
 __all__ = ["SparsityMethod"]
 
@@ -188,6 +189,27 @@ class SparsityMethod:
 
     def init_masks(self) -> None:
         """Hook: initial masks (default: dense, all kept)."""
+
+    @torch.no_grad()
+    def rescale_init(self, mode: str) -> None:
+        """Rescale every masked weight's initial values to its layer's sparse fan-in.
+
+        ``mode`` as :func:`~sparseforge.core.init.init_scale_factors` (``"unit"``: Evci et
+        al. 2022's sparse initialisation, ``"layer"``, ``"dense"``: unchanged). Called by the
+        sparse-from-scratch methods right after their initial masks (``init_scale=``).
+        """
+        if mode == "dense":
+            return
+        for layer in self.layers:
+            w = layer.weight
+            factor = init_scale_factors(layer.canonical(layer.mask), mode)
+            if not factor.dim():
+                w.mul_(factor.item())
+                continue
+            factor = layer.from_canonical(factor).to(device=w.device, dtype=w.dtype)
+            if is_sharded(w):  # each rank scales its own shard by its part of the full factors
+                factor = shard_like(factor.expand(w.shape).contiguous(), w)
+            w.mul_(factor)
 
     def needs_grads(self, t: int) -> bool:
         """Hook: True if optimizer step ``t`` must stash dense gradients for :meth:`update`."""

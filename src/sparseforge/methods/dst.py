@@ -62,6 +62,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.init import check_init_scale
 from ..core.patterns import Unstructured, random_mask, topk_mask
 from ..core.schedules import Constant, CosineDecay, Schedule
 from ..errors import CheckpointError, ConfigError, check_fraction, check_int
@@ -92,6 +93,11 @@ class DynamicSparse(SparsityMethod):
             and no update happens on or after the last step (its regrown weights would stay
             zero in the final model).
         begin: first step with an update (default 0).
+        init_scale: ``"dense"`` (default, as both papers: the model's initial weights as they
+            are), ``"unit"`` (sparse initialisation of Evci et al. 2022: each output unit's
+            kept weights times ``sqrt(fan_in / kept fan_in)``) or ``"layer"`` (times
+            ``1 / sqrt(density)``); see :mod:`sparseforge.core.init`. Applied once to the
+            initial weights; regrown weights start at zero either way.
     """
 
     supported_patterns = (Unstructured,)
@@ -106,7 +112,8 @@ class DynamicSparse(SparsityMethod):
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
                  drop_fraction: float = 0.3, decay: str | None = None, update_interval: int = 100,
                  end: int | None = None, total_steps: int | None = None, begin: int = 0,
-                 end_fraction: float | None = None, **kwargs: Any) -> None:
+                 end_fraction: float | None = None, init_scale: str = "dense", **kwargs: Any) -> None:
+        self.init_scale = check_init_scale(init_scale)
         self.drop_fraction = check_fraction(drop_fraction, "drop_fraction")
         self.update_interval = check_int(update_interval, "update_interval", minimum=1)
         check_int(begin, "begin", minimum=0)
@@ -146,6 +153,7 @@ class DynamicSparse(SparsityMethod):
         """Random masks with exact per-layer counts (the allocation's sparsities)."""
         scores = [torch.rand(l.canonical_shape, generator=self.generator) for l in self.layers]
         self.set_masks(self.masks_from_scores(scores))
+        self.rescale_init(self.init_scale)
         self._reset_tracking()
 
     def _reset_tracking(self) -> None:

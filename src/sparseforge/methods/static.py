@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.init import check_init_scale
 from ..core.scores import GRADIENT_SCORES, get_score
 from ..errors import ConfigError
 from ..masking import is_sharded
@@ -49,6 +50,10 @@ class StaticSparse(SparsityMethod):
         allocation: default ``"erk"`` for random/magnitude, ``"global"`` for gradient scores.
         data: one batch ``(inputs, targets)`` for gradient scores (SNIP).
         loss_fn: loss for gradient scores (default cross-entropy).
+        init_scale: ``"dense"`` (default: the model's initial weights as they are), ``"unit"``
+            (sparse initialisation of Evci et al. 2022: each output unit's kept weights times
+            ``sqrt(fan_in / kept fan_in)``) or ``"layer"`` (times ``1 / sqrt(density)``);
+            see :mod:`sparseforge.core.init`. Applied once, after the masks are chosen.
     Other arguments as :class:`~sparseforge.methods.base.SparsityMethod`.
     """
 
@@ -58,7 +63,8 @@ class StaticSparse(SparsityMethod):
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
                  score: str = "random", data: tuple[Any, Any] | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 allocation: Any = None, **kwargs: Any) -> None:
+                 allocation: Any = None, init_scale: str = "dense", **kwargs: Any) -> None:
+        self.init_scale = check_init_scale(init_scale)
         self.score_name = score
         self.score_fn = get_score(score)
         if score in GRADIENT_SCORES and data is None:
@@ -113,6 +119,7 @@ class StaticSparse(SparsityMethod):
             for l, g in zip(self.layers, grads)
         ]
         self.set_masks(self.masks_from_scores(scores))
+        self.rescale_init(self.init_scale)
 
     def extra_state(self) -> dict[str, Any]:
         """Score name, for reports."""
