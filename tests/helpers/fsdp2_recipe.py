@@ -26,6 +26,8 @@ CASES = {
     "imp": ("imp", {"sparsity": 0.6, "steps_per_round": 6, "fraction": 0.3, "rewind_step": 2}, "sgd"),
     "masked-then-sharded": ("static", {"sparsity": 0.7}, "adamw"),
     "method-then-sharded": ("rigl", {"sparsity": 0.8, "update_interval": 5, "total_steps": STEPS}, "sgd"),
+    # per-output-unit factors: each rank scales its own rows
+    "rigl-sinit": ("rigl", {"sparsity": 0.8, "update_interval": 5, "total_steps": STEPS, "init_scale": "unit"}, "sgd"),
 }
 
 
