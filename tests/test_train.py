@@ -81,7 +81,8 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("method", [METHODS[5], METHODS[6], METHODS[3]], ids=["rigl", "imp", "gmp"])
+@pytest.mark.parametrize("method", [METHODS[5], METHODS[6], METHODS[3], {**METHODS[4], "init_scale": "unit"}],
+                         ids=["rigl", "imp", "gmp", "set-sinit"])
 def test_interrupted_run_resumes_on_the_same_trajectory(tmp_path: Path, method: dict, data) -> None:
     full = Trainer(recipe(method), tmp_path / "a", progress=False, dataset=data)
     full.fit()
