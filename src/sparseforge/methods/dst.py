@@ -74,6 +74,18 @@ __all__ = ["DynamicSparse", "SET", "RigL"]
 _FOREVER = 2**62  # "update until training stops" for constant drop fractions
 
 
+def _count_common(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many entries of ``a`` occur in ``b``; both ascending int64 index lists (``nonzero`` order).
+
+    A binary search of ``b`` per entry of ``a``: ``torch.isin`` sorts both lists first, about a
+    tenth of a LeNet-300-100 SET update.
+    """
+    if a.numel() == 0 or b.numel() == 0:
+        return 0
+    pos = torch.searchsorted(b, a).clamp_(max=b.numel() - 1)
+    return int(torch.count_nonzero(b[pos] == a))
+
+
 def _cpu_copy(mask: torch.Tensor) -> torch.Tensor:
     # always a new contiguous tensor: a transposed canonical view must not alias the mask
     return mask.detach().to("cpu", torch.bool).clone(memory_format=torch.contiguous_format)
@@ -295,7 +307,7 @@ class DynamicSparse(SparsityMethod):
             self.explored[i].view(-1)[fresh_cpu] = True
             if self.last_grown[i] is not None:
                 self.regrowth["grown"] += self.last_grown[i].numel()
-                self.regrowth["dropped_next"] += int(torch.isin(self.last_grown[i], pruned.cpu()).sum())
+                self.regrowth["dropped_next"] += _count_common(self.last_grown[i], pruned.cpu())
             self.last_grown[i] = fresh_cpu
             stats[layer.qualname] = {"active": n_active, "dropped": pruned.numel(), "grown": fresh.numel()}
         self.masking.broadcast()
