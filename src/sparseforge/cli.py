@@ -147,6 +147,8 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
+    from .demo import DEFAULT_DEMO_METHODS, METHOD_PRESETS
+
     p = argparse.ArgumentParser(prog="sparseforge", description="Make neural networks sparse and keep them accurate.")
     p.add_argument("--version", action="version", version=f"sparseforge {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -155,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=5, help="epochs per method (default 5)")
     d.add_argument("--sparsity", type=float, default=0.9, help="target sparsity, fraction of zeros (default 0.9)")
     d.add_argument("--methods", nargs="+", default=None,
-                   help="methods to compare (default: dense static-uniform static-erk snip gmp set rigl)")
+                   help=f"presets to compare, of {' '.join(METHOD_PRESETS)} ('-sinit': with the sparse "
+                        f"initialisation); default: {' '.join(DEFAULT_DEMO_METHODS)}")
     d.add_argument("--dataset", default="auto", help="auto (Fashion-MNIST if installed, else MNIST-1D), fashion-mnist or mnist1d")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
