@@ -66,7 +66,7 @@ from ..core.init import check_init_scale
 from ..core.patterns import Unstructured, random_mask, topk_mask
 from ..core.schedules import Constant, CosineDecay, Schedule
 from ..errors import CheckpointError, ConfigError, check_fraction, check_int
-from ..masking import MaskedLayer
+from ..masking import MaskedLayer, is_sharded
 from .base import SparsityMethod
 
 __all__ = ["DynamicSparse", "SET", "RigL"]
@@ -301,8 +301,17 @@ class DynamicSparse(SparsityMethod):
             fresh = grown.nonzero().squeeze(1)
             fresh = torch.masked_select(fresh, ~flat.index_select(0, fresh))  # not active before
             pruned = torch.masked_select(dropped, ~grown.index_select(0, dropped))  # not regrown at once
-            self.masking.prune_positions(layer, pruned)
-            self.masking.grow_positions(layer, fresh)
+            if is_sharded(layer.mask):
+                # an FSDP2 shard: one scatter of the new full mask instead of a gather and a
+                # scatter for each of the two position updates (grown positions are pruned ones,
+                # whose weights and optimizer state are zero already)
+                new = flat.clone()
+                new[pruned] = False
+                new[fresh] = True
+                self.masking.set_mask(layer, new.view(layer.canonical_shape), canonical=True)
+            else:
+                self.masking.prune_positions(layer, pruned)
+                self.masking.grow_positions(layer, fresh)
             fresh_cpu = fresh.cpu()
             self.explored[i].view(-1)[fresh_cpu] = True
             if self.last_grown[i] is not None:
