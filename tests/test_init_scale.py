@@ -139,6 +139,21 @@ def test_bad_init_scale_is_named(method: str) -> None:
         build_method(method, _model(), None, init_scale="he", **args)
 
 
+def test_layers_without_a_fan_in_init_are_refused_before_any_weight_changes() -> None:
+    from sparseforge.errors import LayerError
+    from sparseforge.masking import Targets
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Embedding(20, 8))  # Embedding: N(0, 1), no fan-in
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(LayerError, match=r"1.weight: init_scale='unit' rescales a fan-in .* this layer is a Embedding"):
+        build_method("static", model, None, sparsity=0.5, allocation="uniform", init_scale="unit",
+                     targets=Targets(types=(nn.Linear, nn.Embedding)))
+    assert not any(n.endswith("_mask") for n, _ in model.named_buffers())  # no mask left behind
+    for p, b in zip(model.parameters(), before):  # refused before any mask or scaling touched a weight
+        assert torch.equal(p, b)
+
+
 def test_methods_without_an_initial_sparse_mask_refuse_init_scale() -> None:
     # GMP and IMP start dense: a sparse-fan-in rescaling has nothing to act on
     with pytest.raises(ConfigError, match="init_scale"):

@@ -33,7 +33,7 @@ from ..core.init import init_scale_factors
 from ..core.patterns import NM, Pattern, Unstructured, num_pruned, pattern_from_spec, topk_mask
 from ..core.rng import stream_generator
 from ..errors import ConfigError, LayerError, check_sparsity
-from ..masking import MaskedLayer, Masking, Targets, is_sharded, shard_like
+from ..masking import MaskedLayer, Masking, Targets, _is_default_target, is_sharded, shard_like
 
 __all__ = ["SparsityMethod"]
 
@@ -53,6 +53,9 @@ class SparsityMethod:
     """
 
     name = "base"
+    #: rescaling of the initial weights after the first masks (:meth:`rescale_init`); the
+    #: sparse-from-scratch methods take it as the ``init_scale`` argument
+    init_scale = "dense"
     #: patterns the method supports (checked at construction)
     supported_patterns: tuple[type, ...] = (Pattern,)
     default_allocation = "uniform"
@@ -183,9 +186,18 @@ class SparsityMethod:
         self.masking.broadcast()
 
     def _check_layers(self) -> None:
-        """Hook: validate (or drop) the target layers before allocation; default: the pattern's check."""
+        """Hook: validate (or drop) the target layers before allocation; default: the pattern's check.
+
+        With an ``init_scale`` other than ``"dense"`` every layer must have a fan-in
+        initialisation, checked here so that a refused layer leaves every weight untouched.
+        """
         for layer in self.masking:
             self.pattern.check(layer.canonical_shape, layer.qualname)
+            if self.init_scale != "dense" and not _is_default_target(layer.module):
+                raise LayerError(
+                    f"{layer.qualname}: init_scale={self.init_scale!r} rescales a fan-in initialisation (Linear, "
+                    f"Conv1d/2d/3d, Hugging Face Conv1D); this layer is a {type(layer.module).__name__}: use "
+                    "init_scale='dense' or leave it out of the targets")
 
     def init_masks(self) -> None:
         """Hook: initial masks (default: dense, all kept)."""
