@@ -209,12 +209,10 @@ def _corpus_identity(corpus: Any) -> dict[str, Any]:
 
 
 def _read_lm_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file must not be half-loaded
-        raise CheckpointError(f"checkpoint: cannot read {str(path)!r}: {e}") from None
-    if not isinstance(saved, dict) or saved.get("format") != LM_CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint: {str(path)!r} is not a train_lm checkpoint ({LM_CHECKPOINT_FORMAT})")
+    from .train import read_checkpoint
+
+    saved = read_checkpoint(path, LM_CHECKPOINT_FORMAT, f"train_lm checkpoint ({LM_CHECKPOINT_FORMAT})",
+                            param="checkpoint: ")
     theirs = saved.get("config", {})
     diff = [f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in config.items()
             if k != "model_shapes" and theirs.get(k) != v]
@@ -455,7 +453,6 @@ def train_lm(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         sparse_method.load_state_dict(saved["method"])
-        sparse_method.masking._cache = None  # the float masks follow the loaded ones
         torch.set_rng_state(saved["torch_rng"])
         done = start = int(saved["step"])
         losses, curve, sad_curve, evals = saved["losses"], saved["curve"], saved["sad_curve"], saved["evals"]

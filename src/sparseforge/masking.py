@@ -530,7 +530,7 @@ class Masking:
         increment at every update. Sharded, parametrized or non-contiguous weights take
         :meth:`set_mask`.
         """
-        self._set_positions(layer, positions, False)
+        self.change_positions(layer, prune=positions)
 
     def grow_positions(self, layer: MaskedLayer, positions: torch.Tensor) -> None:
         """Activate the pruned ``positions`` (int64 flat indices, canonical layout) of ``layer``.
@@ -541,19 +541,34 @@ class Masking:
         parametrized or non-contiguous weights take :meth:`set_mask`; there the positions'
         weights and state are zero already, as at every pruned position.
         """
-        self._set_positions(layer, positions, True)
+        self.change_positions(layer, grow=positions)
 
     @torch.no_grad()
-    def _set_positions(self, layer: MaskedLayer, positions: torch.Tensor, keep: bool) -> None:
-        # mask[positions] = keep, with the weights and optimizer state there zeroed either way
-        if positions.numel() == 0:
+    def change_positions(self, layer: MaskedLayer, prune: torch.Tensor | None = None,
+                         grow: torch.Tensor | None = None) -> None:
+        """:meth:`prune_positions` of ``prune``, then :meth:`grow_positions` of ``grow``, in one call.
+
+        A prune-and-regrow update (SET, RigL) changes both at once: where the weights take
+        :meth:`set_mask` (FSDP2 shards among them) that is one gather and one scatter of the
+        layer's mask instead of one of each per list.
+        """
+        changes = [(p, keep) for p, keep in ((prune, False), (grow, True)) if p is not None and p.numel()]
+        if not changes:
             return
         w, buf = layer.module._parameters.get(layer.param_name), layer.mask
         if w is None or is_sharded(w) or is_sharded(buf) or not (w.is_contiguous() and buf.is_contiguous()):
             full = torch.clone(layer.canonical(buf), memory_format=torch.contiguous_format)
-            full.view(-1)[positions] = keep
+            for positions, keep in changes:
+                full.view(-1)[positions] = keep
             self.set_mask(layer, full, canonical=True)
             return
+        for positions, keep in changes:
+            self._set_positions(layer, w, buf, positions, keep)
+
+    def _set_positions(self, layer: MaskedLayer, w: torch.Tensor, buf: torch.Tensor, positions: torch.Tensor,
+                       keep: bool) -> None:
+        # mask[positions] = keep in place, with the weights and optimizer state there zeroed
+        # either way (a plain contiguous weight; change_positions routes the others to set_mask)
         pos = layer.stored_index(positions).to(buf.device)
         version = buf._version
         buf.view(-1)[pos] = keep

@@ -50,7 +50,7 @@ from .methods.base import SparsityMethod
 from .models import build_model, example_input
 from .recipes import STEP_KEYS, Recipe, resolve_steps
 
-__all__ = ["Trainer", "RunResult", "iterate_batches", "evaluate", "atomic_save", "process_group"]
+__all__ = ["Trainer", "RunResult", "iterate_batches", "evaluate", "atomic_save", "read_checkpoint", "process_group"]
 
 
 def process_group() -> tuple[int, int]:
@@ -85,6 +85,21 @@ def atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path, fmt: str, what: str, param: str = "") -> dict[str, Any]:
+    """``torch.load`` a checkpoint dict whose ``"format"`` is ``fmt``, or raise :class:`CheckpointError`.
+
+    A truncated or foreign file is refused whole, never half-loaded. ``what`` names the kind
+    of checkpoint in the message, ``param`` (e.g. ``"checkpoint: "``) the argument it came from.
+    """
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{param}cannot read checkpoint file {str(path)!r}: {e}") from None
+    if not isinstance(ck, dict) or ck.get("format") != fmt:
+        raise CheckpointError(f"{param}{str(path)!r} is not a {what}")
+    return ck
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -261,12 +276,7 @@ class Trainer:
         path = self.checkpoint_path
         if path is None or not path.exists():
             return False
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # a truncated or foreign file must not be half-loaded
-            raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from None
-        if not isinstance(ck, dict) or ck.get("format") != "sparseforge-checkpoint-v1":
-            raise CheckpointError(f"{str(path)!r} is not a sparseforge training checkpoint")
+        ck = read_checkpoint(path, "sparseforge-checkpoint-v1", "sparseforge training checkpoint")
         if ck["recipe"] != self.recipe.to_dict():
             raise CheckpointError(
                 f"run folder {str(self.run_dir)!r} holds a run of a different recipe; "

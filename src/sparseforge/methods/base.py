@@ -203,18 +203,18 @@ class SparsityMethod:
         """Hook: initial masks (default: dense, all kept)."""
 
     @torch.no_grad()
-    def rescale_init(self, mode: str) -> None:
+    def rescale_init(self) -> None:
         """Rescale every masked weight's initial values to its layer's sparse fan-in.
 
-        ``mode`` as :func:`~sparseforge.core.init.init_scale_factors` (``"unit"``: Evci et
-        al. 2022's sparse initialisation, ``"layer"``, ``"dense"``: unchanged). Called by the
-        sparse-from-scratch methods right after their initial masks (``init_scale=``).
+        By :attr:`init_scale`, as :func:`~sparseforge.core.init.init_scale_factors`
+        (``"unit"``: Evci et al. 2022's sparse initialisation, ``"layer"``, ``"dense"``:
+        unchanged). Called by the sparse-from-scratch methods right after their initial masks.
         """
-        if mode == "dense":
+        if self.init_scale == "dense":
             return
         for layer in self.layers:
             w = layer.weight
-            factor = init_scale_factors(layer.canonical(layer.mask), mode)
+            factor = init_scale_factors(layer.canonical(layer.mask), self.init_scale)
             if not factor.dim():
                 w.mul_(factor.item())
                 continue

@@ -66,7 +66,7 @@ from ..core.init import check_init_scale
 from ..core.patterns import Unstructured, random_mask, topk_mask
 from ..core.schedules import Constant, CosineDecay, Schedule
 from ..errors import CheckpointError, ConfigError, check_fraction, check_int
-from ..masking import MaskedLayer, is_sharded
+from ..masking import MaskedLayer
 from .base import SparsityMethod
 
 __all__ = ["DynamicSparse", "SET", "RigL"]
@@ -165,7 +165,7 @@ class DynamicSparse(SparsityMethod):
         """Random masks with exact per-layer counts (the allocation's sparsities)."""
         scores = [torch.rand(l.canonical_shape, generator=self.generator) for l in self.layers]
         self.set_masks(self.masks_from_scores(scores))
-        self.rescale_init(self.init_scale)
+        self.rescale_init()
         self._reset_tracking()
 
     def _reset_tracking(self) -> None:
@@ -278,10 +278,10 @@ class DynamicSparse(SparsityMethod):
     def update(self, t: int) -> None:
         """Drop and regrow on update steps; record counts in :attr:`last_update`.
 
-        Only the positions that change are written (:meth:`~sparseforge.masking.Masking.prune_positions`
-        for the dropped, :meth:`~sparseforge.masking.Masking.grow_positions` for the newly
-        grown, at zero weight and zero optimizer state); a position dropped and regrown in the
-        same update is left as it was.
+        Only the positions that change are written, in one
+        :meth:`~sparseforge.masking.Masking.change_positions` call per layer (the dropped
+        pruned, the newly grown activated at zero weight and zero optimizer state); a position
+        dropped and regrown in the same update is left as it was.
         """
         if not self.is_update_step(t):
             return
@@ -301,17 +301,7 @@ class DynamicSparse(SparsityMethod):
             fresh = grown.nonzero().squeeze(1)
             fresh = torch.masked_select(fresh, ~flat.index_select(0, fresh))  # not active before
             pruned = torch.masked_select(dropped, ~grown.index_select(0, dropped))  # not regrown at once
-            if is_sharded(layer.mask):
-                # an FSDP2 shard: one scatter of the new full mask instead of a gather and a
-                # scatter for each of the two position updates (grown positions are pruned ones,
-                # whose weights and optimizer state are zero already)
-                new = flat.clone()
-                new[pruned] = False
-                new[fresh] = True
-                self.masking.set_mask(layer, new.view(layer.canonical_shape), canonical=True)
-            else:
-                self.masking.prune_positions(layer, pruned)
-                self.masking.grow_positions(layer, fresh)
+            self.masking.change_positions(layer, prune=pruned, grow=fresh)
             fresh_cpu = fresh.cpu()
             self.explored[i].view(-1)[fresh_cpu] = True
             if self.last_grown[i] is not None:

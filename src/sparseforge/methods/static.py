@@ -119,7 +119,7 @@ class StaticSparse(SparsityMethod):
             for l, g in zip(self.layers, grads)
         ]
         self.set_masks(self.masks_from_scores(scores))
-        self.rescale_init(self.init_scale)
+        self.rescale_init()
 
     def extra_state(self) -> dict[str, Any]:
         """Score name, for reports."""
