@@ -253,6 +253,42 @@ def test_rigl_sweep_suite_tiny(tmp_path: Path) -> None:
         run_suite("rigl_sweep", ["--settings", "fastest", "--out", str(tmp_path)])
 
 
+def test_lr_tuned_suite_chooses_each_rate_on_validation(tmp_path: Path) -> None:
+    run_suite("lr_tuned", ["--methods", "dense", "rigl-mlp", "--lrs", "0.2", "0.02", "--seeds", "0", "1", "--epochs", "1",
+                           "--dataset", "mnist1d", "--n-val", "400", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "lr_tuned.json").read_text())
+    assert len(data["runs"]) == 8 and {r["lr"] for r in data["runs"]} == {0.02, 0.2}
+    for s in data["summary"]:
+        runs = [r for r in data["runs"] if r["method"] == s["method"]]
+        val = {lr: sum(100 * r["val_accuracy"] for r in runs if r["lr"] == lr) / 2 for lr in (0.02, 0.2)}
+        assert s["chosen_lr"] == max(val, key=lambda lr: (val[lr], -lr))  # picked on validation, never on test
+        test = [100 * r["test_accuracy"] for r in runs if r["lr"] == s["chosen_lr"]]
+        assert s["test"] == pytest.approx(sum(test) / 2)
+    assert {r["method"]: r["sparsity"] for r in data["summary"]} == {"dense": 0.0, "rigl-mlp": 0.9}
+    assert "| rigl-mlp | 90 % |" in (tmp_path / "lr_tuned.md").read_text()
+
+
+def test_lr_tuned_tie_goes_to_the_lower_rate() -> None:
+    from sparseforge.bench import benchmarks_dir
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lr_tuned_t", benchmarks_dir() / "lr_tuned.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.choose({0.1: {"val": 80.0}, 0.05: {"val": 80.0}, 0.2: {"val": 79.0}}) == 0.05
+    assert mod.choose({0.1: {"val": 81.0}, 0.05: {"val": 80.0}}) == 0.1
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--lrs", "0.1", "0"], r"--lrs must be positive finite learning rates; got \[0.0\]"),
+    (["--lrs", "nan"], "--lrs must be positive"),
+    (["--methods", "rigl-fast"], "unknown method preset 'rigl-fast'"),
+])
+def test_lr_tuned_bad_arguments(tmp_path: Path, argv: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        run_suite("lr_tuned", [*argv, "--out", str(tmp_path), "--cache", str(tmp_path / "c")])
+
+
 @pytest.mark.parametrize("suite, argv, needle", [
     ("overhead", ["--instances", "0"], "--instances and --rounds must be >= 1; got 0"),
     ("overhead", ["--rounds", "0"], "--instances and --rounds must be >= 1"),

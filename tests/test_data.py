@@ -319,3 +319,43 @@ def test_load_dataset_names(fmnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_load_dataset_unknown_name() -> None:
     with pytest.raises(ConfigError, match="unknown dataset 'cifar10'; allowed: fashion-mnist, mnist1d, auto"):
         load_dataset("cifar10")
+
+
+def test_split_validation(small: Dataset) -> None:
+    v = small.split_validation(40)
+    assert (v.num_train, int(v.x_val.shape[0]), v.num_test) == (200, 40, small.num_test)
+    # the last training samples, disjoint from what stays and from any prefix subset of it
+    assert torch.equal(v.x_val, small.x_train[200:]) and torch.equal(v.y_val, small.y_train[200:])
+    assert torch.equal(v.x_train, small.x_train[:200])
+    s = v.subset(50, 10)
+    assert s.num_train == 50 and torch.equal(s.x_val, v.x_val)  # the validation split stays whole
+    assert "val=40" in repr(v) and "val=" not in repr(small)
+    assert v.as_channels().x_val.shape == (40, 1, 40)
+    assert small.x_val is None and small.as_channels().x_val is None
+
+
+@pytest.mark.parametrize("n_val, match", [
+    (240, "n_val=240 must be below the 240 training samples"),
+    (0, "n_val"),
+    (2.5, "n_val"),
+])
+def test_split_validation_bad_sizes(small: Dataset, n_val, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        small.split_validation(n_val)
+
+
+def test_split_validation_twice_and_half_given(small: Dataset) -> None:
+    with pytest.raises(ConfigError, match="already has a validation split of 40 samples"):
+        small.split_validation(40).split_validation(10)
+    with pytest.raises(ConfigError, match="give both x_val and y_val"):
+        Dataset("bad", small.x_train, small.y_train, small.x_test, small.y_test, 10, (40,), x_val=small.x_test)
+    with pytest.raises(ConfigError, match="x_val has 60 samples but y_val has 3"):
+        Dataset("bad", small.x_train, small.y_train, small.x_test, small.y_test, 10, (40,),
+                x_val=small.x_test, y_val=small.y_test[:3])
+
+
+def test_load_dataset_n_val_before_n_train() -> None:
+    full = load_dataset("mnist1d", num_samples=200)
+    d = load_dataset("mnist1d", num_samples=200, n_val=30, n_train=100)
+    # the validation split is cut from the full training split first, then n_train counts what stays
+    assert torch.equal(d.x_val, full.x_train[130:]) and torch.equal(d.x_train, full.x_train[:100])

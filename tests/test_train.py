@@ -77,6 +77,24 @@ def test_trainer_gives_set_the_run_length(data) -> None:
     assert t.method.last_update["step"] == 8
 
 
+def test_recipe_n_val_holds_out_a_validation_split_scored_every_epoch() -> None:
+    from sparseforge.train import evaluate
+
+    r = recipe({"name": "rigl", "sparsity": 0.9, "update_interval": 4}, epochs=2)
+    r.data.update(n_train=448, n_val=64)
+    t = Trainer(r, progress=False)
+    # 64 samples held out of the 4,000 training samples, and n_train counts what stays: 7 steps of 64 per epoch
+    assert (t.dataset.num_train, int(t.dataset.x_val.shape[0]), t.steps_per_epoch) == (448, 64, 7)
+    res = t.fit()
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    ev = evaluate(t.model, t.dataset.x_val, t.dataset.y_val)
+    assert res.final["val_accuracy"] == ev["accuracy"] and res.final["val_loss"] == pytest.approx(ev["loss"])
+    assert res.final["val_accuracy"] != res.final["test_accuracy"] or res.final["val_loss"] != res.final["test_loss"]
+    # without n_val nothing is held out and nothing is logged
+    plain = Trainer(recipe({"name": "dense"}, epochs=1), progress=False)
+    assert plain.dataset.x_val is None and "val_accuracy" not in plain.fit().final
+
+
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 

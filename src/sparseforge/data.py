@@ -82,7 +82,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # ----------------------------------------------------------------------------- Dataset
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """An in-memory classification dataset with train and test splits.
+    """An in-memory classification dataset with train and test splits, and optionally a validation split.
 
     ``eq=False`` because comparing tensors element-wise has no single truth value; two
     datasets are the same only if they are the same object.
@@ -93,6 +93,8 @@ class Dataset:
         y_train, y_test: int64 class labels in ``[0, num_classes)``; shape ``[N]``.
         num_classes: number of classes.
         input_shape: shape of one sample, e.g. ``(1, 28, 28)`` or ``(40,)``.
+        x_val, y_val: a validation split held out of the training samples
+            (:meth:`split_validation`), or None.
     """
 
     name: str
@@ -102,10 +104,14 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     input_shape: tuple[int, ...]
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
-        for split in ("train", "test"):
+        if (self.x_val is None) != (self.y_val is None):
+            raise ConfigError(f"Dataset {self.name!r}: give both x_val and y_val, or neither")
+        for split in ("train", "test") if self.x_val is None else ("train", "test", "val"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
                 raise ConfigError(f"Dataset {self.name!r}: x_{split} and y_{split} must be torch tensors")
@@ -123,7 +129,8 @@ class Dataset:
         # the default repr would print every tensor element
         return (
             f"Dataset(name={self.name!r}, train={self.num_train}, test={self.num_test}, "
-            f"input_shape={self.input_shape}, num_classes={self.num_classes})"
+            + ("" if self.x_val is None else f"val={int(self.x_val.shape[0])}, ")
+            + f"input_shape={self.input_shape}, num_classes={self.num_classes})"
         )
 
     @property
@@ -149,15 +156,34 @@ class Dataset:
             self,
             x_train=self.x_train.unsqueeze(1),
             x_test=self.x_test.unsqueeze(1),
+            x_val=None if self.x_val is None else self.x_val.unsqueeze(1),
             input_shape=(1, *self.input_shape),
         )
+
+    def split_validation(self, n_val: int) -> Dataset:
+        """Hold the last ``n_val`` training samples out as the validation split (``x_val``, ``y_val``).
+
+        Training then runs on the first ``num_train - n_val`` samples only, so hyperparameters
+        can be chosen on the validation accuracy and the test set is scored once, with the
+        chosen setting. Both loaders store their samples in shuffled order, so the last
+        samples are a fair sample, disjoint from any prefix :meth:`subset` takes of what stays.
+        """
+        check_int(n_val, "n_val", minimum=1)
+        if self.x_val is not None:
+            raise ConfigError(f"Dataset {self.name!r} already has a validation split of {int(self.x_val.shape[0])} samples")
+        if n_val >= self.num_train:
+            raise ConfigError(f"n_val={n_val} must be below the {self.num_train} training samples of dataset "
+                              f"{self.name!r} (some must stay for training)")
+        keep = self.num_train - n_val
+        return replace(self, x_train=self.x_train[:keep], y_train=self.y_train[:keep],
+                       x_val=self.x_train[keep:], y_val=self.y_train[keep:])
 
     def subset(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
         """Return the first ``n_train`` training and ``n_test`` test samples (None = all).
 
         Both loaders already store their samples in shuffled order, so a prefix is a fair
         sample and the same call always gives the same subset. Asking for more samples than
-        exist is an error rather than a silent cap.
+        exist is an error rather than a silent cap. A validation split is kept as it is.
         """
         n_train = self._check_count(n_train, "n_train", self.num_train)
         n_test = self._check_count(n_test, "n_test", self.num_test)
@@ -474,6 +500,7 @@ def load_dataset(
     num_samples: int | None = None,
     n_train: int | None = None,
     n_test: int | None = None,
+    n_val: int | None = None,
 ) -> Dataset:
     """Load a dataset by name: ``"fashion-mnist"``, ``"mnist1d"`` or ``"auto"``.
 
@@ -487,10 +514,12 @@ def load_dataset(
         seed: MNIST-1D generator seed.
         num_samples: MNIST-1D total samples (default 5,000 = 4,000 train + 1,000 test).
         n_train, n_test: keep only the first samples of each split (see :meth:`Dataset.subset`).
+        n_val: hold the last ``n_val`` training samples out as a validation split first
+            (:meth:`Dataset.split_validation`); ``n_train`` then counts what stays.
 
     Example recipe section::
 
-        data: {name: auto, batch_size: 128, n_train: 10000}
+        data: {name: auto, batch_size: 128, n_train: 10000, n_val: 5000}
     """
     if not isinstance(name, str):
         raise ConfigError(f"dataset name must be a string, one of {list(DATASETS)}; got {name!r}")
@@ -507,6 +536,8 @@ def load_dataset(
         data = load_mnist1d(seed, 5000 if num_samples is None else num_samples)
     else:
         raise ConfigError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    if n_val is not None:
+        data = data.split_validation(n_val)
     if n_train is not None or n_test is not None:
         data = data.subset(n_train, n_test)
     return data

@@ -24,6 +24,11 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "gmp": {"name": "gmp", "begin": 0, "end": "75%", "frequency": 10},
     "set": {"name": "set", "update_interval": "1ep", "drop_fraction": 0.3},
     "rigl": {"name": "rigl", "update_interval": 100, "drop_fraction": 0.3, "end": "75%"},
+    # RigL as its authors configure it for MLPs on MNIST (Evci et al. 2022, rigl_tf2
+    # mlp_configs/rigl.gin): an update every 500 steps until the end, the drop fraction scaled
+    # with the learning rate (the same as cosine to the last step under a cosine LR without
+    # warm-up), the optimizer step applied on update steps too
+    "rigl-mlp": {"name": "rigl", "update_interval": 500, "drop_fraction": 0.3, "end": "100%", "skip_step": False},
     "imp": {"name": "imp", "fraction": 0.2, "rewind_step": 0},
 }
 # the sparse-from-scratch presets again with the sparse initialisation of Evci et al. 2022
@@ -125,7 +130,8 @@ def run_recipe(recipe: dict[str, Any], *, dataset: Any = None) -> dict[str, Any]
     Returns:
         ``accuracy`` (final epoch), ``finalized_accuracy``, ``sparsity`` (of the masked
         layers, from the report), ``nonzeros``, ``params``, ``dense_flops``, ``sparse_flops``,
-        ``masked_layers``, ``skipped``, ``notes``, ``nm_violations``, ``history``, ``seconds``.
+        ``masked_layers``, ``skipped``, ``notes``, ``nm_violations``, ``history``, ``seconds``, and
+        ``val_accuracy`` (final epoch; None unless the recipe's ``data.n_val`` holds out a validation split).
     """
     from .core.patterns import NM
     from .lm import nm_violations
@@ -152,6 +158,7 @@ def run_recipe(recipe: dict[str, Any], *, dataset: Any = None) -> dict[str, Any]
     t = report.totals
     return {"method": recipe["method"]["name"], "recipe": recipe, "dataset": dataset.name,
             "accuracy": result.final["test_accuracy"], "finalized_accuracy": ev["accuracy"],
+            "val_accuracy": result.final.get("val_accuracy"),
             "sparsity": t["global_sparsity"], "nonzeros": t["nonzeros"], "params": t["total_params"],
             "dense_flops": t["dense_flops"], "sparse_flops": t["sparse_flops"],
             "masked_layers": [l.qualname for l in layers], "skipped": list(t.get("skipped", [])),

@@ -6,7 +6,8 @@ Example (every key shown; only ``method`` is required)::
     seed: 0
     epochs: 10
     model: lenet300100            # or {name: small-cnn}
-    data: {name: auto, batch_size: 128}          # auto = Fashion-MNIST if installed, else MNIST-1D
+    data: {name: auto, batch_size: 128}          # auto = Fashion-MNIST if installed, else MNIST-1D;
+                                  # also n_train, n_test, n_val (validation held out of train), root
     method:
       name: rigl                  # dense | static | snip | gmp | imp | set | rigl
       sparsity: 0.9
@@ -131,7 +132,7 @@ class Recipe:
         check_int(self.checkpoint_every_steps, "checkpoint_every_steps", minimum=0)
         self.model = _named(self.model, "model")
         self.data = _named(self.data, "data")
-        _check_keys(self.data, {"name", "batch_size", "n_train", "n_test", "root"}, "data")
+        _check_keys(self.data, {"name", "batch_size", "n_train", "n_test", "n_val", "root"}, "data")
         self.data.setdefault("batch_size", 128)
         check_int(self.data["batch_size"], "data.batch_size", minimum=1)
         Targets.from_spec(self.targets or None)

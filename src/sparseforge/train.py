@@ -371,8 +371,11 @@ class Trainer:
         kept = sum(int(m.sum()) for m in masks)
         total = sum(m.numel() for m in masks)
         rec = {"epoch": epoch + 1, "step": self.step, "train_loss": train_loss, "test_accuracy": ev["accuracy"],
-               "test_loss": ev["loss"], "sparsity": 1.0 - kept / total if total else 0.0, "seconds": seconds,
-               **self.method.metrics()}
+               "test_loss": ev["loss"]}
+        if self.dataset.x_val is not None:
+            val = evaluate(self.model, self.dataset.x_val, self.dataset.y_val)
+            rec.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
+        rec.update(sparsity=1.0 - kept / total if total else 0.0, seconds=seconds, **self.method.metrics())
         self.history.append(rec)
         if bar is not None:
             bar.set_postfix(acc=f"{ev['accuracy']:.4f}", loss=f"{train_loss:.3f}")
