@@ -14,8 +14,8 @@ Methods are the presets of :data:`sparseforge.demo.METHOD_PRESETS`; ``rigl-mlp``
 authors configure it for MLPs (update every 500 steps until the end, drop fraction following the
 learning rate, optimizer step kept on update steps).
 
-    sparseforge bench lr_tuned --jobs 2      # 6 methods x 5 rates x 3 seeds at 90 %, ~20 min on 2 idle cores
-    sparseforge bench lr_tuned --methods set rigl rigl-mlp static-erk --sparsities 0.98 --jobs 2 --name lr_tuned_98
+    sparseforge bench lr_tuned --jobs 2      # 6 methods x 6 rates x 3 seeds at 90 %, ~25 min on 2 idle cores
+    sparseforge bench lr_tuned --methods dense gmp static-erk set rigl --sparsities 0.98 --jobs 2 --name lr_tuned_98
 
 Runs are cached in ``runs/bench-lr-tuned/``; results go to ``benchmarks/results/NAME.{json,md}``
 (``--name``, default ``lr_tuned``).
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--model", default="lenet300100")
     p.add_argument("--methods", nargs="+", default=["dense", "gmp", "static-erk", "set", "rigl", "rigl-mlp"])
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.9])
-    p.add_argument("--lrs", nargs="+", type=float, default=[0.0125, 0.025, 0.05, 0.1, 0.2])
+    p.add_argument("--lrs", nargs="+", type=float, default=[0.0125, 0.025, 0.05, 0.1, 0.2, 0.3])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--n-val", type=int, default=5000, help="training samples held out for validation")
