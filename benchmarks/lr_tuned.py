@@ -50,8 +50,12 @@ def _recipe(job: dict) -> dict:
 
 
 def choose(per_lr: dict[float, dict]) -> float:
-    """The rate with the highest mean validation accuracy; the lowest such rate on a tie."""
-    return min(per_lr, key=lambda lr: (-per_lr[lr]["val"], lr))
+    """The rate with the highest mean validation accuracy; the lowest such rate on a tie.
+
+    A rate at which any seed failed (``"failed"`` instead of ``"val"``) is never chosen.
+    """
+    ok = [lr for lr, v in per_lr.items() if "failed" not in v]
+    return min(ok, key=lambda lr: (-per_lr[lr]["val"], lr))
 
 
 def main(argv: list[str]) -> None:
@@ -84,26 +88,44 @@ def main(argv: list[str]) -> None:
     cache = Path(a.cache)
     results, todo = split_cached(jobs, cache, _key)
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to train with {a.jobs} worker(s)", flush=True)
-    for i, res in parallel_map(run_recipe, [{"recipe": _recipe(j)} for j in todo], jobs=a.jobs):
+    # a run that fails (a DST method cannot rank NaN weights once training diverged) is recorded as
+    # failed, not fatal: at the top of a learning-rate grid some runs are expected to diverge
+    for i, res in parallel_map(run_recipe, [{"recipe": _recipe(j)} for j in todo], jobs=a.jobs, errors="return"):
         j = todo[i]
-        row = {**{k: j[k] for k in ("method", "sparsity", "lr", "seed")}, "val_accuracy": res["val_accuracy"],
-               "test_accuracy": res["accuracy"], "achieved_sparsity": res["sparsity"],
-               "final_train_loss": res["history"][-1]["train_loss"], "seconds": res["seconds"]}
+        row = {k: j[k] for k in ("method", "sparsity", "lr", "seed")}
+        if isinstance(res, Exception):
+            row.update(failed=f"{type(res).__name__}: {res}", val_accuracy=None, test_accuracy=None)
+            print(f"{j['method']:12s} s={j['sparsity']:.2f} lr={j['lr']:g} seed={j['seed']} failed: {row['failed']}", flush=True)
+        else:
+            loss = res["history"][-1]["train_loss"]
+            row.update(val_accuracy=res["val_accuracy"], test_accuracy=res["accuracy"], achieved_sparsity=res["sparsity"],
+                       final_train_loss=loss if math.isfinite(loss) else None,  # NaN once diverged; JSON has no NaN
+                       seconds=res["seconds"])
+            print(f"{j['method']:12s} s={j['sparsity']:.2f} lr={j['lr']:g} seed={j['seed']} val={100 * row['val_accuracy']:.2f} "
+                  f"test={100 * row['test_accuracy']:.2f}", flush=True)
         (cache / f"{_key(j)}.json").write_text(json.dumps(row))
         results[_key(j)] = row
-        print(f"{j['method']:12s} s={j['sparsity']:.2f} lr={j['lr']:g} seed={j['seed']} val={100 * row['val_accuracy']:.2f} "
-              f"test={100 * row['test_accuracy']:.2f}", flush=True)
     runs = [results[_key(j)] for j in jobs]
+    for r in runs:  # a diverged run's NaN loss, cached before losses were stored as None
+        if r.get("final_train_loss") is not None and not math.isfinite(r["final_train_loss"]):
+            r["final_train_loss"] = None
     summary = []
     for m in a.methods:
         for s in [0.0] if m == "dense" else a.sparsities:
             per_lr = {}
             for lr in lrs:
                 rs = [r for r in runs if r["method"] == m and r["sparsity"] == s and r["lr"] == lr]
+                if any(r.get("failed") for r in rs):
+                    per_lr[lr] = {"failed": sum(bool(r.get("failed")) for r in rs)}
+                    continue
                 tests = [100 * r["test_accuracy"] for r in rs]
+                losses = [r["final_train_loss"] for r in rs]
                 per_lr[lr] = {"val": statistics.mean(100 * r["val_accuracy"] for r in rs), "test": statistics.mean(tests),
                               "test_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
-                              "train_loss": statistics.mean(r["final_train_loss"] for r in rs)}
+                              "train_loss": None if None in losses else statistics.mean(losses)}
+            if all("failed" in v for v in per_lr.values()):
+                raise RuntimeError(f"lr_tuned: every run of {m} at sparsity {s} failed; first error: "
+                                   + next(r["failed"] for r in runs if r["method"] == m and r["sparsity"] == s and r.get("failed")))
             best = choose(per_lr)
             summary.append({"method": m, "sparsity": s, "chosen_lr": best, **per_lr[best],
                             "test_at_reference": per_lr.get(REFERENCE_LR, {}).get("test"),
@@ -119,11 +141,12 @@ def main(argv: list[str]) -> None:
         ref = f"{r['test_at_reference']:.2f}" if r["test_at_reference"] is not None else "-"
         md.append(f"| {r['method']} | {100 * r['sparsity']:g} % | {r['chosen_lr']:g} | {r['val']:.2f} | "
                   f"{r['test']:.2f} ± {r['test_std']:.2f} | {gap} | {ref} |")
-    md += ["", "Every rate: mean validation / mean test accuracy (%).", "",
+    md += ["", "Every rate: mean validation / mean test accuracy (%); `failed` where a run stopped with an error (a diverged run that a DST method could not rank).", "",
            "| method | sparsity | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|---|" + "---|" * len(lrs)]
     for r in summary:
         md.append(f"| {r['method']} | {100 * r['sparsity']:g} % | "
-                  + " | ".join(f"{v['val']:.2f} / {v['test']:.2f}" for v in r["per_lr"].values()) + " |")
+                  + " | ".join(f"failed ({v['failed']} of {len(a.seeds)} seeds)" if "failed" in v
+                               else f"{v['val']:.2f} / {v['test']:.2f}" for v in r["per_lr"].values()) + " |")
     data = {"provenance": prov, "config": vars(a), "summary": summary, "runs": runs}
     _, mp = write_results(a.name, data, "\n".join(md), Path(a.out) if a.out else None)
     print(mp.read_text())

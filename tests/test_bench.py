@@ -277,6 +277,24 @@ def test_lr_tuned_tie_goes_to_the_lower_rate() -> None:
     spec.loader.exec_module(mod)
     assert mod.choose({0.1: {"val": 80.0}, 0.05: {"val": 80.0}, 0.2: {"val": 79.0}}) == 0.05
     assert mod.choose({0.1: {"val": 81.0}, 0.05: {"val": 80.0}}) == 0.1
+    assert mod.choose({0.3: {"failed": 1}, 0.1: {"val": 70.0}, 0.05: {"val": 60.0}}) == 0.1  # a failed rate never wins
+
+
+def _fail_on_odd(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_parallel_map_can_return_errors(jobs: int) -> None:
+    got = dict(parallel_map(_fail_on_odd, [{"x": x} for x in range(4)], jobs=jobs, errors="return"))
+    assert got[0] == 0 and got[2] == 2
+    assert isinstance(got[1], ValueError) and str(got[3]) == "odd 3"
+    with pytest.raises(ValueError, match="odd [13]"):  # whichever finishes first
+        list(parallel_map(_fail_on_odd, [{"x": x} for x in range(4)], jobs=jobs))
+    with pytest.raises(ConfigError, match="errors must be 'raise' or 'return'; got 'ignore'"):
+        list(parallel_map(_fail_on_odd, [{"x": 0}], errors="ignore"))
 
 
 @pytest.mark.parametrize("argv, needle", [

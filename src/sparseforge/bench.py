@@ -165,7 +165,7 @@ def _set_worker_threads(threads: int) -> None:
 
 
 def parallel_map(fn: Callable[..., Any], kwargs_list: Sequence[dict[str, Any]], *, jobs: int = 1,
-                 threads: int | None = None) -> Iterator[tuple[int, Any]]:
+                 threads: int | None = None, errors: str = "raise") -> Iterator[tuple[int, Any]]:
     """Yield ``(i, fn(**kwargs_list[i]))`` as each call finishes.
 
     With ``jobs > 1`` the calls run in ``jobs`` fresh (spawned) worker processes, each limited
@@ -173,11 +173,23 @@ def parallel_map(fn: Callable[..., Any], kwargs_list: Sequence[dict[str, Any]], 
     single-threaded training per core finishes a grid sooner than one two-threaded run at a time.
     ``fn`` must be importable (a module-level function of an installed module). Results arrive
     in completion order, so a caller can cache each as soon as it exists.
+
+    ``errors="raise"`` (default) re-raises the first exception a call raises; ``"return"``
+    yields the exception in place of the result and goes on with the other calls (a grid over
+    learning rates expects some runs to diverge).
     """
     check_int(jobs, "jobs", minimum=1)
+    if errors not in ("raise", "return"):
+        raise ConfigError(f"errors must be 'raise' or 'return'; got {errors!r}")
     if jobs == 1:
         for i, kw in enumerate(kwargs_list):
-            yield i, fn(**kw)
+            try:
+                res = fn(**kw)
+            except Exception as e:  # noqa: BLE001 - handed to the caller, who asked for it
+                if errors == "raise":
+                    raise
+                res = e
+            yield i, res
         return
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     ctx = multiprocessing.get_context("spawn")
@@ -187,7 +199,11 @@ def parallel_map(fn: Callable[..., Any], kwargs_list: Sequence[dict[str, Any]], 
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
-                yield pending.pop(fut), fut.result()
+                i = pending.pop(fut)
+                err = fut.exception()
+                if err is not None and errors == "raise":
+                    raise err
+                yield i, fut.result() if err is None else err
 
 
 def per_key_values(spec: Sequence[str], keys: Sequence[str], flag: str, *, kind: type = float,
