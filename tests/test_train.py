@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sparseforge.data import load_dataset
-from sparseforge.errors import CheckpointError
+from sparseforge.errors import CheckpointError, ConfigError
 from sparseforge.recipes import Recipe
 from sparseforge.train import Trainer
 
@@ -90,6 +90,14 @@ def test_recipe_n_val_holds_out_a_validation_split_scored_every_epoch() -> None:
     ev = evaluate(t.model, t.dataset.x_val, t.dataset.y_val)
     assert res.final["val_accuracy"] == ev["accuracy"] and res.final["val_loss"] == pytest.approx(ev["loss"])
     assert res.final["val_accuracy"] != res.final["test_accuracy"] or res.final["val_loss"] != res.final["test_loss"]
+    # a preloaded dataset without a validation split gets the recipe's (never trains on it); a different split is refused
+    from sparseforge.data import load_dataset
+
+    full = load_dataset("mnist1d")
+    given = Trainer(r, progress=False, dataset=full)
+    assert given.dataset.num_train == full.num_train - 64 and torch.equal(given.dataset.x_val, full.x_train[-64:])
+    with pytest.raises(ConfigError, match="data.n_val=64, but the dataset given holds out 32 samples"):
+        Trainer(r, progress=False, dataset=full.split_validation(32))
     # without n_val nothing is held out and nothing is logged
     plain = Trainer(recipe({"name": "dense"}, epochs=1), progress=False)
     assert plain.dataset.x_val is None and "val_accuracy" not in plain.fit().final

@@ -201,6 +201,14 @@ class Trainer:
         torch.manual_seed(r.seed)
         data_kw = {k: v for k, v in r.data.items() if k not in ("name", "batch_size")}
         self.dataset = dataset if dataset is not None else load_dataset(r.data["name"], **data_kw)
+        n_val = r.data.get("n_val")
+        if dataset is not None and n_val is not None:
+            # a preloaded dataset stands for the data section, but never train on what the recipe holds out
+            if self.dataset.x_val is None:
+                self.dataset = self.dataset.split_validation(n_val)
+            elif self.dataset.x_val.shape[0] != n_val:
+                raise ConfigError(f"data.n_val={n_val}, but the dataset given holds out {self.dataset.x_val.shape[0]} "
+                                  "samples for validation")
         self.batch_size = int(r.data["batch_size"])
         model_kw = {k: v for k, v in r.model.items() if k != "name"}
         self.model = build_model(r.model["name"], self.dataset, **model_kw)
