@@ -134,7 +134,7 @@ def main(argv: list[str]) -> None:
     md = [f"{a.model} on {a.dataset}, {a.epochs} epochs, seeds {a.seeds}, the last {a.n_val} training samples held out "
           f"for validation. Per method and sparsity, the learning rate of {lrs} with the best mean final-epoch "
           "validation accuracy; test = mean ± std final-epoch test accuracy (%) of those runs"
-          + (f"; gap = dense test - method test, dense at its own chosen rate." if dense else ".") + "\n",
+          + ("; gap = dense test - method test, dense at its own chosen rate." if dense else ".") + "\n",
           "| method | sparsity | chosen lr | val | test | gap to dense | test at lr 0.05 |", "|---|---|---|---|---|---|---|"]
     for r in summary:
         gap = f"{dense['test'] - r['test']:.2f}" if dense and r is not dense else "-"
