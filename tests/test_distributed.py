@@ -153,8 +153,16 @@ t = Trainer(recipe, progress=False)
 seen = []
 t.train_model.module.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
 t.fit()
-open(os.path.join({str(tmp_path)!r}, f"rank{{t.rank}}.json"), "w").write(json.dumps(seen[:8]))
+# what runs at exit: the DDP wrapper (its reducer holds the gloo group) is dropped and collected
+# before the group is destroyed, else static destructors abort the process after the run
+import weakref, torch.distributed as dist
+from sparseforge.train import _destroy_process_group
+ddp, rank = weakref.ref(t.train_model), t.rank
+_destroy_process_group()
+exit_ok = [ddp() is None, t.train_model is t.model, not dist.is_initialized()]
+open(os.path.join({str(tmp_path)!r}, f"rank{{rank}}.json"), "w").write(json.dumps([seen[:8], exit_ok]))
 """)
     _run_2_ranks(str(script))
-    shares = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert shares == [[32] * 7 + [29], [32] * 7 + [28]]
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [g[0] for g in got] == [[32] * 7 + [29], [32] * 7 + [28]]
+    assert [g[1] for g in got] == [[True, True, True]] * 2

@@ -26,10 +26,12 @@ Process 0 alone shows progress and writes the run folder; every process reads it
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import math
 import os
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -74,7 +76,17 @@ def process_group() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+#: trainers that wrapped their model in DistributedDataParallel (whose reducer holds the process group)
+_DDP_TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
+
+
 def _destroy_process_group() -> None:
+    # a DDP wrapper still alive keeps the gloo process group alive past destroy_process_group,
+    # and static destructors then tear its threads down (the abort above, seen in about one run
+    # in ten on a loaded machine): unwrap and collect every trainer's DDP wrapper first
+    for trainer in list(_DDP_TRAINERS):
+        trainer.train_model = trainer.model
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -232,6 +244,8 @@ class Trainer:
         # broadcast_buffers, which skipped that one too)
         self.train_model = (self.model if self.world == 1 else
                             DistributedDataParallel(self.model, forward_sync_buffers=False))
+        if self.world > 1:
+            _DDP_TRAINERS.add(self)
         self.total_steps = self.method.total_steps if isinstance(self.method, IMP) else train_steps
         self.step = 0
         self.history: list[dict[str, Any]] = []
