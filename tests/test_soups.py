@@ -139,6 +139,10 @@ def test_ingredient_configs_and_bad_input() -> None:
     for bad in (1.0, -0.2):
         with pytest.raises(ConfigError, match="sparsity must be in \\[0, 1\\)"):
             sparse_model_soups(MLP1D(8, (8,), 3), ds, sparsity=bad, val_size=8)
+    with pytest.raises(ConfigError, match="val_size=72 must be below the 72 training samples"):
+        sparse_model_soups(MLP1D(8, (8,), 3), ds, sparsity=0.5, val_size=72)
+    with pytest.raises(ConfigError, match="val_size"):
+        sparse_model_soups(MLP1D(8, (8,), 3), ds, sparsity=0.5, val_size=0)
 
 
 def _dataset() -> Dataset:

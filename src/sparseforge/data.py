@@ -160,19 +160,20 @@ class Dataset:
             input_shape=(1, *self.input_shape),
         )
 
-    def split_validation(self, n_val: int) -> Dataset:
+    def split_validation(self, n_val: int, *, param: str = "n_val") -> Dataset:
         """Hold the last ``n_val`` training samples out as the validation split (``x_val``, ``y_val``).
 
         Training then runs on the first ``num_train - n_val`` samples only, so hyperparameters
         can be chosen on the validation accuracy and the test set is scored once, with the
         chosen setting. Both loaders store their samples in shuffled order, so the last
         samples are a fair sample, disjoint from any prefix :meth:`subset` takes of what stays.
+        ``param`` names the argument in error messages.
         """
-        check_int(n_val, "n_val", minimum=1)
+        check_int(n_val, param, minimum=1)
         if self.x_val is not None:
             raise ConfigError(f"Dataset {self.name!r} already has a validation split of {int(self.x_val.shape[0])} samples")
         if n_val >= self.num_train:
-            raise ConfigError(f"n_val={n_val} must be below the {self.num_train} training samples of dataset "
+            raise ConfigError(f"{param}={n_val} must be below the {self.num_train} training samples of dataset "
                               f"{self.name!r} (some must stay for training)")
         keep = self.num_train - n_val
         return replace(self, x_train=self.x_train[:keep], y_train=self.y_train[:keep],

@@ -60,6 +60,7 @@ __all__ = [
     "Targets",
     "Masking",
     "is_hf_conv1d",
+    "is_default_target",
     "find_masked_layers",
     "mask_to",
     "apply_masks",
@@ -109,7 +110,8 @@ def is_hf_conv1d(module: nn.Module) -> bool:
 DEFAULT_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _is_default_target(module: nn.Module) -> bool:
+def is_default_target(module: nn.Module) -> bool:
+    """True for the layers masked by default: Linear, Conv1d/2d/3d and Hugging Face ``Conv1D``."""
     return isinstance(module, DEFAULT_TYPES) or is_hf_conv1d(module)
 
 
@@ -224,7 +226,7 @@ class Targets:
 
     def _type_ok(self, module: nn.Module) -> bool:
         if self.types is None:
-            return _is_default_target(module)
+            return is_default_target(module)
         return isinstance(module, self.types) or (is_hf_conv1d(module) and any(t.__name__ == "Conv1D" for t in self.types))
 
     def select(self, model: nn.Module) -> list[MaskedLayer]:

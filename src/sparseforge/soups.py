@@ -349,10 +349,7 @@ def _load_data(data: Any) -> Any:
 
 
 def _split_val(ds: Any, val_size: int) -> tuple[torch.Tensor, ...]:
-    n = ds.x_train.shape[0]
-    if not 0 < val_size < n:
-        raise ConfigError(f"val_size must be in (0, {n}) (held out of the {n} training samples); got {val_size}")
-    split = ds.split_validation(val_size)
+    split = ds.split_validation(val_size, param="val_size")
     return split.x_train, split.y_train, split.x_val, split.y_val
 
 

@@ -308,16 +308,11 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.method.load_state_dict(ck["method"])
-        self.masking_refresh()
         self.step = int(ck["step"])
         self.history = list(ck["history"])
         torch.set_rng_state(ck["torch_rng"])
         self.log(f"resuming {self.run_dir} from step {self.step}/{self.total_steps}")
         return True
-
-    def masking_refresh(self) -> None:
-        """Drop cached float masks after masks were replaced by a load."""
-        self.method.masking._cache = None
 
     # ------------------------------------------------------------------ training
     def fit(self) -> RunResult:

@@ -33,7 +33,7 @@ from ..core.init import init_scale_factors
 from ..core.patterns import NM, Pattern, Unstructured, num_pruned, pattern_from_spec, topk_mask
 from ..core.rng import stream_generator
 from ..errors import ConfigError, LayerError, check_sparsity
-from ..masking import MaskedLayer, Masking, Targets, _is_default_target, is_sharded, shard_like
+from ..masking import MaskedLayer, Masking, Targets, is_default_target, is_sharded, shard_like
 
 __all__ = ["SparsityMethod"]
 
@@ -193,7 +193,7 @@ class SparsityMethod:
         """
         for layer in self.masking:
             self.pattern.check(layer.canonical_shape, layer.qualname)
-            if self.init_scale != "dense" and not _is_default_target(layer.module):
+            if self.init_scale != "dense" and not is_default_target(layer.module):
                 raise LayerError(
                     f"{layer.qualname}: init_scale={self.init_scale!r} rescales a fan-in initialisation (Linear, "
                     f"Conv1d/2d/3d, Hugging Face Conv1D); this layer is a {type(layer.module).__name__}: use "
