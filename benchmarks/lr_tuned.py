@@ -106,9 +106,6 @@ def main(argv: list[str]) -> None:
         (cache / f"{_key(j)}.json").write_text(json.dumps(row))
         results[_key(j)] = row
     runs = [results[_key(j)] for j in jobs]
-    for r in runs:  # a diverged run's NaN loss, cached before losses were stored as None
-        if r.get("final_train_loss") is not None and not math.isfinite(r["final_train_loss"]):
-            r["final_train_loss"] = None
     summary = []
     for m in a.methods:
         for s in [0.0] if m == "dense" else a.sparsities:
@@ -135,7 +132,7 @@ def main(argv: list[str]) -> None:
           f"for validation. Per method and sparsity, the learning rate of {lrs} with the best mean final-epoch "
           "validation accuracy; test = mean ± std final-epoch test accuracy (%) of those runs"
           + ("; gap = dense test - method test, dense at its own chosen rate." if dense else ".") + "\n",
-          "| method | sparsity | chosen lr | val | test | gap to dense | test at lr 0.05 |", "|---|---|---|---|---|---|---|"]
+          f"| method | sparsity | chosen lr | val | test | gap to dense | test at lr {REFERENCE_LR:g} |", "|---|---|---|---|---|---|---|"]
     for r in summary:
         gap = f"{dense['test'] - r['test']:.2f}" if dense and r is not dense else "-"
         ref = f"{r['test_at_reference']:.2f}" if r["test_at_reference"] is not None else "-"
