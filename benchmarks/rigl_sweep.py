@@ -16,9 +16,10 @@ whether any single departure from those defaults closes the gap, with everything
 and a second round around the best single one, ``dT=1ep``: the next longer interval ``dT=2ep``
 and pairs of changes ``dT=1ep,alpha=0.5``, ``dT=1ep,end=90%``, ``dT=1ep,no-skip``,
 ``dT=2ep,alpha=0.5``; and the sparse initialisation of Evci et al. 2022 (``init_scale="unit"``)
-alone (``sinit``) and on ``dT=1ep`` and ``dT=1ep,no-skip``. There is no
+alone (``sinit``) and on ``dT=1ep`` and ``dT=1ep,no-skip``. This suite holds out no
 validation split, so choosing a setting by these test accuracies tunes on the test set: the
-suite shows how far RigL's own settings move it, it does not pick new defaults.
+suite shows how far RigL's own settings move it, it does not pick new defaults (``lr_tuned``
+chooses learning rates on a validation split).
 
     sparseforge bench rigl_sweep --jobs 2           # 16 settings x 3 seeds, ~16 min on 2 idle cores
     # the sparse initialisation next to the defaults and the best pair (~5 min):
