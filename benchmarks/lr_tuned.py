@@ -30,6 +30,7 @@ import statistics
 from pathlib import Path
 
 from sparseforge.bench import parallel_map, provenance, split_cached, write_results
+from sparseforge.data import load_dataset
 from sparseforge.demo import demo_recipe, preset, run_recipe
 from sparseforge.errors import ConfigError
 
@@ -80,6 +81,7 @@ def main(argv: list[str]) -> None:
         raise ConfigError(f"--lrs must be positive finite learning rates; got {bad}")
     for m in a.methods:
         preset(m, 0.5)  # an unknown preset fails before any training
+    load_dataset(a.dataset, n_val=a.n_val)  # so do an unknown dataset and a hold-out it cannot afford
     prov = provenance(["lr_tuned", *argv])
     lrs = sorted(set(a.lrs))
     jobs = [{"model": a.model, "method": m, "sparsity": s, "lr": lr, "seed": seed, "epochs": a.epochs,

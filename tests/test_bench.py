@@ -301,6 +301,8 @@ def test_parallel_map_can_return_errors(jobs: int) -> None:
     (["--lrs", "0.1", "0"], r"--lrs must be positive finite learning rates; got \[0.0\]"),
     (["--lrs", "nan"], "--lrs must be positive"),
     (["--methods", "rigl-fast"], "unknown method preset 'rigl-fast'"),
+    (["--dataset", "mnist1d", "--n-val", "0"], "n_val must be"),
+    (["--dataset", "mnist1d", "--n-val", "4000"], "n_val=4000 must be below the 4000 training samples"),
 ])
 def test_lr_tuned_bad_arguments(tmp_path: Path, argv: list[str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
