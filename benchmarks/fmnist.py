@@ -23,6 +23,7 @@ from pathlib import Path
 from sparseforge.bench import parallel_map, per_key_values, provenance, split_cached, write_results
 from sparseforge.data import load_dataset
 from sparseforge.demo import run_method
+from sparseforge.fileio import atomic_write_text
 
 METHODS = ["dense", "static-uniform", "static-erk", "snip", "gmp", "set", "rigl"]
 
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> None:
     for i, row in parallel_map(run_method, calls, jobs=a.jobs):
         key = _key(todo[i])
         r = _record({**row, "target_sparsity": todo[i]["sparsity"]})
-        (cache / f"{key}.json").write_text(json.dumps(r))
+        atomic_write_text(cache / f"{key}.json", json.dumps(r))
         results[key] = r
         print(f"{r['model']:12s} {r['method']:15s} s={r['sparsity']:.2f} seed={r['seed']} "
               f"acc={100 * r['final_test_accuracy']:.2f} ({r['seconds']:.0f} s)", flush=True)

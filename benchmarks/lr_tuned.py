@@ -33,6 +33,7 @@ from sparseforge.bench import parallel_map, provenance, split_cached, write_resu
 from sparseforge.data import load_dataset
 from sparseforge.demo import demo_recipe, preset, run_recipe
 from sparseforge.errors import ConfigError
+from sparseforge.fileio import atomic_write_text
 
 REFERENCE_LR = 0.05  # the fmnist suite's rate
 
@@ -105,7 +106,7 @@ def main(argv: list[str]) -> None:
                        seconds=res["seconds"])
             print(f"{j['method']:12s} s={j['sparsity']:.2f} lr={j['lr']:g} seed={j['seed']} val={100 * row['val_accuracy']:.2f} "
                   f"test={100 * row['test_accuracy']:.2f}", flush=True)
-        (cache / f"{_key(j)}.json").write_text(json.dumps(row))
+        atomic_write_text(cache / f"{_key(j)}.json", json.dumps(row))
         results[_key(j)] = row
     runs = [results[_key(j)] for j in jobs]
     summary = []

@@ -44,6 +44,7 @@ from typing import Any
 from sparseforge.bench import (add_nm_grid_args, check_nm_grid_args, mdgf_decay_coef, mean_std_cell, nm_density,
                                parallel_map, plot_vs_nm_density, provenance, split_cached, write_results)
 from sparseforge.demo import run_recipe
+from sparseforge.fileio import atomic_write_text
 
 METHODS = ["ste", "srste", "mdgf", "sdgf"]
 ALLOWED_METHODS = ["ste", "srste", "mdgf", "sdgf"]
@@ -134,7 +135,7 @@ def main(argv: list[str]) -> None:
         rec = todo[i]
         r = {"method": rec["method"]["name"], "pattern": rec["method"].get("pattern"), "seed": rec["seed"],
              "epochs": rec["epochs"], **{k: v for k, v in row.items() if k not in ("method",)}}
-        (cache / f"{_key(rec)}.json").write_text(json.dumps(r))
+        atomic_write_text(cache / f"{_key(rec)}.json", json.dumps(r))
         results[_key(rec)] = r
         print(f"{r['method']:6s} {r['pattern'] or 'dense':5s} seed={r['seed']} acc {100 * r['accuracy']:.2f} "
               f"(finalized {100 * r['finalized_accuracy']:.2f}) ({r['seconds']:.0f} s)", flush=True)

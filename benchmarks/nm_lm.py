@@ -52,6 +52,7 @@ from typing import Any
 
 from sparseforge.bench import (add_nm_grid_args, check_nm_grid_args, mdgf_decay_coef, mean_std_cell, nm_density,
                                parallel_map, plot_vs_nm_density, provenance, split_cached, write_results)
+from sparseforge.fileio import atomic_write_text
 from sparseforge.lm import DEFAULT_LM_TARGETS, train_lm
 
 METHODS = ["ste", "srste", "mdgf", "sdgf"]
@@ -147,7 +148,7 @@ def main(argv: list[str]) -> None:
     for i, row in parallel_map(train_lm, calls, jobs=a.jobs):
         key = _key(todo[i])
         r = _record(row)
-        (cache / f"{key}.json").write_text(json.dumps(r))
+        atomic_write_text(cache / f"{key}.json", json.dumps(r))
         results[key] = r
         print(f"{r['method']:6s} {r['pattern'] or 'dense':5s} seed={r['seed']} val loss {r['val_loss']:.4f} "
               f"ppl {r['val_ppl']:.3f} ({r['train_seconds']:.0f} s, {r['seconds_per_step']:.3f} s/step)", flush=True)

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from sparseforge.bench import check_at_least, provenance, write_results
+from sparseforge.fileio import atomic_write_text
 
 MODELS = ["gpt", "minilm"]
 TARGETS = ["0.5", "0.6", "0.7", "2:4", "4:8"]
@@ -274,7 +275,7 @@ def main(argv: list[str]) -> None:
                     r = json.loads(f.read_text())
                 else:
                     r = run_one(m, meth, target, a)
-                    f.write_text(json.dumps(r))
+                    atomic_write_text(f, json.dumps(r))
                 q = r["quality"]
                 qs = f"ppl {q['val_ppl']:.3f}" if name == "gpt" else f"cos {q['cosine_mean']:.4f} nn {q['nn_agreement']:.2f}"
                 print(f"{name} {meth:16s} {target:4s} {qs} err {r['mean_reconstruction_error']:.4f} "

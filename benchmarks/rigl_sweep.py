@@ -43,6 +43,7 @@ from pathlib import Path
 from sparseforge.bench import parallel_map, provenance, write_results
 from sparseforge.demo import demo_recipe, run_recipe
 from sparseforge.errors import ConfigError
+from sparseforge.fileio import atomic_write_text
 
 SETTINGS: dict[str, dict] = {
     "default": {},
@@ -103,7 +104,7 @@ def main(argv: list[str]) -> None:
         row = {"setting": s, "seed": seed, "accuracy": res["accuracy"], "sparsity": res["sparsity"],
                "final_train_loss": res["history"][-1]["train_loss"],
                "exploration_rate": res["history"][-1]["exploration_rate"], "seconds": res["seconds"]}
-        (cache / key[todo[i]]).write_text(json.dumps(row))
+        atomic_write_text(cache / key[todo[i]], json.dumps(row))
         rows[todo[i]] = row
         print(f"{s:10s} seed={seed} acc={100 * row['accuracy']:.2f}", flush=True)
     summary = []

@@ -56,6 +56,7 @@ from sparseforge.bench import (check_at_least, check_fractions, interleaved_medi
                                write_results)
 from sparseforge.data import load_dataset
 from sparseforge.errors import ConfigError
+from sparseforge.fileio import atomic_write_text
 from sparseforge.models import build_model
 from sparseforge.structured import load_structured
 from sparseforge.structured.train import run_structured
@@ -147,7 +148,7 @@ def _run_waves(waves: list[list[dict]], cache: Path, jobs: int) -> dict[str, dic
         for i, row in parallel_map(run_structured, [_call(j, cache) for j in todo], jobs=jobs):
             key = _key(_strip(todo[i]))
             row["key"] = key
-            (cache / key / "result.json").write_text(json.dumps(row))
+            atomic_write_text(cache / key / "result.json", json.dumps(row))
             results[key] = row
             print(f"{row['method']:12s} s={row['target_group_sparsity']:.2f} seed={row['seed']} "
                   f"exported acc={100 * row['exported_accuracy']:.2f} groups {row['removed_groups']}/{row['target_groups']} "

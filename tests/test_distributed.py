@@ -119,7 +119,7 @@ def test_cli_train_under_torchrun_follows_the_single_process_run(tmp_path: Path,
     assert first.stdout.count("stopped at step 10/24") == 1  # process 0 alone reports
     second = _run_2_ranks(*cli)
     assert "from step 10/24" in second.stderr and second.stdout.count("final test accuracy") == 1
-    ck = torch.load(run / "checkpoint.pt", weights_only=False)
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ck["step"] == 24 and not any(k.startswith("module.") for k in ck["model"])
 
     # each process took half of every batch (the last, of 57, split 29/28: the loss scaling makes

@@ -281,7 +281,7 @@ def test_ctrl_c_inside_or_between_steps_leaves_a_consistent_checkpoint(tmp_path:
     # inside step 7 (1-based): the step is half applied, so the checkpoint of step 4 stays
     with pytest.raises(KeyboardInterrupt):
         train_lm(corpus, "rigl", model=gpt(7), checkpoint=ck, checkpoint_every=4, **kw)
-    assert torch.load(ck, weights_only=False)["step"] == 4
+    assert torch.load(ck, weights_only=True)["step"] == 4
     # between steps 9 and 10 (the batch stream raises): steps 5-9 are saved
     real = text.lm_batches
 
@@ -294,7 +294,7 @@ def test_ctrl_c_inside_or_between_steps_leaves_a_consistent_checkpoint(tmp_path:
     monkeypatch.setattr(text, "lm_batches", batches)
     with pytest.raises(KeyboardInterrupt):
         train_lm(corpus, "rigl", model=gpt(), checkpoint=ck, checkpoint_every=4, **kw)
-    assert torch.load(ck, weights_only=False)["step"] == 9
+    assert torch.load(ck, weights_only=True)["step"] == 9
     monkeypatch.setattr(text, "lm_batches", real)
     resumed = train_lm(corpus, "rigl", model=gpt(), checkpoint=ck, **kw)
     assert resumed["resumed_from"] == 9

@@ -951,7 +951,7 @@ def test_resume_from_checkpoint_is_identical(name: str) -> None:
     train(model, opt, 50, start=50)
 
     buf.seek(0)
-    ckpt = torch.load(buf, weights_only=False)
+    ckpt = torch.load(buf, weights_only=True)
     fresh = mlp(42)  # different init: everything must come from the checkpoint
     opt2 = sgd(fresh)
     method2 = FACTORIES[name](fresh, opt2)

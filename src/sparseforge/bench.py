@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .errors import ConfigError, check_int
+from .fileio import atomic_write_text, read_json
 
 __all__ = ["benchmarks_dir", "list_suites", "run_suite", "machine_info", "provenance", "write_results",
            "median_time", "interleaved_medians", "parallel_map"]
@@ -100,12 +101,12 @@ def write_results(name: str, data: dict[str, Any], markdown: str, out_dir: Path 
     out_dir.mkdir(parents=True, exist_ok=True)
     prov = data.setdefault("provenance", provenance())
     jp, mp = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    jp.write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write_text(jp, json.dumps(data, indent=2) + "\n")
     m = prov["machine"]
     head = (f"# Benchmark `{name}`\n\n- command: `{prov['command']}`\n- date: {prov['date']}\n"
             f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
             f"Python {m['python']}, {m['os']}\n\n")
-    mp.write_text(head + markdown.rstrip() + "\n")
+    atomic_write_text(mp, head + markdown.rstrip() + "\n")
     return jp, mp
 
 
@@ -119,7 +120,7 @@ def split_cached(jobs: Sequence[Any], cache: Path, key: Callable[[Any], str]) ->
     for job in jobs:
         f = cache / f"{key(job)}.json"
         if f.exists():
-            results[key(job)] = json.loads(f.read_text())
+            results[key(job)] = read_json(f, what="cached benchmark run")
         else:
             todo.append(job)
     return results, todo

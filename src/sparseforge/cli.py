@@ -96,10 +96,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _load_run_model(path: Path):  # noqa: ANN202
     """The model of a run folder / training checkpoint (masks loaded) and one example input."""
-    import torch
-
     from .data import load_dataset
     from .errors import CheckpointError
+    from .fileio import read_checkpoint
     from .masking import load_masked_state_dict
     from .models import build_model, example_input
     from .recipes import Recipe
@@ -107,14 +106,9 @@ def _load_run_model(path: Path):  # noqa: ANN202
     ckpt = path / "checkpoint.pt" if path.is_dir() else path
     if not ckpt.exists():
         raise CheckpointError(f"no checkpoint at {str(ckpt)!r}; give a run folder or its checkpoint.pt")
-    try:
-        # weights_only: never execute code from a checkpoint
-        ck = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {str(ckpt)!r}: {e}") from None
-    if not isinstance(ck, dict) or ck.get("format") != "sparseforge-checkpoint-v1":
-        raise CheckpointError(f"{str(ckpt)!r} is not a sparseforge training checkpoint (it has no recipe to rebuild "
-                              "the model from); call sparseforge.export.materialize(model) from Python instead")
+    ck = read_checkpoint(ckpt, "sparseforge-checkpoint-v1",
+                         "sparseforge training checkpoint (it has a recipe to rebuild the model from; for any "
+                         "other model call sparseforge.export.materialize(model) from Python)")
     recipe = Recipe.from_dict(ck["recipe"])
     data_kw = {k: v for k, v in recipe.data.items() if k not in ("name", "batch_size")}
     dataset = load_dataset(recipe.data["name"], **data_kw)

@@ -23,7 +23,7 @@ class LayerError(SparseforgeError):
 
 
 class CheckpointError(SparseforgeError):
-    """A checkpoint does not match the model it is loaded into."""
+    """A saved file cannot be read (missing, truncated, foreign, would run code) or does not match its model."""
 
 
 def check_sparsity(value: Any, name: str = "sparsity") -> float:

@@ -16,6 +16,7 @@ import torch
 
 from .bench import per_key_values
 from .errors import ConfigError
+from .fileio import atomic_write_text, read_json
 
 __all__ = ["NormMLP", "mlp_for", "load_data", "param_matched_width", "run_ift", "run_soups", "run_search", "parse_per_dataset",
            "cache_key", "run_grid"]
@@ -244,13 +245,13 @@ def run_grid(fn: Any, jobs: list[dict[str, Any]], *, cache: Any, workers: int = 
     for key, job in zip(keys, jobs):
         f = cache / f"{key}.json"
         if f.exists():
-            rows[key] = json.loads(f.read_text())
+            rows[key] = read_json(f, what="cached benchmark run")
         else:
             todo.append((key, job))
     log(f"{len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to train with {workers} worker(s)")
     for i, row in parallel_map(fn, [j for _, j in todo], jobs=workers):
         key = todo[i][0]
-        (cache / f"{key}.json").write_text(json.dumps(row))
+        atomic_write_text(cache / f"{key}.json", json.dumps(row))
         rows[key] = row
         log(f"{key}: done in {row.get('seconds', 0):.0f} s")
     return [rows[k] for k in keys]

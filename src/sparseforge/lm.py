@@ -209,7 +209,7 @@ def _corpus_identity(corpus: Any) -> dict[str, Any]:
 
 
 def _read_lm_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    from .train import read_checkpoint
+    from .fileio import read_checkpoint
 
     saved = read_checkpoint(path, LM_CHECKPOINT_FORMAT, f"train_lm checkpoint ({LM_CHECKPOINT_FORMAT})",
                             param="checkpoint: ")
@@ -463,7 +463,7 @@ def train_lm(
     t_train = time.perf_counter()
 
     def save() -> None:
-        from .train import atomic_save
+        from .fileio import atomic_save
 
         atomic_save({"format": LM_CHECKPOINT_FORMAT, "config": config, "step": done, "model": net.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

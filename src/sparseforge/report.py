@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -43,6 +42,7 @@ from torch import nn
 
 from .utils import probe
 from .errors import CheckpointError, ConfigError, LayerError
+from .fileio import atomic_write_text, load_safetensors, load_torch, read_json
 from .masking import MASK_SUFFIX, MaskedLayer, find_masked_layers, full_tensor, is_hf_conv1d
 
 __all__ = [
@@ -167,37 +167,37 @@ class Report:
             raise ConfigError(f"report format must be {_FORMAT!r}; got {fmt!r}")
         known = {f.name for f in fields(LayerReport)}
         rows = []
+        if not isinstance(d["layers"], list) or not isinstance(d["totals"], Mapping):
+            raise ConfigError("a report dict's 'layers' must be a list and its 'totals' a mapping")
         for i, ld in enumerate(d["layers"]):
+            if not isinstance(ld, Mapping):
+                raise ConfigError(f"report layer {i} must be a mapping; got {type(ld).__name__}")
             unknown = set(ld) - known
             missing = {"name", "module_type", "shape", "sparsity", "nonzeros", "params"} - set(ld)
             if unknown or missing:
                 raise ConfigError(f"report layer {i}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-            rows.append(LayerReport(**{**ld, "shape": tuple(ld["shape"])}))
+            try:
+                rows.append(LayerReport(**{**ld, "shape": tuple(ld["shape"])}))
+            except TypeError as e:
+                raise ConfigError(f"report layer {i} ({ld.get('name')!r}) has a malformed value: {e}") from None
         return cls(layers=rows, totals=dict(d["totals"]), mode=d.get("mode", "simulated"))
 
     def to_json(self, path: str | os.PathLike | None = None, *, indent: int = 2) -> str:
         """Return the report as JSON; if ``path`` is given also write it there (atomically)."""
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
-            path = Path(path)
-            # temp file + rename so a crash never leaves a half-written report next to a run
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(text + "\n")
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            atomic_write_text(path, text + "\n")
         return text
 
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> "Report":
         """Read a report written by :meth:`to_json` (a path, or the JSON text itself)."""
         if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{"):
-            return cls.from_dict(json.loads(path_or_text))
-        return cls.from_dict(json.loads(Path(path_or_text).read_text()))
+            try:
+                return cls.from_dict(json.loads(path_or_text))
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"report JSON text is not valid JSON: {e}") from None
+        return cls.from_dict(read_json(path_or_text, what="sparseforge report (report.json)"))
 
     # ------------------------------------------------------------------ rendering
     def table(self) -> str:
@@ -591,16 +591,8 @@ def _compressed_header(path: Path) -> bool:
 
 def _load_state_dict_file(path: Path) -> Mapping[str, Any]:
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:  # pragma: no cover - optional dependency
-            raise CheckpointError(f"{str(path)!r} is a safetensors file; install safetensors to read it") from None
-        return load_file(str(path))
-    try:
-        # weights_only: a report must never execute code from a checkpoint it was pointed at
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from None
+        return load_safetensors(path, what="state_dict")
+    obj = load_torch(path, what="checkpoint or state_dict")
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a state_dict or training checkpoint")
     if obj.get("format") == _TRAINING_CHECKPOINT_FORMAT:

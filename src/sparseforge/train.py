@@ -46,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .core.rng import stream_generator
 from .data import load_dataset
 from .errors import CheckpointError, ConfigError
+from .fileio import atomic_save, atomic_write_text, read_checkpoint
 from .masking import load_masked_state_dict
 from .methods import IMP, NM_METHODS, build_method
 from .methods.base import SparsityMethod
@@ -89,35 +90,6 @@ def _destroy_process_group() -> None:
     gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def read_checkpoint(path: Path, fmt: str, what: str, param: str = "") -> dict[str, Any]:
-    """``torch.load`` a checkpoint dict whose ``"format"`` is ``fmt``, or raise :class:`CheckpointError`.
-
-    A truncated or foreign file is refused whole, never half-loaded. ``what`` names the kind
-    of checkpoint in the message, ``param`` (e.g. ``"checkpoint: "``) the argument it came from.
-    """
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"{param}cannot read checkpoint file {str(path)!r}: {e}") from None
-    if not isinstance(ck, dict) or ck.get("format") != fmt:
-        raise CheckpointError(f"{param}{str(path)!r} is not a {what}")
-    return ck
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int | None = None,
@@ -320,7 +292,7 @@ class Trainer:
         if self.run_dir is not None:
             if self.rank == 0:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                _atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
+                atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
             self.try_resume()
         stop_at = self.total_steps if self.max_steps is None else min(self.total_steps, self.step + self.max_steps)
         bar = None
@@ -398,7 +370,7 @@ class Trainer:
             bar.set_postfix(acc=f"{ev['accuracy']:.4f}", loss=f"{train_loss:.3f}")
         if self.run_dir is not None and self.rank == 0:
             # rewritten whole from the history so a crash between writes never duplicates an epoch
-            _atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
         self.save_checkpoint()
 
     def report(self) -> Any:
@@ -413,7 +385,7 @@ class Trainer:
             return
         rep = self.report()
         rep.to_json(self.run_dir / "report.json")
-        _atomic_write_text(self.run_dir / "report.txt", rep.table() + "\n")
+        atomic_write_text(self.run_dir / "report.txt", rep.table() + "\n")
         summary = {"recipe": self.recipe.name, "method": self.recipe.method["name"], "steps": self.step,
                    "final": final, "totals": rep.to_dict()["totals"], "dataset": self.dataset.name}
-        _atomic_write_text(self.run_dir / "result.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.run_dir / "result.json", json.dumps(summary, indent=2) + "\n")

@@ -32,6 +32,7 @@ import torch
 
 from ..core.patterns import NM
 from ..errors import ConfigError, check_int
+from ..fileio import atomic_write_text
 
 __all__ = ["add_prune_parser", "resolve_calibration", "run_prune"]
 
@@ -218,7 +219,7 @@ def run_prune(
     out.mkdir(parents=True, exist_ok=True)
     files = save_pruned(loaded, out)
     report.to_json(out / "report.json")
-    (out / "report.txt").write_text(report.table() + "\n")
+    atomic_write_text(out / "report.txt", report.table() + "\n")
     t_saved = time.perf_counter()
 
     summary: dict[str, Any] = {
@@ -237,7 +238,7 @@ def run_prune(
                     "threads": torch.get_num_threads()},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
     if return_model:
         summary["model_object"] = net
     return summary

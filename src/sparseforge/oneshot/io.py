@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..fileio import atomic_save_safetensors, atomic_write_text, load_safetensors, load_torch, read_json
 
 __all__ = ["MODEL_FORMAT", "LoadedModel", "load_model", "load_tokens", "save_pruned", "save_model_folder"]
 
@@ -75,18 +76,13 @@ def _char_tokenizer(chars: list[str], name: str) -> Any:
 
 
 def _load_folder_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {str(path / 'config.json')!r}: {e}") from None
+    config = read_json(path / "config.json", what="model config (config.json)")
     if not isinstance(config, dict):
         raise CheckpointError(f"{str(path / 'config.json')!r} is not a JSON object")
     return config
 
 
 def _load_sparseforge_folder(path: Path, config: dict[str, Any]) -> LoadedModel:
-    from safetensors.torch import load_file
-
     from ..models import build_model
 
     name = config.get("model_name", "tiny-gpt" if config.get("format") == _AUSTEN_FORMAT else None)
@@ -97,9 +93,9 @@ def _load_sparseforge_folder(path: Path, config: dict[str, Any]) -> LoadedModel:
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"{str(path)!r} has config.json but no model.safetensors")
+    state = load_safetensors(weights, what="model weights")
     model = build_model(name, **kwargs)
     try:
-        state = load_file(str(weights))
         model.load_state_dict(state)
     except Exception as e:  # a foreign or mismatched file must fail with its name, not a traceback
         raise CheckpointError(f"cannot load {str(weights)!r} into {name} {kwargs}: {e}") from None
@@ -186,22 +182,15 @@ def load_tokens(path: str | os.PathLike[str]) -> torch.Tensor:
 
     Raises:
         ConfigError: a missing file, another suffix, no usable tensor, or a non-integer tensor.
+        CheckpointError: an unreadable file, or a ``.pt`` that holds more than tensors and plain data.
     """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"calibration tokens: no such file {str(p)!r}")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            obj: Any = load_file(str(p))
-        except Exception as e:
-            raise ConfigError(f"calibration tokens: cannot read {str(p)!r}: {e}") from None
+        obj: Any = load_safetensors(p, what="token tensor file", param="calibration tokens: ")
     elif p.suffix in (".pt", ".pth"):
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ConfigError(f"calibration tokens: cannot read {str(p)!r}: {e}") from None
+        obj = load_torch(p, what="token tensor file", param="calibration tokens: ")
     else:
         raise ConfigError(f"calibration tokens {str(p)!r}: expected a .pt/.pth or .safetensors file")
     if isinstance(obj, dict):
@@ -225,13 +214,12 @@ def load_tokens(path: str | os.PathLike[str]) -> torch.Tensor:
 
 def save_model_folder(model: nn.Module, config: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     """Write ``model`` (no masks) as a sparseforge model folder: ``config.json`` + ``model.safetensors``."""
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # contiguous clones: safetensors refuses tensors that share storage (tied weights)
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps({**config, "format": MODEL_FORMAT}, indent=2) + "\n")
+    atomic_save_safetensors({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
+                            out / "model.safetensors")
+    atomic_write_text(out / "config.json", json.dumps({**config, "format": MODEL_FORMAT}, indent=2) + "\n")
     return out
 
 

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, check_int
+from ..fileio import atomic_save_safetensors, load_safetensors, read_json
 
 __all__ = ["AUSTEN_GPT_DEFAULTS", "CACHE_ENV_VAR", "PretrainedLM", "austen_gpt", "default_cache_dir", "unigram_perplexity"]
 
@@ -138,19 +139,17 @@ def _checkpoint_path(folder: Path) -> Path:
 
 
 def _load(folder: Path) -> PretrainedLM:
-    from safetensors.torch import load_file
-
     from ..models import TinyGPT
 
     try:
-        config = json.loads((folder / "config.json").read_text())
-        log = json.loads((folder / "train_log.json").read_text())
-        state = load_file(str(folder / "model.safetensors"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read the cached model in {str(folder)!r}: {e}; delete the folder to "
-                              "train again") from None
-    if config.get("format") != _FORMAT:
-        raise CheckpointError(f"{str(folder)!r} holds format {config.get('format')!r}, expected {_FORMAT!r}")
+        config = read_json(folder / "config.json", what="cached model config")
+        log = read_json(folder / "train_log.json", what="cached training log")
+        state = load_safetensors(folder / "model.safetensors", what="cached model weights")
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; delete {str(folder)!r} to train again") from None
+    if not isinstance(config, dict) or config.get("format") != _FORMAT:
+        got = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise CheckpointError(f"{str(folder)!r} holds format {got!r}, expected {_FORMAT!r}")
     model = TinyGPT(**config["model"])
     model.load_state_dict(state)
     model.eval()
@@ -205,8 +204,6 @@ def austen_gpt(
         raise ConfigError(f"no cached Austen GPT for these arguments in {str(folder)!r} and train_if_missing=False; "
                           f"call austen_gpt() once to train it (20-50 minutes on one CPU thread)")
 
-    from safetensors.torch import save_file
-
     from ..lm import train_lm
     from ..text import load_text_corpus
 
@@ -234,8 +231,8 @@ def austen_gpt(
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
         # contiguous copies: safetensors refuses views that share storage
-        save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
+        atomic_save_safetensors({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
+                                tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "train_log.json").write_text(json.dumps(log, indent=2))
         if folder.exists():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, LayerError
+from ..fileio import atomic_path, atomic_write_text, read_json
 from .graph import DependencyGraph, slab_dims
 from .trace import ELEMENTS
 from .rules import find_rule
@@ -197,18 +197,6 @@ def _apply_local(m: nn.Module, kept: Kept) -> None:
 
 
 # ------------------------------------------------------------------------------- save
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_structured(model: nn.Module, kept: Kept, directory: str | os.PathLike, *, extra: Mapping[str, Any] | None = None) -> Path:
     """Save a shrunk ``model`` to ``directory``: ``model.safetensors`` + ``structure.json``.
 
@@ -220,15 +208,14 @@ def save_structured(model: nn.Module, kept: Kept, directory: str | os.PathLike, 
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / "model.safetensors.tmp"
-    save_model(model, str(tmp))  # handles tied (shared) tensors
-    os.replace(tmp, d / "model.safetensors")
+    with atomic_path(d / "model.safetensors") as tmp:
+        save_model(model, str(tmp))  # handles tied (shared) tensors
     desc = {
         "format": FORMAT,
         "kept": [{"key": k, "dim": dim, "size": n, "kept": idx.tolist()} for (k, dim), (n, idx) in sorted(kept.items())],
         "extra": dict(extra or {}),
     }
-    _atomic_write(d / "structure.json", json.dumps(desc, indent=1).encode())
+    atomic_write_text(d / "structure.json", json.dumps(desc, indent=1))
     return d
 
 
@@ -237,10 +224,15 @@ def read_structure(directory: str | os.PathLike) -> Kept:
     p = Path(directory) / "structure.json"
     if not p.exists():
         raise CheckpointError(f"{p} does not exist: not a directory written by save_structured")
-    desc = json.loads(p.read_text())
-    if desc.get("format") != FORMAT:
-        raise CheckpointError(f"{p}: format is {desc.get('format')!r}; expected {FORMAT!r}")
-    return {(e["key"], int(e["dim"])): (int(e["size"]), torch.tensor(e["kept"], dtype=torch.long)) for e in desc["kept"]}
+    desc = read_json(p, what="structure description (structure.json)")
+    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
+        got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
+        raise CheckpointError(f"{p}: format is {got!r}; expected {FORMAT!r}")
+    try:
+        return {(e["key"], int(e["dim"])): (int(e["size"]), torch.tensor(e["kept"], dtype=torch.long))
+                for e in desc["kept"]}
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{p}: malformed 'kept' entry ({type(e).__name__}: {e}); the file is corrupt") from None
 
 
 def load_structured(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.Module:
@@ -258,7 +250,14 @@ def load_structured(directory: str | os.PathLike, factory: Callable[[], nn.Modul
     if not isinstance(model, nn.Module):
         raise ConfigError(f"factory() must return an nn.Module; got {type(model).__name__}")
     _apply(model, kept, zero=False)
-    missing, unexpected = load_model(model, str(Path(directory) / "model.safetensors"), strict=False)
+    weights = Path(directory) / "model.safetensors"
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # safetensors' Rust panics derive from BaseException, not Exception
+        raise CheckpointError(f"cannot read {str(weights)!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
+                              "(missing, truncated or not a safetensors file)") from None
     if missing or unexpected:
         raise CheckpointError(f"saved weights do not match the rebuilt model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model

@@ -1,0 +1,227 @@
+"""Reading and writing sparseforge's files safely: no code ever runs from a file, no file is ever half-written.
+
+Every file the package reads goes through one of the loaders here, and every file it writes
+through :func:`atomic_write` (or one of its typed faces):
+
+* :func:`load_torch` -- ``torch.load`` with ``weights_only=True``: only tensors, plain
+  containers and numbers are rebuilt, plus the explicit allow-list :data:`SAFE_GLOBALS`
+  (today empty: every file the package writes holds nothing else). A pickle that asks for any
+  other global (``os.system``, ``builtins.exec``, a user class) is refused before anything runs.
+* :func:`load_safetensors` -- safetensors (no pickle at all), with the header checked.
+* :func:`read_json` -- JSON, with a truncated or foreign file reported in one line.
+* :func:`atomic_write` -- write into a temporary file in the target's folder, ``fsync`` it,
+  then ``os.replace`` it over the target: a process killed at any instant, or a full disk,
+  leaves either the old file or the new one, never half of either; the temporary file is
+  removed on failure.
+
+Every failure to read is a :class:`~sparseforge.errors.CheckpointError` (a ``ValueError``)
+naming the file, what it was expected to hold and why it was refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import CheckpointError
+
+__all__ = [
+    "SAFE_GLOBALS", "load_torch", "read_checkpoint", "load_safetensors", "read_json",
+    "atomic_path", "atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_save", "atomic_save_safetensors",
+]
+
+#: The only non-builtin Python objects a ``.pt`` file may make ``torch.load`` build. Add a type
+#: here only if it is a plain value class of this package (no behaviour on unpickling).
+SAFE_GLOBALS: tuple[Any, ...] = ()
+
+
+def _exists(path: Path, what: str, param: str) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{param}no such file {str(path)!r} (expected a {what})")
+    if path.is_dir():
+        raise CheckpointError(f"{param}{str(path)!r} is a folder, not a {what} file")
+
+
+def load_torch(path: str | os.PathLike, *, what: str = "checkpoint", param: str = "") -> Any:
+    """Load a ``torch.save`` file without running any code from it.
+
+    ``torch.load(weights_only=True)`` on CPU, with only :data:`SAFE_GLOBALS` allowed beyond
+    tensors, containers and numbers. ``what`` names the expected content in messages,
+    ``param`` (``"checkpoint: "``) the argument the path came from.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not a torch file, or asks for a
+            Python global outside the allow-list (a pickle that would run code).
+    """
+    import torch
+
+    path = Path(path)
+    _exists(path, what, param)
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message says "Weights only load failed", suggests weights_only=False (never
+        # here) and names the refused global on a later line: keep only that line
+        detail = next((ln.strip() for ln in str(e).splitlines()[1:] if "unsupported" in ln.lower()), "")
+        if detail:
+            raise CheckpointError(
+                f"{param}refusing to load {str(path)!r}: it holds Python objects beyond tensors and plain "
+                f"data ({detail}); sparseforge never runs code from a file, so only load files you wrote "
+                f"with sparseforge or plain torch.save of tensors") from None
+        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {_first_line(e)}") from None
+    except Exception as e:
+        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {_first_line(e)} "
+                              "(truncated, corrupt or not a torch.save file)") from None
+
+
+def read_checkpoint(path: Path, fmt: str, what: str, param: str = "") -> dict[str, Any]:
+    """Load a checkpoint dict whose ``"format"`` is ``fmt``, or raise :class:`CheckpointError`.
+
+    Read with :func:`load_torch` (``weights_only``: a crafted file's code
+    never runs). A truncated or foreign file is refused whole, never half-loaded. ``what``
+    names the kind of checkpoint in the message, ``param`` (e.g. ``"checkpoint: "``) the
+    argument it came from.
+    """
+    ck = load_torch(path, what=what, param=param)
+    if not isinstance(ck, dict) or ck.get("format") != fmt:
+        raise CheckpointError(f"{param}{str(path)!r} is not a {what}")
+    return ck
+
+
+def load_safetensors(path: str | os.PathLike, *, what: str = "safetensors file", param: str = "",
+                     with_metadata: bool = False) -> Any:
+    """The tensors of a safetensors file (and its header metadata if ``with_metadata``).
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not safetensors.
+    """
+    path = Path(path)
+    _exists(path, what, param)
+    try:
+        from safetensors import safe_open
+
+        tensors = {}
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # safetensors' Rust panics derive from BaseException, not Exception
+        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {_first_line(e)} "
+                              "(truncated, corrupt or not a safetensors file)") from None
+    return (tensors, meta) if with_metadata else tensors
+
+
+def read_json(path: str | os.PathLike, *, what: str = "JSON file", param: str = "") -> Any:
+    """Parse a JSON file, or raise :class:`CheckpointError` naming it (missing, truncated, not JSON)."""
+    path = Path(path)
+    _exists(path, what, param)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: not valid JSON ({_first_line(e)}); "
+                              "the file is truncated or corrupt") from None
+    except OSError as e:
+        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {e.strerror or e}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    # the libraries' own messages run to several sentences of advice (torch's suggests
+    # weights_only=False): keep the first sentence, which says what is wrong
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    line = text.splitlines()[0]
+    cut = line.find(". ")
+    return line[: cut + 1] if 0 < cut < len(line) - 2 else line
+
+
+def _fsync_dir(folder: Path) -> None:
+    # the rename itself is durable only once the folder's entry is on disk; not every file
+    # system lets a folder be opened for that, and it is not needed for atomicity
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on a clean exit it replaces ``path``.
+
+    For writers that want a file name (``safetensors.torch.save_file``, ``save_pretrained``
+    of one file). The file is ``fsync``-ed before ``os.replace``; on any error it is deleted
+    and ``path`` keeps its previous content.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` all-or-nothing: ``write(f)`` fills a temporary file, which then replaces ``path``.
+
+    The temporary file lives in the same folder (so the rename cannot cross file systems),
+    is flushed and ``fsync``-ed before ``os.replace``, and is deleted if ``write`` or the disk
+    fails; the previous ``path``, if any, is untouched until the rename. Returns ``path``.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write` of ``text`` as UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` through :func:`atomic_write` (read it back with :func:`load_torch`)."""
+    import torch
+
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_save_safetensors(tensors: Mapping[str, Any], path: str | os.PathLike,
+                            metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``tensors`` (contiguous, unshared) as safetensors through :func:`atomic_path`."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata is not None else None)
+    return Path(path)
