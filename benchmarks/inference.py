@@ -280,7 +280,7 @@ def _bench_config(label: str, masked: nn.Module, make_inputs: Callable[[int], tu
                     outp = tmp / f"{key}-out.npy".replace(" ", "_").replace("%", "pct").replace(":", "of")
                     info = ds.ask(cmd="load", key=key, path=str(onnx_b), batch=b, threads=a.threads, inputs=paths,
                                   output=str(outp))
-                    errors["deepsparse"] = _rel_err(np.load(outp), ref)
+                    errors["deepsparse"] = _rel_err(np.load(outp, allow_pickle=False), ref)
                     notes["deepsparse compile s"] = f"{info['compile_s']:.1f}"
                     variants["deepsparse"] = lambda calls, key=key: ds.ask(cmd="time", key=key, calls=calls)["sec_per_call"]
                 except Exception as e:

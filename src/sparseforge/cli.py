@@ -212,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SparseforgeError as e:
         print(f"sparseforge: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder: the system's reason, in one line
+        print(f"sparseforge: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import IO, Any
 from .errors import CheckpointError
 
 __all__ = [
-    "SAFE_GLOBALS", "load_torch", "read_checkpoint", "load_safetensors", "read_json",
+    "SAFE_GLOBALS", "first_sentence", "load_torch", "read_checkpoint", "load_safetensors", "read_json",
     "atomic_path", "atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_save", "atomic_save_safetensors",
 ]
 
@@ -69,15 +69,15 @@ def load_torch(path: str | os.PathLike, *, what: str = "checkpoint", param: str 
     except pickle.UnpicklingError as e:
         # torch's message says "Weights only load failed", suggests weights_only=False (never
         # here) and names the refused global on a later line: keep only that line
-        detail = next((ln.strip() for ln in str(e).splitlines()[1:] if "unsupported" in ln.lower()), "")
+        detail = next((ln.strip() for ln in str(e).splitlines()[1:] if "global" in ln.lower()), "")
         if detail:
             raise CheckpointError(
-                f"{param}refusing to load {str(path)!r}: it holds Python objects beyond tensors and plain "
+                f"{param}refusing to load {what} {str(path)!r}: it holds Python objects beyond tensors and plain "
                 f"data ({detail}); sparseforge never runs code from a file, so only load files you wrote "
                 f"with sparseforge or plain torch.save of tensors") from None
-        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {_first_line(e)}") from None
+        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {first_sentence(e)}") from None
     except Exception as e:
-        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {_first_line(e)} "
+        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {first_sentence(e)} "
                               "(truncated, corrupt or not a torch.save file)") from None
 
 
@@ -115,7 +115,7 @@ def load_safetensors(path: str | os.PathLike, *, what: str = "safetensors file",
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # safetensors' Rust panics derive from BaseException, not Exception
-        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {_first_line(e)} "
+        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {first_sentence(e)} "
                               "(truncated, corrupt or not a safetensors file)") from None
     return (tensors, meta) if with_metadata else tensors
 
@@ -127,13 +127,14 @@ def read_json(path: str | os.PathLike, *, what: str = "JSON file", param: str = 
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: not valid JSON ({_first_line(e)}); "
+        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: not valid JSON ({first_sentence(e)}); "
                               "the file is truncated or corrupt") from None
     except OSError as e:
         raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {e.strerror or e}") from None
 
 
-def _first_line(e: BaseException) -> str:
+def first_sentence(e: BaseException) -> str:
+    """The first sentence of ``e``'s message (the type's name if it has none), for one-line errors."""
     # the libraries' own messages run to several sentences of advice (torch's suggests
     # weights_only=False): keep the first sentence, which says what is wrong
     text = str(e).strip()
@@ -214,7 +215,17 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` through :func:`atomic_write` (read it back with :func:`load_torch`)."""
     import torch
 
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    def write(f: IO[bytes]) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            # a full disk or a quota surfaces as torch's zip writer failing to close the archive
+            # while the OSError that caused it propagates: report the OSError, which says why
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+
+    return atomic_write(path, write)
 
 
 def atomic_save_safetensors(tensors: Mapping[str, Any], path: str | os.PathLike,

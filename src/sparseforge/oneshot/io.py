@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_save_safetensors, atomic_write_text, load_safetensors, load_torch, read_json
+from ..fileio import atomic_save_safetensors, atomic_write_text, first_sentence, load_safetensors, load_torch, read_json
 
 __all__ = ["MODEL_FORMAT", "LoadedModel", "load_model", "load_tokens", "save_pruned", "save_model_folder"]
 
@@ -114,6 +114,11 @@ def _load_hf_folder(path: Path, config_dict: dict[str, Any]) -> LoadedModel:
     except ImportError:
         raise ConfigError(f"{str(path)!r} is a Hugging Face folder; install transformers to prune it") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not any(path.glob("*.safetensors")):
+        # pickled weights: read each with our weights_only loader first, so a planted file is
+        # refused here whatever transformers version (older ones unpickle with code) reads it next
+        for weights in sorted(path.glob("*.bin")):
+            load_torch(weights, what="Hugging Face weight file")
     archs = config_dict.get("architectures") or []
     cls = getattr(transformers, archs[0], None) if archs else None
     if cls is None:
@@ -121,7 +126,8 @@ def _load_hf_folder(path: Path, config_dict: dict[str, Any]) -> LoadedModel:
     try:
         model = cls.from_pretrained(str(path))
     except Exception as e:
-        raise CheckpointError(f"cannot load the Hugging Face model in {str(path)!r} with {cls.__name__}: {e}") from None
+        raise CheckpointError(f"cannot load the Hugging Face model in {str(path)!r} with {cls.__name__}: "
+                              f"{first_sentence(e)}") from None
     model.eval()
     tok = None
     if any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")):
