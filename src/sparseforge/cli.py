@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -27,19 +26,23 @@ from .errors import SparseforgeError
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .recipes import load_recipe
-    from .train import Trainer, process_group
+    from .train import Trainer, clear_run_folder, process_group
 
     recipe = load_recipe(args.recipe)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
     rank, world = process_group()  # under torchrun: one process per rank, process 0 writes
-    if args.restart and run_dir.exists() and rank == 0:
-        shutil.rmtree(run_dir)
+    # the Trainer builds data, model and method from the recipe: a bad recipe fails here,
+    # before --restart deletes anything
+    trainer = Trainer(recipe, run_dir, progress=not args.no_progress, max_steps=args.max_steps,
+                      log=lambda s: print(f"[sparseforge] {s}", file=sys.stderr))
+    if args.restart and rank == 0:
+        deleted = clear_run_folder(run_dir)
+        if deleted:
+            print(f"[sparseforge] --restart: deleted {', '.join(deleted)} from {run_dir}", file=sys.stderr)
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()  # nobody resumes from a folder that --restart is deleting
-    trainer = Trainer(recipe, run_dir, progress=not args.no_progress, max_steps=args.max_steps,
-                      log=lambda s: print(f"[sparseforge] {s}", file=sys.stderr))
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
@@ -165,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "batch; process 0 writes the run folder.")
     t.add_argument("recipe", help="path to a YAML recipe (see recipes/ for one per method)")
     t.add_argument("--run-dir", help="run folder (default runs/<recipe name>)")
-    t.add_argument("--restart", action="store_true", help="delete the run folder first instead of resuming")
+    t.add_argument("--restart", action="store_true",
+                   help="delete the run's files first instead of resuming (only in a folder that holds a sparseforge run)")
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (checkpointed; run again to resume)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)

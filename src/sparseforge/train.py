@@ -53,7 +53,74 @@ from .methods.base import SparsityMethod
 from .models import build_model, example_input
 from .recipes import STEP_KEYS, Recipe, resolve_steps
 
-__all__ = ["Trainer", "RunResult", "iterate_batches", "evaluate", "atomic_save", "read_checkpoint", "process_group"]
+__all__ = ["Trainer", "RunResult", "iterate_batches", "evaluate", "atomic_save", "read_checkpoint", "process_group",
+           "RUN_FILES", "check_run_folder", "clear_run_folder"]
+
+#: The files a recipe run writes into its run folder; ``recipe.yaml`` or ``checkpoint.pt`` mark one.
+RUN_FILES = ("recipe.yaml", "checkpoint.pt", "metrics.jsonl", "report.json", "report.txt", "result.json")
+_RUN_MARKERS = ("recipe.yaml", "checkpoint.pt")
+
+
+def _run_folder_contents(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    """``(run files, other entries)`` of ``run_dir``; the hidden temporaries of interrupted
+    atomic writes (``.NAME.*.tmp``) count as run files."""
+    ours, other = [], []
+    for p in sorted(run_dir.iterdir()):
+        is_tmp = p.name.startswith(".") and p.name.endswith(".tmp") and any(p.name.startswith(f".{f}.") for f in RUN_FILES)
+        (ours if (p.name in RUN_FILES and p.is_file()) or is_tmp else other).append(p)
+    return ours, other
+
+
+def check_run_folder(run_dir: str | Path, recipe: Recipe) -> None:
+    """Refuse ``run_dir`` if training ``recipe`` there would overwrite what is not its own; write nothing.
+
+    A folder without a run (no ``recipe.yaml`` or ``checkpoint.pt``) that already holds a file
+    named like a run's (``report.json`` of a ``prune`` output, say) belongs to something else,
+    (:class:`ConfigError`), and a run folder whose ``recipe.yaml`` differs holds another run
+    (:class:`CheckpointError`, as when its checkpoint differs). Unrelated files are allowed.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"run folder {str(run_dir)!r} is a file; pass a folder (new, empty, or a run of this recipe)")
+    if not any((run_dir / m).is_file() for m in _RUN_MARKERS):
+        clash = [f for f in RUN_FILES if (run_dir / f).exists()]
+        if clash:
+            raise ConfigError(f"run folder {str(run_dir)!r} holds no sparseforge run (no recipe.yaml or checkpoint.pt) "
+                              f"but has {clash}, which training would overwrite; pass a new or empty --run-dir")
+        return
+    saved = run_dir / "recipe.yaml"
+    if saved.is_file():
+        try:
+            same = yaml.safe_load(saved.read_text()) == recipe.to_dict()
+        except (yaml.YAMLError, UnicodeDecodeError):
+            same = False
+        if not same:
+            raise CheckpointError(f"run folder {str(run_dir)!r} holds a run of a different recipe (its recipe.yaml differs); "
+                              "use another --run-dir or pass --restart to start over")
+
+
+def clear_run_folder(run_dir: str | Path) -> list[str]:
+    """Delete the files of the sparseforge run in ``run_dir`` (for ``--restart``); return their names.
+
+    Only :data:`RUN_FILES` (and leftovers of interrupted writes) are deleted, and only if the
+    folder holds a run (``recipe.yaml`` or ``checkpoint.pt``); other files stay, and the
+    folder is removed only if it ends up empty. A folder that holds no run is refused with a
+    :class:`ConfigError`: ``--restart`` never deletes what sparseforge did not write.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return []
+    if not run_dir.is_dir() or not any((run_dir / m).is_file() for m in _RUN_MARKERS):
+        raise ConfigError(f"--restart: {str(run_dir)!r} holds no sparseforge run (no recipe.yaml or checkpoint.pt); "
+                          "nothing was deleted")
+    ours, other = _run_folder_contents(run_dir)
+    for p in ours:
+        p.unlink()
+    if not other:
+        run_dir.rmdir()
+    return [p.name for p in ours]
 
 
 def process_group() -> tuple[int, int]:
@@ -290,10 +357,13 @@ class Trainer:
     def fit(self) -> RunResult:
         """Train to the end (or ``max_steps``), evaluating after every epoch."""
         if self.run_dir is not None:
+            check_run_folder(self.run_dir, self.recipe)  # every rank: each refuses alike, none waits
             if self.rank == 0:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
+            # resume (which refuses a checkpoint of another recipe) before writing anything
             self.try_resume()
+            if self.rank == 0:
+                atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
         stop_at = self.total_steps if self.max_steps is None else min(self.total_steps, self.step + self.max_steps)
         bar = None
         if self.progress and self.rank == 0:
