@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from . import __version__
 from .errors import SparseforgeError
@@ -142,11 +142,18 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``sparseforge: error: ...`` and exit status 2, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102
+        self.exit(2, f"sparseforge: error: {self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     from .demo import DEFAULT_DEMO_METHODS, METHOD_PRESETS
 
-    p = argparse.ArgumentParser(prog="sparseforge", description="Make neural networks sparse and keep them accurate.")
+    p = _Parser(prog="sparseforge", description="Make neural networks sparse and keep them accurate.")
     p.add_argument("--version", action="version", version=f"sparseforge {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, check_int, check_sparsity
 
 __all__ = ["METHOD_PRESETS", "preset", "demo_recipe", "run_method", "run_recipe", "run_demo", "format_table"]
 
@@ -173,6 +173,8 @@ def run_demo(epochs: int = 5, sparsity: float = 0.9, methods: Sequence[str] | No
     """Train every method in ``methods`` and print the comparison table; returns the rows."""
     from .data import load_dataset
 
+    check_sparsity(sparsity, "--sparsity")
+    check_int(epochs, "--epochs", minimum=1)
     methods = list(methods or DEFAULT_DEMO_METHODS)
     for m in methods:
         preset(m, sparsity)  # fail before any training

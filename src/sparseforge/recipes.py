@@ -25,10 +25,11 @@ checked against the method's signature, so a typo fails before training starts.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -103,6 +104,28 @@ def resolve_steps(key: str, value: Any, *, total_steps: int, steps_per_epoch: in
                       f"or epochs like '2ep'; got {value!r}")
 
 
+def _check_optimizer_values(spec: dict[str, Any]) -> None:
+    # torch checks these only when the optimizer is built, after the data and the model
+    def number(key: str, ok: Callable[[float], bool], allowed: str, value: Any = None) -> None:
+        v = spec[key] if value is None else value
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(float(v)):
+            raise ConfigError(f"optimizer.{key} must be {allowed}; got {v!r}")
+
+    for key in spec:
+        if key in ("lr", "eps"):
+            number(key, lambda v: v > 0, "a positive number")
+        elif key in ("weight_decay", "dampening"):
+            number(key, lambda v: v >= 0, "a number >= 0")
+        elif key == "momentum":
+            number(key, lambda v: 0 <= v < 1, "a number in [0, 1)")
+        elif key == "betas":
+            b = spec[key]
+            if not isinstance(b, (list, tuple)) or len(b) != 2:
+                raise ConfigError(f"optimizer.betas must be two numbers in [0, 1); got {b!r}")
+            for v in b:
+                number(key, lambda v: 0 <= v < 1, "two numbers in [0, 1)", value=v)
+
+
 @dataclass
 class Recipe:
     """A validated training recipe (see the module docstring for the YAML form)."""
@@ -143,6 +166,7 @@ class Recipe:
         _check_keys(self.optimizer, _OPTIMIZERS[oname] | {"name"}, f"optimizer ({oname})")
         if "lr" not in self.optimizer:
             raise ConfigError(f"optimizer ({oname}) needs 'lr'")
+        _check_optimizer_values(self.optimizer)
         self.lr_schedule = _named(self.lr_schedule, "lr_schedule")
         sname = self.lr_schedule["name"]
         if sname not in _LR_SCHEDULES:
@@ -165,6 +189,13 @@ class Recipe:
         return asdict(self)
 
 
+def yaml_error_line(e: yaml.YAMLError) -> str:
+    """PyYAML's multi-line error as one line: what is wrong and where (line and column, 1-based)."""
+    problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a YAML recipe file."""
     p = Path(path)
@@ -173,7 +204,7 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         d = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {str(p)!r} is not valid YAML: {e}") from None
+        raise ConfigError(f"recipe {str(p)!r} is not valid YAML: {yaml_error_line(e)}") from None
     try:
         return Recipe.from_dict(d)
     except ConfigError as e:

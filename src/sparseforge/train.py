@@ -45,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .core.rng import stream_generator
 from .data import load_dataset
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, check_int
 from .fileio import atomic_save, atomic_write_text, read_checkpoint
 from .masking import load_masked_state_dict
 from .methods import IMP, NM_METHODS, build_method
@@ -245,6 +245,8 @@ class Trainer:
         self.recipe = recipe
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = progress
+        if max_steps is not None:
+            check_int(max_steps, "max_steps (--max-steps)", minimum=1)
         self.max_steps = max_steps
         self.rank, self.world = process_group()
         self.log = (log or (lambda s: None)) if self.rank == 0 else (lambda s: None)

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import ConfigError, SparseforgeError
+
 __all__ = ["preserved_modes", "call_model", "probe"]
 
 
@@ -38,15 +40,25 @@ def call_model(model: nn.Module, example_input: Any) -> Any:
     return model(example_input)
 
 
-def probe(model: nn.Module, example_input: Any, handles: Iterable[Any] = ()) -> Any:
+def probe(model: nn.Module, example_input: Any, handles: Iterable[Any] = (), *, param: str = "example_input") -> Any:
     """One forward pass of ``example_input`` in eval mode without gradients; return the output.
 
     Every submodule gets its mode back afterwards (:func:`preserved_modes`), and ``handles``
     (the hooks a caller registered to observe this pass) are removed even if the pass fails.
+    An input the model cannot run (a wrong shape or dtype) is a :class:`ConfigError` naming
+    ``param``; the package's own errors pass through.
     """
     try:
         with preserved_modes(model), torch.no_grad():
-            return call_model(model, example_input)
+            try:
+                return call_model(model, example_input)
+            except SparseforgeError:
+                raise
+            except Exception as e:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise ConfigError(f"{param} does not run the model ({type(model).__name__}): {type(e).__name__}: "
+                                  f"{msg}; pass a tensor, a tuple of positional arguments or a dict of keyword "
+                                  "arguments that model(...) accepts") from e
     finally:
         for h in handles:
             h.remove()

@@ -199,6 +199,10 @@ def run_prune(
         if isinstance(vocab, int) and calib.numel() and int(calib.max()) >= vocab:
             raise ConfigError(f"calibration token id {int(calib.max())} is outside the model's vocabulary "
                               f"(vocab_size {vocab}); tokenize with the model's own tokenizer")
+        ctx = _context_length(net)
+        if ctx is not None and calib.shape[1] > ctx:
+            raise ConfigError(f"--seqlen {int(calib.shape[1])} is longer than the model's context of {ctx} positions; "
+                              f"use --seqlen {ctx} or less")
     t_calib = time.perf_counter()
 
     result = prune_oneshot(net, meth, pattern if isinstance(pattern, NM) else target,

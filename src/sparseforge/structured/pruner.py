@@ -128,7 +128,7 @@ def count_params_macs(model: nn.Module, example_inputs: Any) -> tuple[int, int]:
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                           nn.ConvTranspose3d, nn.MultiheadAttention)) or is_hf_conv1d(m):
             handles.append(m.register_forward_hook(hook, with_kwargs=True))
-    probe(model, example_inputs, handles)
+    probe(model, example_inputs, handles, param="example_inputs")
     if isinstance(example_inputs, dict):
         first = next(v for v in example_inputs.values() if torch.is_tensor(v))
     elif isinstance(example_inputs, (tuple, list)):
