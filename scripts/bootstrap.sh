@@ -30,6 +30,6 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
 fi
 # Jane Austen's novels (Debian r-cran-janeaustenr, unpacked into ~/.cache without root) for the
 # language-model benchmarks; everything else works without them.
-"$venv/bin/python" -c "from sparseforge.text import austen_available as a, ensure_austen as e; a() or e()" \
+"$venv/bin/python" -m sparseforge data fetch austen \
     >/dev/null 2>&1 || echo "[bootstrap] Jane Austen corpus not available; the nm_lm benchmark needs it" >&2
 export PATH="$venv/bin:$PATH"

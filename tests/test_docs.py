@@ -450,7 +450,7 @@ def test_docstring_commands_parse(place: str, body: str, monkeypatch: pytest.Mon
 
 
 DOC_METAVARS = {"RECIPE.yaml": "recipes/rigl.yaml", "PATH": "runs/x", "SUITE": "fmnist", "RUN": "runs/x",
-                "MODEL.pt": "m.pt", "MODEL": "minilm", "D": "out"}
+                "MODEL.pt": "m.pt", "MODEL": "minilm", "D": "out", "NAME": "austen"}
 
 
 def _recipe_from_section(doc: str) -> "sf.Recipe":

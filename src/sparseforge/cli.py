@@ -10,6 +10,7 @@ Commands::
     sparseforge materialize RUN --out MODEL.pt   swap sparse layers for real sparse kernels
     sparseforge methods              list the methods and their parameters
     sparseforge prune MODEL --out D  one-shot prune (magnitude, Wanda, SparseGPT, DSnoT) with calibration data
+    sparseforge data fetch NAME      fetch offline data (austen, fashion-mnist, bible); nothing else downloads
 """
 
 from __future__ import annotations
@@ -63,6 +64,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     rep = report_for_path(Path(args.path))
     print(json.dumps(rep.to_dict(), indent=2) if args.json else rep.table())
+    return 0
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from .fetch import DATA_SOURCES, fetch
+
+    names = list(DATA_SOURCES) if "all" in args.names else list(dict.fromkeys(args.names))
+    for name in names:
+        print(fetch(name, root=args.root if name == "austen" else None))
+    return 0
+
+
+def _cmd_data_status(args: argparse.Namespace) -> int:
+    from .fetch import DATA_SOURCES, status
+
+    for name, where in status().items():
+        print(f"{name:14s} {where}  ({DATA_SOURCES[name][1]})")
     return 0
 
 
@@ -208,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("methods", help="list methods and their parameters")
     m.set_defaults(func=_cmd_methods)
+
+    da = sub.add_parser("data", help="fetch the offline data sets and corpora (the only command that downloads)",
+                        description="Fetch the Debian packages of sparseforge's offline data once; library calls "
+                                    "never download. austen: Jane Austen's novels (no root needed); fashion-mnist, "
+                                    "bible: apt-get install (root).")
+    dsub = da.add_subparsers(dest="data_command", required=True)
+    df = dsub.add_parser("fetch", help="fetch one or more of: austen, fashion-mnist, bible, all")
+    df.add_argument("names", nargs="+", choices=["austen", "fashion-mnist", "bible", "all"], metavar="NAME",
+                    help="austen, fashion-mnist, bible or all")
+    df.add_argument("--root", default=None, help="folder for the Austen corpus (default ~/.cache/sparseforge/janeaustenr "
+                                                 "or $SPARSEFORGE_DATA/janeaustenr)")
+    df.set_defaults(func=_cmd_data_fetch)
+    ds = dsub.add_parser("status", help="say which data sets are present (fetches nothing)")
+    ds.set_defaults(func=_cmd_data_status)
 
     from .oneshot.command import add_prune_parser
 
