@@ -120,6 +120,7 @@ class DynamicSparse(SparsityMethod):
     skip_step = False
     #: standard deviation of the noise added to the drop scores ``|w|`` (RigL: 1e-5)
     drop_noise = 0.0
+    emits = ("before_topology_update", "after_topology_update")
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
                  drop_fraction: float = 0.3, decay: str | None = None, update_interval: int = 100,
@@ -281,11 +282,13 @@ class DynamicSparse(SparsityMethod):
         Only the positions that change are written, in one
         :meth:`~sparseforge.masking.Masking.change_positions` call per layer (the dropped
         pruned, the newly grown activated at zero weight and zero optimizer state); a position
-        dropped and regrown in the same update is left as it was.
+        dropped and regrown in the same update is left as it was. Emits
+        ``before_topology_update`` and ``after_topology_update`` around the change.
         """
         if not self.is_update_step(t):
             return
         frac = self.drop_fraction_at(t)
+        self.emit("before_topology_update", drop_fraction=frac)
         stats = {}
         for i, layer in enumerate(self.layers):
             flat = layer.canonical(layer.mask).reshape(-1)
@@ -311,6 +314,7 @@ class DynamicSparse(SparsityMethod):
             stats[layer.qualname] = {"active": n_active, "dropped": pruned.numel(), "grown": fresh.numel()}
         self.masking.broadcast()
         self.last_update = {"step": t + 1, "drop_fraction": frac, "skipped_step": self.skip_step, "layers": stats}
+        self.emit("after_topology_update", drop_fraction=frac, layers=stats)
 
     def extra_state(self) -> dict[str, Any]:
         """Schedule window (for reports), explored positions (bool per weight) and regrowth counts, by layer."""
