@@ -49,7 +49,7 @@ from ..core.rng import stream_generator
 from ..errors import ConfigError, LayerError, check_sparsity
 from ..masking import MaskedLayer, Masking, Targets, is_default_target, is_sharded, shard_like
 
-__all__ = ["SparsityMethod", "MethodEvent", "EVENTS"]
+__all__ = ["SparsityMethod", "MethodEvent", "EVENTS", "BEFORE_CHANGE"]
 
 #: every event a method may emit, with what the model holds when it fires
 EVENTS: dict[str, str] = {
@@ -64,6 +64,11 @@ EVENTS: dict[str, str] = {
         "masks have changed (SET/RigL): regrown weights are zero; info: the update's per-layer counts (layers), "
         "drop_fraction"),
 }
+
+
+#: events after which the method changes the network within the same optimizer step: a loop
+#: that evaluates "the network as trained" at the end of that step evaluates here instead
+BEFORE_CHANGE: frozenset[str] = frozenset({"round_end", "before_topology_update"})
 
 
 @dataclass(frozen=True)
