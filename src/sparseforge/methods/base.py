@@ -27,10 +27,17 @@ synchronously inside the step, under ``torch.no_grad()``, and receives a :class:
 (``name``, ``method``, ``step`` = optimizer steps completed, ``info``). :attr:`SparsityMethod.emits`
 lists the events a method can emit; registering for another known event is allowed (it never
 fires), for an unknown name an error. Listeners are process-local: pickling or deep-copying a
-method drops them, as it drops the optimizer::
+method drops them, as it drops the optimizer. Measuring the network as trained, just before
+each topology update::
 
-    trained = []
-    method.on("round_end", lambda e: trained.append((e.info["sparsity"], evaluate(model))))
+    method = RigL(model, optimizer, sparsity=0.9, update_interval=2, total_steps=len(loader))
+    before = []                       # (step, loss) just before the masks change
+    method.on("before_topology_update", lambda e: before.append((e.step, loss_fn(model(x), y).item())))
+    for xb, yb in loader:
+        optimizer.zero_grad()
+        loss_fn(model(xb), yb).backward()
+        optimizer.step()
+    assert [step for step, _ in before] == [1, 3]
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ weight dropped and regrown in the same update keeps its value and its state.
   code skips the last epoch's update, and the Keras code reports the accuracy measured before
   it). Defaults: ``zeta = 0.3`` constant, ER allocation.
 
+Each update emits ``before_topology_update`` (the network as trained) and
+``after_topology_update`` (:data:`~sparseforge.methods.base.EVENTS`), so a loop can measure
+the network on either side of the change whatever the order of its own hooks.
+
 Both track the *in-time over-parameterization* rate of Liu et al. 2021 ("Do We Actually
 Need Dense Over-Parameterization? In-Time Over-Parameterization in Sparse Training", ICML):
 ``R_s = |union over training of the active positions| / |all positions|`` of the masked

@@ -30,8 +30,15 @@ The prune-and-rewind happens inside the ``optimizer.step()`` of a round's last s
 loop that evaluates after that step sees the rewound, untrained network. Listen to the
 ``round_end`` event instead (the recipe ``Trainer`` does, logging one row per round)::
 
-    rounds = []
-    method.on("round_end", lambda e: rounds.append((e.info["round"], e.info["sparsity"], evaluate(model))))
+    method = IMP(model, optimizer, sparsity=0.36, steps_per_round=len(loader))  # 2 prunings, 3 rounds
+    trained = []                      # (round, sparsity, loss) of each round's trained network
+    method.on("round_end", lambda e: trained.append((e.info["round"], e.info["sparsity"], loss_fn(model(x), y).item())))
+    for epoch in range(method.rounds + 1):   # one epoch per round
+        for xb, yb in loader:
+            optimizer.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            optimizer.step()
+    assert [r for r, _, _ in trained] == [0, 1, 2]
 """
 
 from __future__ import annotations
