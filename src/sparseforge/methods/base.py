@@ -328,6 +328,10 @@ class SparsityMethod:
         self._listeners.setdefault(name, []).append(fn)
         return _Listener(self, name, fn)
 
+    def listening(self, name: str) -> bool:
+        """True if a listener is registered for event ``name`` (lets a method skip preparing its info)."""
+        return bool(self._listeners.get(name))
+
     def emit(self, name: str, **info: Any) -> None:
         """Call the listeners of event ``name`` with a :class:`MethodEvent` (for subclasses)."""
         fns = self._listeners.get(name)

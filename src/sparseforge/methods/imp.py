@@ -52,6 +52,7 @@ from torch import nn
 from ..core.patterns import num_pruned
 from ..core.schedules import GeometricLevels, LevelSchedule, levels_from_spec
 from ..errors import CheckpointError, ConfigError, check_fraction, check_int, check_sparsity
+from ..masking import full_tensor
 from .base import SparsityMethod
 
 __all__ = ["IMP"]
@@ -159,8 +160,9 @@ class IMP(SparsityMethod):
 
     def current_sparsity(self) -> float:
         """Sparsity of the masked weights now, from the masks."""
-        kept = sum(int(l.mask.sum()) for l in self.layers)
-        total = sum(l.mask.numel() for l in self.layers)
+        masks = [full_tensor(l.mask) for l in self.layers]  # a sharded mask is counted whole
+        kept = sum(int(torch.count_nonzero(m)) for m in masks)
+        total = sum(m.numel() for m in masks)
         return 1.0 - kept / total if total else 0.0
 
     def _snapshot(self) -> None:
@@ -245,7 +247,8 @@ class IMP(SparsityMethod):
         done = t + 1  # steps completed
         if self.round <= self.rounds and done == self.round_end(self.round):
             last = self.round == self.rounds
-            self.emit("round_end", round=self.round, sparsity=self.current_sparsity(), last=last)
+            if self.listening("round_end"):  # counting the masks costs a pass over them (a gather if sharded)
+                self.emit("round_end", round=self.round, sparsity=self.current_sparsity(), last=last)
             if not last:
                 self._prune_round()
 
