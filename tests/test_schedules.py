@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from sparseforge.core.schedules import Constant, CosineDecay, Cubic, ExponentialDecay, LinearDecay, Steps
+from sparseforge.core.schedules import (Constant, CosineDecay, Cubic, ExponentialDecay, GeometricLevels, LinearDecay,
+                                         LinearLevels, Levels, Steps, levels_from_spec)
 from sparseforge.errors import ConfigError
 
 
@@ -174,3 +175,57 @@ def test_steps() -> None:
 def test_steps_bad_arguments(kwargs, needle) -> None:
     with pytest.raises(ConfigError, match=needle):
         Steps(**kwargs)
+
+
+# ============================================================================ round levels (IMP)
+def test_geometric_levels_by_hand() -> None:
+    g = GeometricLevels(0.5, 0.2)
+    # 1 - 0.8**r: 0.2, 0.36, 0.488, then capped at the target 0.5
+    assert g.values == pytest.approx((0.2, 0.36, 0.488, 0.5), abs=1e-12) and g.values[-1] == 0.5
+    assert g.rounds == 4 and g.final == 0.5
+    assert g(0) == 0.0 and g(2) == pytest.approx(0.36) and g(10) == 0.5
+    assert GeometricLevels(0.36, 0.2).rounds == 2 and GeometricLevels(0.0).rounds == 0
+
+
+def test_linear_levels_by_hand() -> None:
+    lin = LinearLevels(0.99, 0.01)  # 1 % of the original count per round up to 99 %
+    assert lin.rounds == 99
+    assert lin.values[:3] == pytest.approx((0.01, 0.02, 0.03)) and lin.values[-1] == 0.99
+    assert LinearLevels(0.5, 0.2).values == pytest.approx((0.2, 0.4, 0.5))  # the last one capped
+    assert LinearLevels(0.6, 0.2).rounds == 3  # 0.6 / 0.2 is 2.9999999999999996 in binary
+
+
+def test_explicit_levels_and_spec() -> None:
+    lv = Levels([0.5, 0.8, 0.9])
+    assert lv.values == (0.5, 0.8, 0.9) and lv.rounds == 3 and lv.final == 0.9 and lv(0) == 0.0 and lv(1) == 0.5
+    assert Levels([0.0, 0.5]).values == (0.0, 0.5)  # a first dense repeat is allowed
+    assert levels_from_spec("geometric", 0.5) == GeometricLevels(0.5, 0.2)
+    assert levels_from_spec("linear", 0.5, 0.25).values == (0.25, 0.5)
+    assert levels_from_spec((0.2, 0.4), 0.4) == Levels((0.2, 0.4))
+    assert levels_from_spec(lv) is lv
+
+
+@pytest.mark.parametrize("values, needle", [
+    ([0.5, 0.4], r"strictly increasing.*0\.4 after 0\.5"),
+    ([0.5, 0.5], r"strictly increasing.*0\.5 after 0\.5"),
+    ([0.5, 1.0], r"\[0, 1\); got 1\.0"),
+    ([-0.01], r"\[0, 1\); got -0\.01"),
+    ([0.2, "x"], r"got 'x'"),
+    ([], "non-empty"),
+    ("0.5", "non-empty list"),
+])
+def test_bad_levels(values, needle) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        Levels(values)
+
+
+def test_bad_level_schedule_arguments() -> None:
+    for cls in (GeometricLevels, LinearLevels):
+        with pytest.raises(ConfigError, match=rf"{cls.__name__}\.fraction.*\(0, 1\); got 0\.0"):
+            cls(0.5, 0.0)
+        with pytest.raises(ConfigError, match=rf"{cls.__name__}\.final.*\[0, 1\); got 1\.0"):
+            cls(1.0, 0.2)
+    with pytest.raises(ConfigError, match="schedule must be 'geometric', 'linear' or a list"):
+        levels_from_spec("exponential", 0.5)
+    with pytest.raises(ConfigError, match=r"sparsity=0\.5 differs from the schedule's last level 0\.4"):
+        levels_from_spec([0.2, 0.4], 0.5)

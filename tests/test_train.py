@@ -299,3 +299,74 @@ def test_process_group_it_creates_is_destroyed_at_exit(monkeypatch) -> None:
     exit_hooks[0]()
     exit_hooks[0]()  # already destroyed (e.g. by the user's own code): nothing to do
     assert calls == ["init gloo", "destroy"]
+
+
+def _rows(history: list[dict], event: str) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history if h["event"] == event]
+
+
+@pytest.mark.parametrize("method", [{"name": "imp", "sparsity": 0.488, "fraction": 0.2},
+                                    {"name": "imp", "schedule": [0.3, 0.6], "rewind_step": 3}],
+                         ids=["epoch-rounds", "rewind-mid-epoch"])
+def test_imp_logs_each_rounds_trained_network_not_the_rewound_one(tmp_path: Path, method: dict, data) -> None:
+    import copy
+
+    from sparseforge.train import evaluate
+
+    t = Trainer(recipe(method, epochs=1), tmp_path, progress=False, dataset=data)
+    trained, rewound = {}, {}
+    # registered after the trainer's own listener and hooks: sees the same network, then the rewound one
+    t.method.on("round_end", lambda e: trained.__setitem__(e.step, copy.deepcopy(t.model)))
+    t.optimizer.register_step_post_hook(
+        lambda opt, a, k: rewound.__setitem__(t.method.step, copy.deepcopy(t.model)) if t.method.step in trained else None)
+    res = t.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in rows if r["event"] == "round_end"] == [h for h in res.history if h["event"] == "round_end"]
+    rounds = _rows(res.history, "round_end")
+    assert [r["round"] for r in rounds] == list(range(t.method.rounds + 1)) == [0, 1, 2, 3][: t.method.rounds + 1]
+    assert [r["step"] for r in rounds] == [t.method.round_end(i) for i in range(t.method.rounds + 1)]
+    assert rounds[0]["sparsity"] == 0.0 and rounds[-1]["sparsity"] == pytest.approx(t.method.sparsity, abs=2e-3)
+    for r in rounds:
+        ev = evaluate(trained[r["step"]], data.x_test, data.y_test)
+        assert (r["test_accuracy"], r["test_loss"]) == (ev["accuracy"], pytest.approx(ev["loss"], rel=1e-6))
+        if r["round"] < t.method.rounds:  # pruned and rewound right after: a different, untrained network
+            assert evaluate(rewound[r["step"]], data.x_test, data.y_test)["loss"] != pytest.approx(r["test_loss"])
+    epochs = _rows(res.history, "epoch_end")
+    assert len(epochs) == -(-t.total_steps // t.steps_per_epoch)  # the last, short epoch too
+    for e in epochs:  # an epoch that ends with a round reports that round's trained network too
+        same = [r for r in rounds if r["step"] == e["step"]]
+        if same:
+            assert (e["test_accuracy"], e["test_loss"], e["sparsity"]) == (
+                same[0]["test_accuracy"], same[0]["test_loss"], same[0]["sparsity"])
+    assert res.final == res.history[-1] and res.final["event"] == "epoch_end"
+
+
+def test_imp_random_controls_run_from_a_recipe_and_resume_mid_round(tmp_path: Path, data) -> None:
+    method = {"name": "imp", "schedule": [0.4, 0.7], "score": "random", "reinit": "random"}
+    full = Trainer(recipe(method, epochs=1), tmp_path / "a", progress=False, dataset=data)
+    full.fit()
+    part = Trainer(recipe(method, epochs=1), tmp_path / "b", progress=False, dataset=data, max_steps=12)
+    part.fit()
+    assert 8 < part.step < 16  # stopped inside round 1
+    resumed = Trainer(recipe(method, epochs=1), tmp_path / "b", progress=False, dataset=data)
+    resumed.fit()
+    assert _rows(resumed.history, "round_end") == _rows(full.history, "round_end")
+    assert [r["sparsity"] for r in _rows(full.history, "round_end")] == pytest.approx([0.0, 0.4, 0.7], abs=2e-3)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_set_epoch_row_measures_the_network_before_its_topology_update(data) -> None:
+    import copy
+
+    from sparseforge.train import evaluate
+
+    t = Trainer(recipe({"name": "set", "sparsity": 0.9}, epochs=2), progress=False, dataset=data)
+    before = {}
+    t.method.on("before_topology_update", lambda e: before.__setitem__(e.step, copy.deepcopy(t.model)))
+    res = t.fit()
+    assert list(before) == [8]  # after epoch 1 only (not after the last)
+    ev = evaluate(before[8], data.x_test, data.y_test)
+    row = res.history[0]
+    assert (row["event"], row["step"], row["test_accuracy"]) == ("epoch_end", 8, ev["accuracy"])
+    assert row["test_loss"] == pytest.approx(ev["loss"], rel=1e-6)

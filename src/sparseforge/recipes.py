@@ -18,6 +18,10 @@ Example (every key shown; only ``method`` is required)::
     lr_schedule: {name: cosine, warmup_steps: 0}   # constant | cosine | step
     checkpoint_every_steps: 0     # 0 = at the end of every epoch only
 
+IMP (``epochs`` is the length of one round): ``method: {name: imp, sparsity: 0.99, schedule: linear,
+fraction: 0.01, score: magnitude, reinit: null, rewind_step: 0}``, or ``schedule: [0.5, 0.8, 0.9]``
+without ``sparsity``; ``score: random`` and ``reinit: random`` are the two random controls.
+
 Unknown keys anywhere are rejected with the list of allowed keys, and method parameters are
 checked against the method's signature, so a typo fails before training starts.
 """
@@ -146,7 +150,9 @@ class Recipe:
         mname = self.method["name"]
         allowed = method_parameters(mname) | {"name"}
         _check_keys(self.method, allowed, f"method ({mname})")
-        if mname != "dense" and "sparsity" not in self.method and "pattern" not in self.method:
+        # an explicit list of levels (IMP's schedule) fixes the final sparsity by itself
+        if (mname != "dense" and "sparsity" not in self.method and "pattern" not in self.method
+                and not isinstance(self.method.get("schedule"), list)):
             raise ConfigError(f"method ({mname}) needs 'sparsity' (fraction of zeros in [0, 1))")
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"name must be a non-empty string; got {self.name!r}")

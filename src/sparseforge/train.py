@@ -3,7 +3,8 @@
 A run folder holds::
 
     checkpoint.pt    model (with masks), optimizer, LR schedule, method state, position, history
-    metrics.jsonl    one JSON line per epoch (loss, test accuracy, sparsity, time)
+    metrics.jsonl    one JSON line per epoch (loss, test accuracy, sparsity, time) and one per
+                     training round of round-based methods (IMP), in the order they happened
     report.json      per-layer sparsity / FLOPs report of the final model (and report.txt)
     recipe.yaml      the validated recipe
     result.json      final summary
@@ -12,6 +13,13 @@ Checkpoints are written atomically (temp file + rename) at the end of every epoc
 ``checkpoint_every_steps`` steps if set, and when the run is interrupted (Ctrl-C). Running the
 same recipe into the same folder resumes from the last checkpoint: the data order of every
 epoch depends only on ``(seed, epoch)``, so a resumed run follows the same trajectory.
+
+Every row says what it describes: ``"event": "epoch_end"`` (with ``epoch`` and the epoch's
+``train_loss``) or ``"event": "round_end"`` (with ``round``: the trained network of an IMP
+round, evaluated before the method prunes and rewinds it). Rows are measured on the network
+as trained: where a method changes the network inside the step that ends an epoch (a round's
+pruning and rewinding, a SET/RigL topology update), the trainer evaluates it from the method's
+event just before the change (:data:`~sparseforge.methods.base.BEFORE_CHANGE`), never after.
 
 Several processes (``torchrun --nproc_per_node P -m sparseforge train RECIPE``): the model is
 wrapped in ``DistributedDataParallel`` (gloo; the trainer keeps data and model on the CPU) and
@@ -49,7 +57,7 @@ from .errors import CheckpointError, ConfigError, check_int
 from .fileio import atomic_save, atomic_write_text, read_checkpoint
 from .masking import load_masked_state_dict
 from .methods import IMP, NM_METHODS, build_method
-from .methods.base import SparsityMethod
+from .methods.base import BEFORE_CHANGE, MethodEvent, SparsityMethod
 from .models import build_model, example_input
 from .recipes import STEP_KEYS, Recipe, resolve_steps
 
@@ -290,6 +298,10 @@ class Trainer:
         self.total_steps = self.method.total_steps if isinstance(self.method, IMP) else train_steps
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        #: (step, evaluation) of the network just before the method changed it in an epoch's last step
+        self._before_change: tuple[int, dict[str, Any]] | None = None
+        for event in sorted(BEFORE_CHANGE):
+            self.method.on(event, self._on_before_change)
 
     def _method_params(self, train_steps: int) -> dict[str, Any]:
         r = self.recipe
@@ -422,24 +434,53 @@ class Trainer:
             self._write_results(final)
         return RunResult(self.history, final, model, self.method, self.run_dir)
 
+    def _measure(self) -> dict[str, Any]:
+        """Test (and validation) accuracy and loss of the model now, and the sparsity of its masks."""
+        ev = evaluate(self.model, self.dataset.x_test, self.dataset.y_test)
+        rec: dict[str, Any] = {"test_accuracy": ev["accuracy"], "test_loss": ev["loss"]}
+        if self.dataset.x_val is not None:
+            val = evaluate(self.model, self.dataset.x_val, self.dataset.y_val)
+            rec.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
+        masks = [l.mask for l in self.method.layers]
+        kept = sum(int(m.sum()) for m in masks)
+        total = sum(m.numel() for m in masks)
+        rec["sparsity"] = 1.0 - kept / total if total else 0.0
+        return rec
+
+    def _on_before_change(self, event: MethodEvent) -> None:
+        """The method is about to change the network inside an optimizer step: measure it first if needed.
+
+        Runs inside ``optimizer.step()``, before the trainer counts that step. A ``round_end``
+        is always measured and logged as its own row; any such event in an epoch's last step
+        also supplies that epoch's measurements, so the epoch row shows the trained network.
+        """
+        done = self.step + 1
+        ends_epoch = done % self.steps_per_epoch == 0 or done == self.total_steps
+        is_round = event.name == "round_end"
+        if not (ends_epoch or is_round):
+            return
+        rec = self._measure()
+        if ends_epoch:
+            self._before_change = (done, rec)
+        if is_round:
+            r = event.info["round"]
+            self.history.append({"event": "round_end", "round": r, "epoch": math.ceil(done / self.steps_per_epoch),
+                                 "step": done, **rec})
+            self.log(f"round {r}: sparsity {rec['sparsity']:.4f}, test accuracy {rec['test_accuracy']:.4f} "
+                     "(trained, before pruning)")
+
     def _end_epoch(self, epoch: int, train_loss: float, seconds: float, bar: Any) -> None:
         if self.world > 1:  # every process summed its own share of the epoch's loss
             total = torch.tensor([train_loss], dtype=torch.float64)
             dist.all_reduce(total)
             train_loss = float(total[0])
-        ev = evaluate(self.model, self.dataset.x_test, self.dataset.y_test)
-        masks = [l.mask for l in self.method.layers]
-        kept = sum(int(m.sum()) for m in masks)
-        total = sum(m.numel() for m in masks)
-        rec = {"epoch": epoch + 1, "step": self.step, "train_loss": train_loss, "test_accuracy": ev["accuracy"],
-               "test_loss": ev["loss"]}
-        if self.dataset.x_val is not None:
-            val = evaluate(self.model, self.dataset.x_val, self.dataset.y_val)
-            rec.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
-        rec.update(sparsity=1.0 - kept / total if total else 0.0, seconds=seconds, **self.method.metrics())
+        before, self._before_change = self._before_change, None
+        measured = before[1] if before is not None and before[0] == self.step else self._measure()
+        rec = {"event": "epoch_end", "epoch": epoch + 1, "step": self.step, "train_loss": train_loss, **measured,
+               "seconds": seconds, **self.method.metrics()}
         self.history.append(rec)
         if bar is not None:
-            bar.set_postfix(acc=f"{ev['accuracy']:.4f}", loss=f"{train_loss:.3f}")
+            bar.set_postfix(acc=f"{rec['test_accuracy']:.4f}", loss=f"{train_loss:.3f}")
         if self.run_dir is not None and self.rank == 0:
             # rewritten whole from the history so a crash between writes never duplicates an epoch
             atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))

@@ -18,12 +18,33 @@ The user's loop stays a plain PyTorch loop::
     method.finalize()     # plain model with exact zeros, no masks
 
 Everything runs inside the optimizer's step hooks: nothing to call per step.
+
+Events: a method announces the moments when its network is about to change (or has changed)
+inside ``optimizer.step()``, so that a loop can evaluate the right network without depending
+on the order of its own hooks. ``method.on(name, fn)`` registers ``fn(event)`` for one of the
+names in :data:`EVENTS` and returns a handle whose ``remove()`` unregisters it; ``fn`` runs
+synchronously inside the step, under ``torch.no_grad()``, and receives a :class:`MethodEvent`
+(``name``, ``method``, ``step`` = optimizer steps completed, ``info``). :attr:`SparsityMethod.emits`
+lists the events a method can emit; registering for another known event is allowed (it never
+fires), for an unknown name an error. Listeners are process-local: pickling or deep-copying a
+method drops them, as it drops the optimizer. Measuring the network as trained, just before
+each topology update::
+
+    method = RigL(model, optimizer, sparsity=0.9, update_interval=2, total_steps=len(loader))
+    before = []                       # (step, loss) just before the masks change
+    method.on("before_topology_update", lambda e: before.append((e.step, loss_fn(model(x), y).item())))
+    for xb, yb in loader:
+        optimizer.zero_grad()
+        loss_fn(model(xb), yb).backward()
+        optimizer.step()
+    assert [step for step, _ in before] == [1, 3]
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -35,7 +56,56 @@ from ..core.rng import stream_generator
 from ..errors import ConfigError, LayerError, check_sparsity
 from ..masking import MaskedLayer, Masking, Targets, is_default_target, is_sharded, shard_like
 
-__all__ = ["SparsityMethod"]
+__all__ = ["SparsityMethod", "MethodEvent", "EVENTS", "BEFORE_CHANGE"]
+
+#: every event a method may emit, with what the model holds when it fires
+EVENTS: dict[str, str] = {
+    "round_end": (
+        "a training round has ended (IMP): the model holds the round's trained weights and masks, before the "
+        "method prunes and rewinds; info: round (0-based), sparsity (of the masked weights), last (True after "
+        "the final round, which no pruning follows)"),
+    "before_topology_update": (
+        "masks are about to change (SET/RigL drop and regrow): the model holds the weights as trained up to "
+        "here; info: drop_fraction"),
+    "after_topology_update": (
+        "masks have changed (SET/RigL): regrown weights are zero; info: the update's per-layer counts (layers), "
+        "drop_fraction"),
+}
+
+
+#: events after which the method changes the network within the same optimizer step: a loop
+#: that evaluates "the network as trained" at the end of that step evaluates here instead
+BEFORE_CHANGE: frozenset[str] = frozenset({"round_end", "before_topology_update"})
+
+
+@dataclass(frozen=True)
+class MethodEvent:
+    """What a listener registered with :meth:`SparsityMethod.on` receives.
+
+    Attributes:
+        name: the event (a key of :data:`EVENTS`).
+        method: the method that emitted it.
+        step: optimizer steps completed when it fired (the method's step counter).
+        info: event-specific values, as documented in :data:`EVENTS`.
+    """
+
+    name: str
+    method: "SparsityMethod"
+    step: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _Listener:
+    """Handle returned by :meth:`SparsityMethod.on`; ``remove()`` unregisters the callback."""
+
+    def __init__(self, method: "SparsityMethod", name: str, fn: Callable[[MethodEvent], Any]) -> None:
+        self._method, self.name, self.fn = method, name, fn
+
+    def remove(self) -> None:
+        """Unregister the callback (a second call does nothing)."""
+        fns = self._method._listeners.get(self.name, [])
+        if self.fn in fns:
+            fns.remove(self.fn)
 
 
 class SparsityMethod:
@@ -59,6 +129,8 @@ class SparsityMethod:
     #: patterns the method supports (checked at construction)
     supported_patterns: tuple[type, ...] = (Pattern,)
     default_allocation = "uniform"
+    #: the events (keys of :data:`EVENTS`) this method emits
+    emits: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -93,6 +165,7 @@ class SparsityMethod:
         self.masking = Masking(model, Targets.from_spec(targets))
         self.step = 0
         self._dense_grads: dict[str, torch.Tensor] | None = None
+        self._listeners: dict[str, list[Callable[[MethodEvent], Any]]] = {}
         try:
             if optimizer is not None:
                 self.masking.check_optimizer(optimizer)  # before init_masks touches the weights
@@ -240,6 +313,45 @@ class SparsityMethod:
     def metrics(self) -> dict[str, Any]:
         """Hook: method-specific numbers the trainer logs with each epoch (default none)."""
         return {}
+
+    # ------------------------------------------------------------------ events
+    def on(self, name: str, fn: Callable[[MethodEvent], Any]) -> _Listener:
+        """Call ``fn(event)`` whenever this method emits event ``name`` (a key of :data:`EVENTS`).
+
+        Listeners run in registration order, inside ``optimizer.step()``, under
+        ``torch.no_grad()``. Returns a handle; ``handle.remove()`` unregisters ``fn``.
+        """
+        if name not in EVENTS:
+            raise ConfigError(f"unknown event {name!r}; events: {sorted(EVENTS)}")
+        if not callable(fn):
+            raise ConfigError(f"event {name!r}: the listener must be callable; got {fn!r}")
+        self._listeners.setdefault(name, []).append(fn)
+        return _Listener(self, name, fn)
+
+    def listening(self, name: str) -> bool:
+        """True if a listener is registered for event ``name`` (lets a method skip preparing its info)."""
+        return bool(self._listeners.get(name))
+
+    def emit(self, name: str, **info: Any) -> None:
+        """Call the listeners of event ``name`` with a :class:`MethodEvent` (for subclasses)."""
+        fns = self._listeners.get(name)
+        if not fns:
+            return
+        event = MethodEvent(name, self, self.step, info)
+        with torch.no_grad():
+            for fn in list(fns):
+                fn(event)
+
+    def __getstate__(self) -> dict:
+        # listeners are process-local callbacks (a trainer's bound method, a lambda): a copy
+        # of the method starts without them, as it starts without the optimizer
+        state = self.__dict__.copy()
+        state["_listeners"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_listeners", {})  # pickled before events existed
+        self.__dict__.update(state)
 
     # ------------------------------------------------------------------ optimizer plumbing
     def attach(self, optimizer: torch.optim.Optimizer) -> "SparsityMethod":

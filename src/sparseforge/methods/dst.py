@@ -26,6 +26,10 @@ weight dropped and regrown in the same update keeps its value and its state.
   code skips the last epoch's update, and the Keras code reports the accuracy measured before
   it). Defaults: ``zeta = 0.3`` constant, ER allocation.
 
+Each update emits ``before_topology_update`` (the network as trained) and
+``after_topology_update`` (:data:`~sparseforge.methods.base.EVENTS`), so a loop can measure
+the network on either side of the change whatever the order of its own hooks.
+
 Both track the *in-time over-parameterization* rate of Liu et al. 2021 ("Do We Actually
 Need Dense Over-Parameterization? In-Time Over-Parameterization in Sparse Training", ICML):
 ``R_s = |union over training of the active positions| / |all positions|`` of the masked
@@ -120,6 +124,7 @@ class DynamicSparse(SparsityMethod):
     skip_step = False
     #: standard deviation of the noise added to the drop scores ``|w|`` (RigL: 1e-5)
     drop_noise = 0.0
+    emits = ("before_topology_update", "after_topology_update")
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
                  drop_fraction: float = 0.3, decay: str | None = None, update_interval: int = 100,
@@ -281,11 +286,13 @@ class DynamicSparse(SparsityMethod):
         Only the positions that change are written, in one
         :meth:`~sparseforge.masking.Masking.change_positions` call per layer (the dropped
         pruned, the newly grown activated at zero weight and zero optimizer state); a position
-        dropped and regrown in the same update is left as it was.
+        dropped and regrown in the same update is left as it was. Emits
+        ``before_topology_update`` and ``after_topology_update`` around the change.
         """
         if not self.is_update_step(t):
             return
         frac = self.drop_fraction_at(t)
+        self.emit("before_topology_update", drop_fraction=frac)
         stats = {}
         for i, layer in enumerate(self.layers):
             flat = layer.canonical(layer.mask).reshape(-1)
@@ -311,6 +318,7 @@ class DynamicSparse(SparsityMethod):
             stats[layer.qualname] = {"active": n_active, "dropped": pruned.numel(), "grown": fresh.numel()}
         self.masking.broadcast()
         self.last_update = {"step": t + 1, "drop_fraction": frac, "skipped_step": self.skip_step, "layers": stats}
+        self.emit("after_topology_update", drop_fraction=frac, layers=stats)
 
     def extra_state(self) -> dict[str, Any]:
         """Schedule window (for reports), explored positions (bool per weight) and regrowth counts, by layer."""

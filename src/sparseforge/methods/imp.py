@@ -7,78 +7,143 @@ Connectivity and the Lottery Ticket Hypothesis". As in ``open_lth``::
     train k steps -> theta_k (k = 0: theta_0, the initialisation)
     for round r = 0..R-1:
         train from theta_k (mask m) for the remaining steps of the round
-        prune a fraction p of the *remaining* weights by magnitude -> m
+        [event round_end: the trained network of round r]
+        prune to the schedule's level r + 1 by magnitude -> m
         rewind the surviving weights to theta_k, reset the optimizer state
-    train the final mask once more
+    train the final mask once more  [event round_end, last=True]
 
-After ``R`` prunings sparsity is ``1 - (1 - p)**R``; the last pruning is capped at the target.
-Defaults follow ``open_lth`` LeNet: ``p = 0.2``, global ranking (``allocation="global"``);
-layers to keep dense (open_lth ignores the output layer) are given through ``targets``.
-If an ``lr_scheduler`` is passed, its state at step ``k`` is restored at every rewind, so each
-round replays the same learning-rate schedule.
+Schedules (:mod:`sparseforge.core.schedules`): ``"geometric"`` (default; ``fraction`` of the
+*remaining* weights per round, sparsity ``1 - (1 - p)**r``, the last pruning capped at the
+target), ``"linear"`` (``fraction`` of the *original* count per round, ``r * p``), or an explicit
+list of levels. Defaults follow ``open_lth`` LeNet: ``p = 0.2``, global ranking
+(``allocation="global"``); layers to keep dense (open_lth ignores the output layer) are given
+through ``targets``. If an ``lr_scheduler`` is passed, its state at step ``k`` is restored at
+every rewind, so each round replays the same learning-rate schedule.
+
+Controls (Frankle & Carbin 2019, Sec. 2): ``score="random"`` prunes at random (seeded, exact
+counts, among the kept weights) to the same levels; ``reinit="random"`` trains each round's
+mask from a fresh random initialisation (each module's ``reset_parameters``, seeded) instead
+of rewinding. With ``reinit`` the masks are those this run prunes from its own (freshly
+initialised) trained networks; the paper's control retrains the masks of the rewinding run.
+
+The prune-and-rewind happens inside the ``optimizer.step()`` of a round's last step, so a
+loop that evaluates after that step sees the rewound, untrained network. Listen to the
+``round_end`` event instead (the recipe ``Trainer`` does, logging one row per round)::
+
+    method = IMP(model, optimizer, sparsity=0.36, steps_per_round=len(loader))  # 2 prunings, 3 rounds
+    trained = []                      # (round, sparsity, loss) of each round's trained network
+    method.on("round_end", lambda e: trained.append((e.info["round"], e.info["sparsity"], loss_fn(model(x), y).item())))
+    for epoch in range(method.rounds + 1):   # one epoch per round
+        for xb, yb in loader:
+            optimizer.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            optimizer.step()
+    assert [r for r, _, _ in trained] == [0, 1, 2]
 """
 
 from __future__ import annotations
 
 import copy
-import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..core.patterns import num_pruned
-from ..errors import ConfigError, check_fraction, check_int
+from ..core.schedules import GeometricLevels, LevelSchedule, levels_from_spec
+from ..errors import CheckpointError, ConfigError, check_fraction, check_int, check_sparsity
+from ..masking import full_tensor
 from .base import SparsityMethod
 
 __all__ = ["IMP"]
+
+_SCORES = ("magnitude", "random")
 
 
 class IMP(SparsityMethod):
     """Lottery-ticket IMP with rewinding.
 
     Args:
-        sparsity: final target sparsity.
+        sparsity: final target sparsity (optional with an explicit level list, whose last
+            level it must then equal).
         steps_per_round: optimizer steps of one training round (the same in every round).
-        fraction: fraction of the remaining weights pruned per round (default 0.2).
+        schedule: ``"geometric"`` (default), ``"linear"``, a list of sparsities (one per
+            pruning, strictly increasing in [0, 1)) or a
+            :class:`~sparseforge.core.schedules.LevelSchedule`.
+        fraction: pruned per round: of the remaining weights (geometric) or of the original
+            count (linear); default 0.2. Not with an explicit list.
         rewind_step: step ``k`` whose weights are restored after each pruning (0 = the
             initialisation, the original lottery ticket).
+        score: ``"magnitude"`` (default) or ``"random"`` (the random-pruning control).
+        reinit: None (default: rewind), ``"random"`` (a fresh initialisation each round via
+            every module's ``reset_parameters``) or a callable ``fn(model)`` that
+            re-initialises the model in place; both run under the method's seed. Needs
+            ``rewind_step=0``.
         lr_scheduler: optional scheduler whose state at ``rewind_step`` is restored at every rewind.
         allocation: ``"global"`` (default) or ``"uniform"`` (layer-wise, as in the 2019 LeNet runs).
     Round 0 runs ``steps_per_round`` steps; each later round restarts at step ``k`` and runs
     ``steps_per_round - k`` steps, so the run takes :attr:`total_steps`
-    ``= steps_per_round + rounds * (steps_per_round - k)`` optimizer steps.
+    ``= steps_per_round + rounds * (steps_per_round - k)`` optimizer steps, with
+    ``rounds`` the schedule's number of prunings. Emits ``round_end`` at the end of every
+    round (``rounds + 1`` times), before pruning and rewinding.
     """
 
     name = "imp"
     default_allocation = "global"
+    emits = ("round_end",)
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
-                 steps_per_round: int, fraction: float = 0.2, rewind_step: int = 0,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                 sparsity: float | None = None, steps_per_round: int,
+                 schedule: str | Sequence[float] | LevelSchedule = "geometric", fraction: float | None = None,
+                 rewind_step: int = 0, score: str = "magnitude", reinit: str | Callable[[nn.Module], Any] | None = None,
                  lr_scheduler: Any = None, **kwargs: Any) -> None:
         check_int(steps_per_round, "steps_per_round", minimum=1)
-        self.fraction = check_fraction(fraction, "fraction")
-        if not 0.0 < self.fraction < 1.0:
-            raise ConfigError(f"fraction (pruned per round) must be in (0, 1); got {fraction}")
+        if sparsity is not None:
+            check_sparsity(sparsity)
+        if fraction is not None:
+            fraction = check_fraction(fraction, "fraction")
+            if not 0.0 < fraction < 1.0:
+                raise ConfigError(f"fraction (pruned per round) must be in (0, 1); got {fraction}")
+        if isinstance(schedule, (list, tuple)) or isinstance(schedule, LevelSchedule):
+            try:
+                self.levels = levels_from_spec(schedule, sparsity, fraction)
+            except ConfigError as e:
+                raise ConfigError(f"schedule={list(schedule) if isinstance(schedule, tuple) else schedule!r}: {e}") from None
+        else:
+            self.levels = levels_from_spec(schedule, sparsity, fraction)
+        self.fraction = getattr(self.levels, "fraction", None)
         check_int(rewind_step, "rewind_step", minimum=0)
         if rewind_step >= steps_per_round:
             raise ConfigError(f"rewind_step must be < steps_per_round ({steps_per_round}); got {rewind_step}")
+        if score not in _SCORES:
+            raise ConfigError(f"IMP score must be one of {list(_SCORES)}; got {score!r}")
+        if reinit is not None and reinit != "random" and not callable(reinit):
+            raise ConfigError(f"reinit must be None (rewind), 'random' or a callable fn(model); got {reinit!r}")
+        if reinit is not None and rewind_step > 0:
+            raise ConfigError(f"reinit={reinit!r} trains each round from a fresh initialisation, rewind_step={rewind_step} "
+                              "rewinds to that step's weights: use one of them (reinit with rewind_step=0)")
+        if reinit == "random":
+            for mname, module in model.named_modules():
+                if any(True for _ in module.parameters(recurse=False)) and not hasattr(module, "reset_parameters"):
+                    raise ConfigError(
+                        f"reinit='random': module {mname or '(model)'!r} ({type(module).__name__}) has parameters of "
+                        "its own but no reset_parameters(); pass reinit=fn(model) that re-initialises the model")
         self.steps_per_round = steps_per_round
         self.rewind_step = rewind_step
+        self.score = score
+        self.reinit = reinit
         self.lr_scheduler = lr_scheduler
         self.round = 0
         self._rewind_state: dict[str, torch.Tensor] | None = None
         self._sched_state: dict[str, Any] | None = None
-        super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
-        self.rounds = self.num_rounds(self.sparsity, self.fraction)
         self._pending_sched_restore = False
+        super().__init__(model, optimizer, sparsity=self.levels.final, **kwargs)
+        self.rounds = self.levels.rounds
 
     @staticmethod
     def num_rounds(sparsity: float, fraction: float) -> int:
-        """Smallest R with ``1 - (1 - fraction)**R >= sparsity``."""
-        if sparsity <= 0:
-            return 0
-        return max(1, math.ceil(math.log(1.0 - sparsity) / math.log(1.0 - fraction) - 1e-9))
+        """Smallest R with ``1 - (1 - fraction)**R >= sparsity`` (the geometric schedule's rounds)."""
+        return GeometricLevels(sparsity, fraction).rounds
 
     @property
     def total_steps(self) -> int:
@@ -90,11 +155,19 @@ class IMP(SparsityMethod):
         return self.steps_per_round + r * (self.steps_per_round - self.rewind_step)
 
     def round_sparsity(self, r: int) -> float:
-        """Sparsity after the ``r``-th pruning (1-based), capped at the target."""
-        return min(1.0 - (1.0 - self.fraction) ** r, self.sparsity)
+        """Scheduled sparsity after the ``r``-th pruning (1-based; 0 before any)."""
+        return self.levels(r)
+
+    def current_sparsity(self) -> float:
+        """Sparsity of the masked weights now, from the masks."""
+        masks = [full_tensor(l.mask) for l in self.layers]  # a sharded mask is counted whole
+        kept = sum(int(torch.count_nonzero(m)) for m in masks)
+        total = sum(m.numel() for m in masks)
+        return 1.0 - kept / total if total else 0.0
 
     def _snapshot(self) -> None:
-        self._rewind_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.reinit is None:  # a fresh initialisation needs no copy of theta_k
+            self._rewind_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.lr_scheduler is not None:
             self._sched_state = copy.deepcopy(self.lr_scheduler.state_dict())
 
@@ -104,7 +177,7 @@ class IMP(SparsityMethod):
         Both happen before the step reads the learning rate, so the scheduler state is the
         one that step ``k`` used, whether or not the caller steps a scheduler after each step.
         """
-        if t == self.rewind_step and self.round == 0 and self._rewind_state is None:
+        if t == self.rewind_step and self.round == 0 and self._rewind_state is None and self._sched_state is None:
             self._snapshot()
         if self._pending_sched_restore:
             self._pending_sched_restore = False
@@ -116,7 +189,10 @@ class IMP(SparsityMethod):
     def _prune_round(self) -> None:
         self.round += 1
         target = self.round_sparsity(self.round)
-        scores = [l.canonical(l.weight.detach().abs()) for l in self.layers]
+        if self.score == "random":
+            scores = [torch.rand(l.canonical_shape, generator=self.generator) for l in self.layers]
+        else:
+            scores = [l.canonical(l.weight.detach().abs()) for l in self.layers]
         if self.allocation.needs_scores:
             total = sum(l.weight.numel() for l in self.layers)
             saved, self.sparsity = self.sparsity, num_pruned(target, total) / total
@@ -127,34 +203,66 @@ class IMP(SparsityMethod):
         else:
             masks = self.masks_from_scores(scores, [target] * len(self.layers), eligible_only=True)
         self.set_masks(masks)
-        self._rewind()
+        self._restart()
 
     @torch.no_grad()
-    def _rewind(self) -> None:
-        assert self._rewind_state is not None
-        mask_keys = {l.qualname + "_mask" for l in self.layers}
-        for k, v in self.model.state_dict().items():
-            if k not in mask_keys and k in self._rewind_state:
-                v.copy_(self._rewind_state[k])
+    def _restart(self) -> None:
+        """Weights for the next round: theta_k (rewind) or a fresh initialisation; fresh optimizer state."""
+        if self.reinit is None:
+            self._rewind()
+        else:
+            self._fresh_init()
         self.masking.apply()
         if self.optimizer is not None:
             self.optimizer.state.clear()  # a fresh optimizer per round, as open_lth builds one per level
         # the caller may still step its scheduler after this step: restore just before the next one
         self._pending_sched_restore = self.lr_scheduler is not None and self._sched_state is not None
 
+    def _rewind(self) -> None:
+        assert self._rewind_state is not None
+        mask_keys = {l.qualname + "_mask" for l in self.layers}
+        for k, v in self.model.state_dict().items():
+            if k not in mask_keys and k in self._rewind_state:
+                v.copy_(self._rewind_state[k])
+
+    def _fresh_init(self) -> None:
+        # the seed comes from the method's generator (checkpointed), so a resumed run and every
+        # rank of a distributed one draw the same initialisation; the caller's RNG is untouched
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        cuda = sorted({p.device.index or 0 for p in self.model.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=cuda):
+            torch.default_generator.manual_seed(seed)
+            for d in cuda:
+                with torch.cuda.device(d):
+                    torch.cuda.manual_seed(seed)
+            if callable(self.reinit):
+                self.reinit(self.model)
+            else:
+                for module in self.model.modules():
+                    if any(True for _ in module.parameters(recurse=False)):
+                        module.reset_parameters()
+
     def update(self, t: int) -> None:
-        """Prune and rewind at the end of each round."""
+        """At the end of each round: emit ``round_end``, then prune and rewind (all but the last round)."""
         done = t + 1  # steps completed
-        if self.round < self.rounds and done == self.round_end(self.round):
-            self._prune_round()
+        if self.round <= self.rounds and done == self.round_end(self.round):
+            last = self.round == self.rounds
+            if self.listening("round_end"):  # counting the masks costs a pass over them (a gather if sharded)
+                self.emit("round_end", round=self.round, sparsity=self.current_sparsity(), last=last)
+            if not last:
+                self._prune_round()
 
     def extra_state(self) -> dict[str, Any]:
-        """Round counter and rewind snapshot (needed to resume)."""
+        """Round counter, rewind snapshot and the schedule's levels (needed to resume)."""
         return {"round": self.round, "rewind_state": self._rewind_state, "sched_state": self._sched_state,
-                "pending_sched_restore": self._pending_sched_restore}
+                "pending_sched_restore": self._pending_sched_restore, "levels": list(self.levels.values)}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore round counter and rewind snapshot."""
+        """Restore round counter and rewind snapshot; refuse a checkpoint of another schedule."""
+        levels = state.get("levels")  # absent in checkpoints written before schedules existed
+        if levels is not None and [float(v) for v in levels] != list(self.levels.values):
+            raise CheckpointError(f"the checkpoint's IMP levels {list(levels)} differ from this method's "
+                                  f"{list(self.levels.values)}")
         self.round = int(state["round"])
         self._rewind_state = state["rewind_state"]
         self._sched_state = state["sched_state"]

@@ -402,7 +402,7 @@ class NMTraining(SparsityMethod):
         self._refresh_all()
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state["_hooks"] = []
         return state
 
