@@ -67,6 +67,7 @@ __all__ = [
     "finalize",
     "load_masked_state_dict",
     "MASK_SUFFIX",
+    "check_targets_match",
     "is_sharded",
     "full_tensor",
     "shard_like",
@@ -420,13 +421,41 @@ def _reject_fsdp1(model: nn.Module) -> None:
             )
 
 
+def _check_optimizer_holds(optimizer: Any, layers: Sequence[MaskedLayer]) -> None:
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, list):
+        raise ConfigError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
+    params = {id(p) for g in groups for p in g["params"]}
+    missing = [l.qualname for l in layers if id(l.weight) not in params]
+    if missing:
+        raise ConfigError(f"optimizer does not hold the masked parameter(s) {missing[:5]}; build it from model.parameters()")
+
+
+def check_targets_match(model: nn.Module, existing: Sequence[MaskedLayer], targets: "Targets | dict") -> None:
+    """Refuse ``targets`` that leave out a layer the model already masks.
+
+    A model that carries masks (loaded from a checkpoint, pruned one-shot) keeps them: the
+    masked layers are reused as they are. Targets given explicitly must then agree with them,
+    or an excluded layer would stay masked (and be pruned) without a word.
+    """
+    selected = {id(l.module) for l in Targets.from_spec(targets).select(model)}
+    outside = [l.qualname for l in existing if id(l.module) not in selected]
+    if outside:
+        raise ConfigError(
+            f"targets leave out {len(outside)} layer(s) the model already masks ({outside[:5]}); "
+            f"a model that carries masks keeps them: fold them first with sparseforge.finalize(model), "
+            f"or pass targets that include them (or no targets)")
+
+
 class Masking:
     """Runtime that owns the masks of one model and enforces them on one optimizer.
 
     Args:
         model: any ``nn.Module``.
-        targets: which parameters to mask (default :class:`Targets`). Ignored when the model
-            already carries masks (e.g. loaded from a checkpoint): those are reused.
+        targets: which parameters to mask (:class:`Targets` or a dict of its fields; default
+            :class:`Targets`). When the model already carries masks (e.g. loaded from a
+            checkpoint) those are reused, and targets given explicitly must select every masked
+            layer (:class:`ConfigError` otherwise).
         optimizer: if given, :meth:`attach` is called.
 
     Typical use without a sparsity method (keep an existing sparsity fixed while fine-tuning)::
@@ -448,12 +477,20 @@ class Masking:
         #: layers that matched the targets but were left dense, with the reason
         self.skipped: list[tuple[str, str]] = []
         if existing:
-            self.layers = existing
+            if targets is not None:
+                check_targets_match(model, existing, targets)
+            layers = existing
+        else:
+            targets = Targets.from_spec(targets)
+            layers = targets.select(model)
+            self.skipped = list(targets.skipped)
+        if optimizer is not None:
+            # validated before any buffer is registered: a refused optimizer leaves the model as it was
+            _check_optimizer_holds(optimizer, layers)
+        self.layers = layers
+        if existing:
             self._shard_masks()
         else:
-            targets = targets or Targets()
-            self.layers = targets.select(model)
-            self.skipped = list(targets.skipped)
             for layer in self.layers:
                 layer.module.register_buffer(
                     layer.param_name + MASK_SUFFIX, torch.ones_like(layer.weight, dtype=torch.bool)
@@ -721,10 +758,7 @@ class Masking:
     # ----------------------------------------------------------------------------- optimizer
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Raise :class:`ConfigError` unless ``optimizer`` holds every masked parameter."""
-        params = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        missing = [l.qualname for l in self.layers if id(l.weight) not in params]
-        if missing:
-            raise ConfigError(f"optimizer does not hold the masked parameter(s) {missing[:5]}; build it from model.parameters()")
+        _check_optimizer_holds(optimizer, self.layers)
 
     def attach(self, optimizer: torch.optim.Optimizer, *, remask_weights: bool | str = "auto", enforce: bool = True) -> None:
         """Enforce the masks on every ``optimizer.step()`` from now on.

@@ -443,7 +443,7 @@ def sparse_model_soups(model: nn.Module, data: Any, *, sparsity: float, phases: 
     log = log or (lambda _: None)
     ds = _load_data(data)
     xt, yt, xv, yv = _split_val(ds, val_size)
-    masking = Masking(model, Targets.from_spec(targets))
+    masking = Masking(model, Targets.from_spec(targets) if targets is not None else None)
     torch.manual_seed(seed)
     if pretrain_epochs:
         train_classifier(model, xt, yt, epochs=pretrain_epochs, lr=lr, weight_decay=weight_decay,
