@@ -306,7 +306,7 @@ class SparsityMethod:
         if not isinstance(state, dict):
             raise CheckpointError(f"method state must be a dict; got {type(state).__name__}")
         if state.get("name") != self.name:
-            raise CheckpointError(f"method state is for {state.get('name')!r}, not {self.name!r}")
+            raise ConfigError(f"method state is for {state.get('name')!r}, not {self.name!r}")
         missing = [k for k in ("step", "generator", "layer_sparsity") if k not in state]
         if missing:
             raise CheckpointError(f"method state for {self.name!r} lacks {missing}")
