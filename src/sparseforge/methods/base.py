@@ -77,7 +77,7 @@ class SparsityMethod:
             allowed = ", ".join(t.__name__ for t in self.supported_patterns)
             raise ConfigError(f"{type(self).__name__} does not support pattern {self.pattern.name!r}; allowed: {allowed}")
         if isinstance(self.pattern, NM):
-            if sparsity is not None and abs(float(sparsity) - self.pattern.sparsity) > 1e-9:
+            if sparsity is not None and abs(check_sparsity(sparsity) - self.pattern.sparsity) > 1e-9:
                 raise ConfigError(
                     f"sparsity={sparsity} conflicts with N:M {self.pattern.n}:{self.pattern.m} (= {self.pattern.sparsity})"
                 )
