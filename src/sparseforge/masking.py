@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, LayerError
+from .transaction import transaction
 
 try:  # torch.distributed may be missing from a build
     from torch.distributed.tensor import DTensor, distribute_tensor
@@ -332,9 +333,12 @@ def finalize(model: nn.Module) -> nn.Module:
     Returns ``model`` (modified in place). Any :class:`Masking` still attached to an
     optimizer should be detached first (``method.finalize()`` does both).
     """
-    for layer in find_masked_layers(model):
-        layer.weight.mul_(layer.mask)
-        delattr(layer.module, layer.param_name + MASK_SUFFIX)
+    layers = find_masked_layers(model)
+    with transaction(model, tensors="journal") as txn:  # all or nothing
+        for layer in layers:
+            txn.save(layer.weight)
+            layer.weight.mul_(layer.mask)
+            delattr(layer.module, layer.param_name + MASK_SUFFIX)
     return model
 
 
@@ -383,17 +387,18 @@ def load_masked_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]
                 )
         elif strict:
             raise CheckpointError(f"checkpoint does not match the model: unexpected key {key!r}")
-    registered = []
-    for module, bname, value in todo:
-        if bname not in module._buffers:
-            module.register_buffer(bname, torch.ones_like(value, dtype=torch.bool, device=getattr(module, bname[: -len(MASK_SUFFIX)]).device))
-            registered.append((module, bname))
-    try:
-        model.load_state_dict(state_dict, strict=strict)
-    except RuntimeError as e:
-        for module, bname in registered:
-            delattr(module, bname)
-        raise CheckpointError(f"checkpoint does not match the model: {e}") from None
+    own_tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    # all or nothing: torch's load_state_dict copies tensor by tensor, so a late failure
+    # (a dtype it cannot convert, say) must put back the tensors already copied
+    with transaction(model, tensors="journal") as txn:
+        txn.save(*(own_tensors[k] for k in state_dict if k in own_tensors))
+        for module, bname, value in todo:
+            if bname not in module._buffers:
+                module.register_buffer(bname, torch.ones_like(value, dtype=torch.bool, device=getattr(module, bname[: -len(MASK_SUFFIX)]).device))
+        try:
+            model.load_state_dict(state_dict, strict=strict)
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint does not match the model: {e}") from None
     return find_masked_layers(model)
 
 
@@ -892,9 +897,11 @@ class Masking:
         self._cache = None
 
     def finalize(self) -> nn.Module:
-        """Detach from the optimizer, fold masks into weights and remove them."""
-        self.detach()
-        return finalize(self.model)
+        """Detach from the optimizer, fold masks into weights and remove them (all or nothing)."""
+        with transaction(self.model, self.optimizer, self, tensors="journal") as txn:
+            txn.save(*(l.weight for l in self.layers))
+            self.detach()
+            return finalize(self.model)
 
     def nonzeros(self) -> dict[str, int]:
         """Kept positions per masked parameter (computed from the masks)."""

@@ -222,6 +222,9 @@ class Transaction:
                  *objects: Any, tensors: str = "copy") -> None:
         if tensors not in ("copy", "journal"):
             raise ConfigError(f"tensors must be 'copy' or 'journal'; got {tensors!r}")
+        if optimizer is not None and not (isinstance(getattr(optimizer, "param_groups", None), list)
+                                          and isinstance(getattr(optimizer, "state", None), dict)):
+            raise ConfigError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
         if model is not None and not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         copy = tensors == "copy"
@@ -234,11 +237,16 @@ class Transaction:
                     if t is not None and id(t) not in self._tensors:
                         self._tensors[id(t)] = _TensorRecord(t, copy)
         self._optimizer = optimizer
+        self._state_tensors: dict[int, list] = {}
         if optimizer is not None:
             self._opt_dict = _DictSnapshot(optimizer)
             self._groups = [(g, dict(g), list(g["params"])) for g in optimizer.param_groups]
-            self._state = {p: (s, {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in s.items()})
+            # per parameter: its state dict and, per entry, the value (a tensor: [tensor, copy or None, version])
+            self._state = {p: (s, {k: ([v, v.detach().clone() if copy else None, v._version] if torch.is_tensor(v) else v)
+                                   for k, v in s.items()})
                            for p, s in optimizer.state.items()}
+            self._state_tensors = {id(e[0]): e for _, content in self._state.values()
+                                   for e in content.values() if isinstance(e, list)}
         keep = set(self._tensors)
         self._objects = [_ObjectSnapshot(o, keep) for o in objects if o is not None]
         self._rng = torch.get_rng_state()
@@ -249,6 +257,9 @@ class Transaction:
             rec = self._tensors.get(id(t))
             if rec is not None:
                 rec.save()
+            entry = self._state_tensors.get(id(t)) if self._optimizer is not None else None
+            if entry is not None and entry[1] is None:
+                entry[1] = t.detach().clone()
 
     def rollback(self) -> list[str]:
         """Restore everything recorded; return the tensors whose values could not be restored."""
@@ -270,7 +281,15 @@ class Transaction:
             opt.state.clear()
             for p, (s, content) in self._state.items():
                 s.clear()
-                s.update({k: (v.clone() if torch.is_tensor(v) else v) for k, v in content.items()})
+                for k, v in content.items():
+                    if isinstance(v, list):
+                        t, value, version = v
+                        if value is not None:
+                            t = value.clone()
+                        elif t._version != version:
+                            problems.append("optimizer state changed but was not saved")
+                        v = t
+                    s[k] = v
                 opt.state[p] = s
         for snap in self._objects:
             snap.restore()

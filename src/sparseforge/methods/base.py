@@ -287,7 +287,13 @@ class SparsityMethod:
         return layer.canonical(self._dense_grads[layer.qualname])
 
     def finalize(self) -> nn.Module:
-        """Fold the masks into the weights, drop them and detach from the optimizer."""
+        """Fold the masks into the weights, drop them and detach from the optimizer (all or nothing)."""
+        with transaction(self.model, None, self, tensors="journal") as txn:
+            txn.save(*(t for l in self.layers for t in (l.weight, l.mask)))
+            return self._finalize()
+
+    def _finalize(self) -> nn.Module:
+        """Hook: the work of :meth:`finalize` (inside its transaction)."""
         return self.masking.finalize()
 
     # ------------------------------------------------------------------ checkpoints

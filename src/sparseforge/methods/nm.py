@@ -372,7 +372,7 @@ class NMTraining(SparsityMethod):
         return {"sad": sad, "pattern": f"{n}:{m}", "phase": self.phase(), "beta": self._beta_now()}
 
     @torch.no_grad()
-    def finalize(self) -> nn.Module:
+    def _finalize(self) -> nn.Module:
         """Fold the hard target N:M mask of the current weights into them and remove the hooks."""
         self._remove_hooks()
         for layer in self.layers:
