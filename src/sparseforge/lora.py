@@ -152,7 +152,8 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
     adapters = {}
     # all or nothing: a registration refused at the last layer removes the earlier adapters
     # and gives every parameter its requires_grad back
-    with transaction(model, tensors="journal"):
+    with transaction(model, tensors="journal") as txn:
+        txn.save(*(layer.weight for layer, _ in plans))  # registration re-seats the original weight
         if freeze_base:
             for p in model.parameters():
                 p.requires_grad_(False)

@@ -30,7 +30,8 @@ all up front (twice the model's memory while the body runs); ``"journal"`` clone
 passed to :meth:`Transaction.save` before the body changes them, for operations that touch one
 layer at a time on models too large to copy (one-shot pruning, quantization). In journal mode a
 tensor that changed without being saved cannot be restored; the version counters tell, and the
-rollback warns (a bug of the operation, which the property tests look for).
+rollback warns (a bug of the operation, which the property tests look for). Changes made through
+``tensor.data`` do not move the version counter: journal mode cannot see them unless saved.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class _DictSnapshot:
         self.obj = obj
         self.cls = obj.__class__
         self.items = {k: (v, _copy_container(v)) for k, v in vars(obj).items()}
+        # a parametrized module's class is generated for it alone and holds one property per
+        # parametrized tensor; remove_parametrizations deletes that property from the class
+        self.properties = ({k: v for k, v in vars(self.cls).items() if isinstance(v, property)}
+                           if "parametrizations" in getattr(obj, "_modules", {}) else {})
 
     def restore(self) -> None:
         d = vars(self.obj)
@@ -89,6 +94,9 @@ class _DictSnapshot:
             d[k] = orig
         if self.obj.__class__ is not self.cls:
             self.obj.__class__ = self.cls
+        for k, v in self.properties.items():
+            if vars(self.cls).get(k) is not v:
+                setattr(self.cls, k, v)
 
 
 class _Frozen:
@@ -190,8 +198,10 @@ class _TensorRecord:
         t, problem = self.t, None
         if self.value is not None:
             v = self.value
-            if t.shape == v.shape and t.dtype == v.dtype and t.device == v.device and t._version != self.version:
-                t.copy_(v)
+            # compared, not trusted to the version counter: a change through ``.data`` bypasses it
+            if t.shape == v.shape and t.dtype == v.dtype and t.device == v.device:
+                if not torch.equal(t, v):
+                    t.copy_(v)
             elif t.shape != v.shape or t.dtype != v.dtype or t.device != v.device:
                 t.data = v
         elif t._version != self.version:
