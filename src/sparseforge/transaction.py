@@ -5,10 +5,15 @@ exactly as they were" is kept in one place: every in-place operation of the publ
 inside :func:`transaction`, which records the state it may change and puts it back if the
 body raises::
 
-    with transaction(model, optimizer, method):
-        ...  # change masks, weights, hooks, optimizer state; raise at the last layer
-    # on an exception: parameters, buffers, gradients, hooks (module, tensor and optimizer
-    # hooks), parametrizations, submodules, optimizer state and the method's state are as before
+    before = [p.detach().clone() for p in model.parameters()]
+    try:
+        with transaction(model, optimizer):
+            for p in model.parameters():
+                p.data.zero_()                   # change weights (or masks, hooks, optimizer state)
+            raise RuntimeError("refused by the last layer")
+    except RuntimeError:
+        pass
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))  # as they were
 
 What is recorded:
 
