@@ -433,8 +433,11 @@ def test_state_dict_round_trip_into_fresh_model() -> None:
     assert torch.equal(fresh(x), model(x))
     for i, m in zip((0, 2, 4), masks):
         assert torch.equal(fresh[i].weight_mask, m)
-    # a Masking on the loaded model reuses the checkpoint's masks (its targets are ignored)
-    again = Masking(fresh, Targets(include=["0"]))
+    # a Masking on the loaded model reuses the checkpoint's masks; targets that leave some out are refused
+    with pytest.raises(ConfigError, match=r"leave out 2 layer\(s\).*'2\.weight', '4\.weight'"):
+        Masking(fresh, Targets(include=["0"]))
+    assert names(find_masked_layers(fresh)) == ["0", "2", "4"]
+    again = Masking(fresh, Targets(include=["0", "2", "4"]))
     assert names(again.layers) == ["0", "2", "4"]
     assert [int(l.mask.sum()) for l in again] == [int(m.sum()) for m in masks]
     opt = _make_opt("sgd", fresh)

@@ -42,6 +42,7 @@ from torch.nn.utils import parametrize
 
 from .errors import ConfigError, LayerError
 from .masking import MASK_SUFFIX, MaskedLayer, Targets
+from .transaction import transaction
 
 __all__ = ["MaskedLoRA", "add_lora", "lora_parameters", "lora_layers", "merge_lora"]
 
@@ -148,15 +149,19 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
         else:
             mask = w != 0
         plans.append((layer, layer.canonical(mask)))
-    if freeze_base:
-        for p in model.parameters():
-            p.requires_grad_(False)
     adapters = {}
-    for layer, mask in plans:
-        w = layer.weight
-        p = MaskedLoRA(layer.canonical_shape, mask, rank, alpha, layer.transposed, dtype=w.dtype, device=w.device)
-        parametrize.register_parametrization(layer.module, layer.param_name, p)
-        adapters[layer.name] = p
+    # all or nothing: a registration refused at the last layer removes the earlier adapters
+    # and gives every parameter its requires_grad back
+    with transaction(model, tensors="journal") as txn:
+        txn.save(*(layer.weight for layer, _ in plans))  # registration re-seats the original weight
+        if freeze_base:
+            for p in model.parameters():
+                p.requires_grad_(False)
+        for layer, mask in plans:
+            w = layer.weight
+            p = MaskedLoRA(layer.canonical_shape, mask, rank, alpha, layer.transposed, dtype=w.dtype, device=w.device)
+            parametrize.register_parametrization(layer.module, layer.param_name, p)
+            adapters[layer.name] = p
     return adapters
 
 
@@ -177,7 +182,9 @@ def merge_lora(model: nn.Module) -> nn.Module:
     if not adapted:
         raise ConfigError(f"{type(model).__name__} has no LoRA adapters to merge (add_lora() adds them)")
     modules = dict(model.named_modules())
-    for name in adapted:
-        module = modules[name]
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    with transaction(model, tensors="journal") as txn:  # all or nothing (adapters back on failure)
+        for name in adapted:
+            module = modules[name]
+            txn.save(module.parametrizations.weight.original)  # the merge writes into it
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     return model

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, LayerError
+from .transaction import transaction
 
 try:  # torch.distributed may be missing from a build
     from torch.distributed.tensor import DTensor, distribute_tensor
@@ -67,6 +68,7 @@ __all__ = [
     "finalize",
     "load_masked_state_dict",
     "MASK_SUFFIX",
+    "check_targets_match",
     "is_sharded",
     "full_tensor",
     "shard_like",
@@ -331,9 +333,12 @@ def finalize(model: nn.Module) -> nn.Module:
     Returns ``model`` (modified in place). Any :class:`Masking` still attached to an
     optimizer should be detached first (``method.finalize()`` does both).
     """
-    for layer in find_masked_layers(model):
-        layer.weight.mul_(layer.mask)
-        delattr(layer.module, layer.param_name + MASK_SUFFIX)
+    layers = find_masked_layers(model)
+    with transaction(model, tensors="journal") as txn:  # all or nothing
+        for layer in layers:
+            txn.save(layer.weight)
+            layer.weight.mul_(layer.mask)
+            delattr(layer.module, layer.param_name + MASK_SUFFIX)
     return model
 
 
@@ -382,17 +387,18 @@ def load_masked_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]
                 )
         elif strict:
             raise CheckpointError(f"checkpoint does not match the model: unexpected key {key!r}")
-    registered = []
-    for module, bname, value in todo:
-        if bname not in module._buffers:
-            module.register_buffer(bname, torch.ones_like(value, dtype=torch.bool, device=getattr(module, bname[: -len(MASK_SUFFIX)]).device))
-            registered.append((module, bname))
-    try:
-        model.load_state_dict(state_dict, strict=strict)
-    except RuntimeError as e:
-        for module, bname in registered:
-            delattr(module, bname)
-        raise CheckpointError(f"checkpoint does not match the model: {e}") from None
+    own_tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    # all or nothing: torch's load_state_dict copies tensor by tensor, so a late failure
+    # (a dtype it cannot convert, say) must put back the tensors already copied
+    with transaction(model, tensors="journal") as txn:
+        txn.save(*(own_tensors[k] for k in state_dict if k in own_tensors))
+        for module, bname, value in todo:
+            if bname not in module._buffers:
+                module.register_buffer(bname, torch.ones_like(value, dtype=torch.bool, device=getattr(module, bname[: -len(MASK_SUFFIX)]).device))
+        try:
+            model.load_state_dict(state_dict, strict=strict)
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint does not match the model: {e}") from None
     return find_masked_layers(model)
 
 
@@ -420,13 +426,41 @@ def _reject_fsdp1(model: nn.Module) -> None:
             )
 
 
+def _check_optimizer_holds(optimizer: Any, layers: Sequence[MaskedLayer]) -> None:
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, list):
+        raise ConfigError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
+    params = {id(p) for g in groups for p in g["params"]}
+    missing = [l.qualname for l in layers if id(l.weight) not in params]
+    if missing:
+        raise ConfigError(f"optimizer does not hold the masked parameter(s) {missing[:5]}; build it from model.parameters()")
+
+
+def check_targets_match(model: nn.Module, existing: Sequence[MaskedLayer], targets: "Targets | dict") -> None:
+    """Refuse ``targets`` that leave out a layer the model already masks.
+
+    A model that carries masks (loaded from a checkpoint, pruned one-shot) keeps them: the
+    masked layers are reused as they are. Targets given explicitly must then agree with them,
+    or an excluded layer would stay masked (and be pruned) without a word.
+    """
+    selected = {id(l.module) for l in Targets.from_spec(targets).select(model)}
+    outside = [l.qualname for l in existing if id(l.module) not in selected]
+    if outside:
+        raise ConfigError(
+            f"targets leave out {len(outside)} layer(s) the model already masks ({outside[:5]}); "
+            f"a model that carries masks keeps them: fold them first with sparseforge.finalize(model), "
+            f"or pass targets that include them (or no targets)")
+
+
 class Masking:
     """Runtime that owns the masks of one model and enforces them on one optimizer.
 
     Args:
         model: any ``nn.Module``.
-        targets: which parameters to mask (default :class:`Targets`). Ignored when the model
-            already carries masks (e.g. loaded from a checkpoint): those are reused.
+        targets: which parameters to mask (:class:`Targets` or a dict of its fields; default
+            :class:`Targets`). When the model already carries masks (e.g. loaded from a
+            checkpoint) those are reused, and targets given explicitly must select every masked
+            layer (:class:`ConfigError` otherwise).
         optimizer: if given, :meth:`attach` is called.
 
     Typical use without a sparsity method (keep an existing sparsity fixed while fine-tuning)::
@@ -448,12 +482,20 @@ class Masking:
         #: layers that matched the targets but were left dense, with the reason
         self.skipped: list[tuple[str, str]] = []
         if existing:
-            self.layers = existing
+            if targets is not None:
+                check_targets_match(model, existing, targets)
+            layers = existing
+        else:
+            targets = Targets.from_spec(targets)
+            layers = targets.select(model)
+            self.skipped = list(targets.skipped)
+        if optimizer is not None:
+            # validated before any buffer is registered: a refused optimizer leaves the model as it was
+            _check_optimizer_holds(optimizer, layers)
+        self.layers = layers
+        if existing:
             self._shard_masks()
         else:
-            targets = targets or Targets()
-            self.layers = targets.select(model)
-            self.skipped = list(targets.skipped)
             for layer in self.layers:
                 layer.module.register_buffer(
                     layer.param_name + MASK_SUFFIX, torch.ones_like(layer.weight, dtype=torch.bool)
@@ -721,10 +763,7 @@ class Masking:
     # ----------------------------------------------------------------------------- optimizer
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Raise :class:`ConfigError` unless ``optimizer`` holds every masked parameter."""
-        params = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        missing = [l.qualname for l in self.layers if id(l.weight) not in params]
-        if missing:
-            raise ConfigError(f"optimizer does not hold the masked parameter(s) {missing[:5]}; build it from model.parameters()")
+        _check_optimizer_holds(optimizer, self.layers)
 
     def attach(self, optimizer: torch.optim.Optimizer, *, remask_weights: bool | str = "auto", enforce: bool = True) -> None:
         """Enforce the masks on every ``optimizer.step()`` from now on.
@@ -858,9 +897,11 @@ class Masking:
         self._cache = None
 
     def finalize(self) -> nn.Module:
-        """Detach from the optimizer, fold masks into weights and remove them."""
-        self.detach()
-        return finalize(self.model)
+        """Detach from the optimizer, fold masks into weights and remove them (all or nothing)."""
+        with transaction(self.model, self.optimizer, self, tensors="journal") as txn:
+            txn.save(*(l.weight for l in self.layers))
+            self.detach()
+            return finalize(self.model)
 
     def nonzeros(self) -> dict[str, int]:
         """Kept positions per masked parameter (computed from the masks)."""

@@ -44,10 +44,11 @@ from torch import nn
 
 from .core.patterns import num_pruned, topk_mask
 from .utils import preserved_modes
-from .errors import ConfigError, LayerError, check_int, check_sparsity
+from .errors import ConfigError, LayerError, check_fraction, check_int, check_sparsity
 from .masking import MASK_SUFFIX, Masking, Targets, find_masked_layers
+from .transaction import transaction
 
-__all__ = ["VARIANTS", "average_models", "average_state_dicts", "check_same_masks", "recalibrate_bn", "uniform_soup",
+__all__ = ["VARIANTS", "ZERO_POLICIES", "average_models", "average_state_dicts", "check_same_masks", "check_same_zeros", "recalibrate_bn", "uniform_soup",
            "greedy_soup", "train_classifier", "accuracy", "prune_global_magnitude", "phase_sparsity", "ingredient_configs",
            "PhaseResult", "SoupResult", "sparse_model_soups"]
 
@@ -78,15 +79,59 @@ def check_same_masks(states: Sequence[dict[str, torch.Tensor]]) -> None:
                                   "averaging them would not keep the sparsity")
 
 
+#: what a soup does with finalized ingredients (no masks) whose zero patterns differ
+ZERO_POLICIES: tuple[str, ...] = ("error", "intersect", "union")
+
+
+def _zero_keys(states: Sequence[dict[str, torch.Tensor]]) -> list[str]:
+    # weights (2-D and more) without a mask whose exact zeros a soup must keep: the sparsity of
+    # finalized ingredients lives only in their zeros
+    ref = states[0]
+    masked = {k[: -len(MASK_SUFFIX)] for k in _mask_keys(ref)}
+    return [k for k, v in ref.items() if torch.is_tensor(v) and v.is_floating_point() and v.dim() >= 2
+            and k not in masked and any(bool((st[k] == 0).any()) for st in states if k in st)]
+
+
+def check_same_zeros(states: Sequence[dict[str, torch.Tensor]], zeros: str = "error") -> list[str]:
+    """The unmasked weights whose zero patterns differ between ingredients; raise for ``zeros="error"``.
+
+    Ingredients that were finalized (masks folded into exact zeros) carry their sparsity only in
+    their zeros: averaging weights that are zero in some ingredients and not in others gives a
+    denser model. ``zeros`` says what to do then: ``"error"`` (default) refuses, naming the
+    layer; ``"intersect"`` keeps a weight only where every ingredient keeps it (zeros where any
+    ingredient is zero: at least as sparse as each); ``"union"`` averages as is (denser).
+    """
+    if zeros not in ZERO_POLICIES:
+        raise ConfigError(f"zeros must be one of {list(ZERO_POLICIES)}; got {zeros!r}")
+    differ = []
+    for k in _zero_keys(states):
+        ref = states[0][k] == 0
+        for i, st in enumerate(states[1:], start=1):
+            if k in st and tuple(st[k].shape) == tuple(ref.shape) and not torch.equal(st[k] == 0, ref):
+                if zeros == "error":
+                    diff = int(((st[k] == 0) != ref).sum())
+                    raise LayerError(
+                        f"soup ingredients 0 and {i} have different zero patterns in {k} ({diff} position(s)); "
+                        f"averaging them would give a denser model. Retrain every ingredient from the same pruned "
+                        f"model with its masks, or pass zeros='intersect' (keep only weights kept by all) or "
+                        f"zeros='union' (plain average, denser)")
+                differ.append(k)
+                break
+    return differ
+
+
 def average_state_dicts(states: Sequence[dict[str, torch.Tensor]],
-                        weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+                        weights: Sequence[float] | None = None, *, zeros: str = "error") -> dict[str, torch.Tensor]:
     """Weighted average of state dicts that share one mask (uniform weights ``1/m`` by default).
 
     Floating-point tensors (weights, biases, BatchNorm statistics) are averaged; masks must be
     equal and are kept; other integer tensors (``num_batches_tracked``) take the first value.
     Averaged masked weights are multiplied by the mask, so pruned positions are exactly zero.
+    Finalized ingredients (no masks) must share their zero patterns; ``zeros`` (see
+    :func:`check_same_zeros`) says what to do when they do not.
     """
     check_same_masks(states)
+    differ = check_same_zeros(states, zeros)
     m = len(states)
     if weights is None:
         weights = [1.0 / m] * m
@@ -105,15 +150,20 @@ def average_state_dicts(states: Sequence[dict[str, torch.Tensor]],
         pname = key[: -len(MASK_SUFFIX)]
         if pname in out:
             out[pname] = out[pname] * out[key].to(out[pname].dtype)
+    if zeros == "intersect":
+        for key in differ:
+            kept = torch.stack([st[key] != 0 for st in states]).all(0)
+            out[key] = out[key] * kept.to(out[key].dtype)
     return out
 
 
-def average_models(models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> nn.Module:
+def average_models(models: Sequence[nn.Module], weights: Sequence[float] | None = None, *,
+                   zeros: str = "error") -> nn.Module:
     """A new model holding the (weighted) average of ``models`` (see :func:`average_state_dicts`)."""
     if not models:
         raise ConfigError("a soup needs at least one ingredient (m >= 1); got none")
     soup = copy.deepcopy(models[0])
-    soup.load_state_dict(average_state_dicts([m.state_dict() for m in models], weights))
+    soup.load_state_dict(average_state_dicts([m.state_dict() for m in models], weights, zeros=zeros))
     return soup
 
 
@@ -133,51 +183,66 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, *, batch_size: int = 128, 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         return 0
-    if not 0.0 < fraction <= 1.0:
+    if check_fraction(fraction, "fraction") == 0.0:
         raise ConfigError(f"fraction must be in (0, 1]; got {fraction}")
+    check_int(batch_size, "batch_size", minimum=1)
+    if not torch.is_tensor(x) or x.dim() == 0 or x.shape[0] == 0:
+        raise ConfigError(f"x must be a tensor with at least one sample along dim 0; got "
+                          f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
     n_batches = max(1, math.ceil(fraction * math.ceil(x.shape[0] / batch_size)))
     momenta = [bn.momentum for bn in bns]
     modes = [(m, m.training) for m in model.modules()]
-    try:
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None
-        model.train()
-        for i in range(n_batches):
-            model(x[i * batch_size:(i + 1) * batch_size])
-    finally:
-        for bn, mom in zip(bns, momenta):
-            bn.momentum = mom
-        for m, t in modes:
-            m.training = t
+    # all or nothing: a forward pass that fails midway gives every BatchNorm its old statistics back
+    with transaction(model, tensors="journal") as txn:
+        txn.save(*(b for bn in bns for b in bn.buffers(recurse=False)))
+        try:
+            for bn in bns:
+                bn.reset_running_stats()
+                bn.momentum = None
+            model.train()
+            for i in range(n_batches):
+                model(x[i * batch_size:(i + 1) * batch_size])
+        finally:
+            for bn, mom in zip(bns, momenta):
+                bn.momentum = mom
+            for m, t in modes:
+                m.training = t
     return n_batches
 
 
-def uniform_soup(models: Sequence[nn.Module], *, bn_data: torch.Tensor | None = None, batch_size: int = 128) -> nn.Module:
-    """The uniform average of ``models``, with BatchNorm statistics recomputed on ``bn_data`` if given."""
-    soup = average_models(models)
+def uniform_soup(models: Sequence[nn.Module], *, bn_data: torch.Tensor | None = None, batch_size: int = 128,
+                 zeros: str = "error") -> nn.Module:
+    """The uniform average of ``models``, with BatchNorm statistics recomputed on ``bn_data`` if given.
+
+    ``zeros``: finalized ingredients with different zero patterns (see :func:`check_same_zeros`).
+    """
+    soup = average_models(models, zeros=zeros)
     if bn_data is not None:
         recalibrate_bn(soup, bn_data, batch_size=batch_size)
     return soup
 
 
 def greedy_soup(models: Sequence[nn.Module], score: Callable[[nn.Module], float], *,
-                bn_data: torch.Tensor | None = None, batch_size: int = 128) -> tuple[nn.Module, list[int]]:
+                bn_data: torch.Tensor | None = None, batch_size: int = 128,
+                zeros: str = "error") -> tuple[nn.Module, list[int]]:
     """Greedy soup (Wortsman et al. 2022, as used by SMS): add ingredients in order of held-out score.
 
     ``score(model)`` is the held-out accuracy (higher is better). Ingredients are sorted by their
     own score; each is added if the soup with it scores at least as well as the best soup so far
     (BatchNorm recomputed on ``bn_data`` before each score). Returns the soup and the indices used.
+    ``zeros``: finalized ingredients with different zero patterns (see :func:`check_same_zeros`).
     """
     if not models:
         raise ConfigError("a soup needs at least one ingredient (m >= 1); got none")
-    check_same_masks([m.state_dict() for m in models])
+    states = [m.state_dict() for m in models]
+    check_same_masks(states)
+    check_same_zeros(states, zeros)  # refused before any ingredient is scored
     own = [score(m) for m in models]
     order = sorted(range(len(models)), key=lambda i: (-own[i], i))
     chosen = [order[0]]
     best_model, best = models[order[0]], own[order[0]]
     for i in order[1:]:
-        cand = average_models([models[j] for j in chosen + [i]])
+        cand = average_models([models[j] for j in chosen + [i]], zeros=zeros)
         if bn_data is not None:
             recalibrate_bn(cand, bn_data, batch_size=batch_size)
         s = score(cand)
@@ -443,7 +508,7 @@ def sparse_model_soups(model: nn.Module, data: Any, *, sparsity: float, phases: 
     log = log or (lambda _: None)
     ds = _load_data(data)
     xt, yt, xv, yv = _split_val(ds, val_size)
-    masking = Masking(model, Targets.from_spec(targets))
+    masking = Masking(model, Targets.from_spec(targets) if targets is not None else None)
     torch.manual_seed(seed)
     if pretrain_epochs:
         train_classifier(model, xt, yt, epochs=pretrain_epochs, lr=lr, weight_decay=weight_decay,

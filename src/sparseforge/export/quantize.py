@@ -125,11 +125,13 @@ def quantize_weights(model: nn.Module, bits: int = 8, group_size: int | None = N
         keep_nonzeros: keep the nonzero pattern exactly (default True; see the module docstring).
     """
     _check(bits, group_size)
-    out = {}
-    for layer in Targets.from_spec(targets).select(model):
+    layers = Targets.from_spec(targets).select(model)
+    # all or nothing: every layer is quantized (and so checked) before the first weight is
+    # written, so a layer refused at the end (a group size that does not divide it) changes nothing
+    out = {layer.name: quantize_tensor(layer.canonical(layer.weight.detach()), bits, group_size,
+                                       keep_nonzeros=keep_nonzeros, name=layer.qualname)
+           for layer in layers}
+    for layer in layers:
         w = layer.weight
-        qw = quantize_tensor(layer.canonical(w.detach()), bits, group_size, keep_nonzeros=keep_nonzeros,
-                             name=layer.qualname)
-        w.copy_(layer.from_canonical(qw.dequantize(w.dtype)))
-        out[layer.name] = qw
+        w.copy_(layer.from_canonical(out[layer.name].dequantize(w.dtype)))
     return out

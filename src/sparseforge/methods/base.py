@@ -53,8 +53,9 @@ from ..core.allocation import Allocation, allocation_from_spec, global_sparsitie
 from ..core.init import init_scale_factors
 from ..core.patterns import NM, Pattern, Unstructured, num_pruned, pattern_from_spec, topk_mask
 from ..core.rng import stream_generator
-from ..errors import ConfigError, LayerError, check_sparsity
+from ..errors import CheckpointError, ConfigError, LayerError, check_sparsity
 from ..masking import MaskedLayer, Masking, Targets, is_default_target, is_sharded, shard_like
+from ..transaction import transaction
 
 __all__ = ["SparsityMethod", "MethodEvent", "EVENTS", "BEFORE_CHANGE"]
 
@@ -148,7 +149,7 @@ class SparsityMethod:
             allowed = ", ".join(t.__name__ for t in self.supported_patterns)
             raise ConfigError(f"{type(self).__name__} does not support pattern {self.pattern.name!r}; allowed: {allowed}")
         if isinstance(self.pattern, NM):
-            if sparsity is not None and abs(float(sparsity) - self.pattern.sparsity) > 1e-9:
+            if sparsity is not None and abs(check_sparsity(sparsity) - self.pattern.sparsity) > 1e-9:
                 raise ConfigError(
                     f"sparsity={sparsity} conflicts with N:M {self.pattern.n}:{self.pattern.m} (= {self.pattern.sparsity})"
                 )
@@ -162,11 +163,13 @@ class SparsityMethod:
         self.model = model
         self.seed = seed
         self.generator = stream_generator(seed, "masks")
-        self.masking = Masking(model, Targets.from_spec(targets))
         self.step = 0
         self._dense_grads: dict[str, torch.Tensor] | None = None
         self._listeners: dict[str, list[Callable[[MethodEvent], Any]]] = {}
-        try:
+        # all or nothing: a refused layer, optimizer or allocation leaves the model (masks,
+        # weights, hooks) and the optimizer exactly as they were, so a retry starts afresh
+        with transaction(model, optimizer):
+            self.masking = Masking(model, Targets.from_spec(targets) if targets is not None else None)
             if optimizer is not None:
                 self.masking.check_optimizer(optimizer)  # before init_masks touches the weights
             self._check_layers()
@@ -174,11 +177,6 @@ class SparsityMethod:
             self.init_masks()
             if optimizer is not None:
                 self.attach(optimizer)
-        except BaseException:
-            # a failed construction must not leave mask buffers behind: a retry (with other
-            # targets, say) would silently reuse them
-            self.masking.unregister()
-            raise
 
     # ------------------------------------------------------------------ allocation & masks
     @property
@@ -355,11 +353,19 @@ class SparsityMethod:
 
     # ------------------------------------------------------------------ optimizer plumbing
     def attach(self, optimizer: torch.optim.Optimizer) -> "SparsityMethod":
-        """Enforce masks and run this method's updates on every ``optimizer.step()``."""
+        """Enforce masks and run this method's updates on every ``optimizer.step()``.
+
+        All or nothing: a refused optimizer leaves the hooks, the optimizer and the method as they were.
+        """
+        with transaction(self.model, optimizer, self, tensors="journal"):
+            self._attach(optimizer)
+        return self
+
+    def _attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Hook: attach to ``optimizer`` (called by :meth:`attach` inside its transaction)."""
         self.masking.attach(optimizer)
         self.masking.add_callbacks(before=self._before_step, after=self._after_step)
         self.masking.want_dense_grads = self._wants_dense_grads
-        return self
 
     def _wants_dense_grads(self) -> bool:
         # asked from backward: on steps that stash the dense gradient, masking waits for the step
@@ -393,7 +399,13 @@ class SparsityMethod:
         return layer.canonical(self._dense_grads[layer.qualname])
 
     def finalize(self) -> nn.Module:
-        """Fold the masks into the weights, drop them and detach from the optimizer."""
+        """Fold the masks into the weights, drop them and detach from the optimizer (all or nothing)."""
+        with transaction(self.model, None, self, tensors="journal") as txn:
+            txn.save(*(t for l in self.layers for t in (l.weight, l.mask)))
+            return self._finalize()
+
+    def _finalize(self) -> nn.Module:
+        """Hook: the work of :meth:`finalize` (inside its transaction)."""
         return self.masking.finalize()
 
     # ------------------------------------------------------------------ checkpoints
@@ -403,13 +415,39 @@ class SparsityMethod:
                 "layer_sparsity": list(self.layer_sparsity), **self.extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved."""
+        """Restore what :meth:`state_dict` saved.
+
+        All or nothing: the common fields are checked before anything changes, and a state the
+        subclass refuses (:meth:`load_extra_state`) leaves the step, the per-layer sparsities,
+        the generator and the masks as they were.
+        """
+        if not isinstance(state, dict):
+            raise CheckpointError(f"method state must be a dict; got {type(state).__name__}")
         if state.get("name") != self.name:
             raise ConfigError(f"method state is for {state.get('name')!r}, not {self.name!r}")
-        self.step = int(state["step"])
-        self.generator.set_state(state["generator"])
-        self.layer_sparsity = list(state["layer_sparsity"])
-        self.load_extra_state(state)
+        missing = [k for k in ("step", "generator", "layer_sparsity") if k not in state]
+        if missing:
+            raise CheckpointError(f"method state for {self.name!r} lacks {missing}")
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise CheckpointError(f"method state: step must be an integer >= 0; got {step!r}")
+        gen = state["generator"]
+        if not (torch.is_tensor(gen) and gen.dtype == torch.uint8):
+            raise CheckpointError(f"method state: generator must be a uint8 tensor (torch.Generator.get_state()); "
+                                  f"got {type(gen).__name__}")
+        sparsities = state["layer_sparsity"]
+        if not isinstance(sparsities, (list, tuple)) or len(sparsities) != len(self.layers):
+            n = len(sparsities) if isinstance(sparsities, (list, tuple)) else sparsities
+            raise CheckpointError(f"method state has layer_sparsity for {n} layer(s); this {type(self).__name__} "
+                                  f"masks {len(self.layers)} ({[l.qualname for l in self.layers][:5]})")
+        for i, sp in enumerate(sparsities):
+            check_sparsity(sp, f"method state layer_sparsity[{i}]")
+        with transaction(self.model, None, self, tensors="journal") as txn:
+            txn.save(*(l.mask for l in self.layers))  # a subclass may recompute the masks (N:M)
+            self.step = step
+            self.generator.set_state(gen)
+            self.layer_sparsity = [float(sp) for sp in sparsities]
+            self.load_extra_state(state)
 
     def extra_state(self) -> dict[str, Any]:
         """Hook: subclass state to checkpoint."""

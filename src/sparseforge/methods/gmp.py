@@ -22,7 +22,7 @@ from torch import nn
 from ..core.patterns import NM, Unstructured, num_pruned, pattern_from_spec, topk_mask
 from ..core.schedules import Cubic
 from ..core.scores import get_score, magnitude
-from ..errors import ConfigError, check_int, check_sparsity
+from ..errors import CheckpointError, ConfigError, check_int, check_sparsity
 from ..masking import MaskedLayer, is_sharded
 from .base import SparsityMethod
 
@@ -160,6 +160,14 @@ class GMP(SparsityMethod):
         return {"current_sparsity": self.current_sparsity, "final_layer_sparsity": self.final_layer_sparsity}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore the scheduled sparsity."""
-        self.current_sparsity = float(state["current_sparsity"])
-        self.final_layer_sparsity = list(state["final_layer_sparsity"])
+        """Restore the scheduled sparsity (checked against this model's masked layers first)."""
+        final = state.get("final_layer_sparsity")
+        if not isinstance(final, (list, tuple)) or len(final) != len(self.layers):
+            n = len(final) if isinstance(final, (list, tuple)) else final
+            raise CheckpointError(f"GMP state has final_layer_sparsity for {n} layer(s); this GMP masks "
+                                  f"{len(self.layers)} ({[l.qualname for l in self.layers][:5]})")
+        final = [check_sparsity(s, f"GMP state final_layer_sparsity[{i}]") for i, s in enumerate(final)]
+        current = state.get("current_sparsity")
+        check_sparsity(current, "GMP state current_sparsity")
+        self.current_sparsity = float(current)
+        self.final_layer_sparsity = final

@@ -248,11 +248,10 @@ class NMTraining(SparsityMethod):
         """Masks of the current weights (weights are not zeroed: they stay dense)."""
         self._refresh_all()
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> "NMTraining":
+    def _attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Count optimizer steps (phases, SAD) without masking gradients or weights."""
         self.masking.attach(optimizer, enforce=False)
         self.masking.add_callbacks(before=self._before_step, after=self._after_step)
-        return self
 
     def _install_hooks(self) -> None:
         for layer in self.layers:
@@ -373,7 +372,7 @@ class NMTraining(SparsityMethod):
         return {"sad": sad, "pattern": f"{n}:{m}", "phase": self.phase(), "beta": self._beta_now()}
 
     @torch.no_grad()
-    def finalize(self) -> nn.Module:
+    def _finalize(self) -> nn.Module:
         """Fold the hard target N:M mask of the current weights into them and remove the hooks."""
         self._remove_hooks()
         for layer in self.layers:

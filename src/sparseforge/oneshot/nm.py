@@ -21,6 +21,7 @@ from ..core.patterns import NM, pattern_from_spec
 from ..errors import ConfigError, LayerError
 from ..masking import MASK_SUFFIX, Masking, Targets
 from ..methods.nm import INDIVISIBLE_POLICIES, nm_mask
+from ..transaction import transaction
 
 __all__ = ["prune_nm"]
 
@@ -41,8 +42,8 @@ def prune_nm(model: nn.Module, pattern: Any = "2:4", *, targets: Any = None, ind
         raise ConfigError(f"prune_nm needs N < M and M >= 2; got {p.n}:{p.m}")
     if indivisible not in INDIVISIBLE_POLICIES:
         raise ConfigError(f"indivisible must be one of {INDIVISIBLE_POLICIES}; got {indivisible!r}")
-    masking = Masking(model, Targets.from_spec(targets))
-    try:
+    with transaction(model, tensors="journal") as txn:
+        masking = Masking(model, Targets.from_spec(targets) if targets is not None else None)
         plan = []
         for layer in list(masking.layers):
             cin = layer.canonical_shape[1]
@@ -55,9 +56,7 @@ def prune_nm(model: nn.Module, pattern: Any = "2:4", *, targets: Any = None, ind
             else:
                 raise LayerError(f"{layer.qualname}: input dimension {cin} (shape {layer.canonical_shape}) is not "
                                  f"divisible by M={p.m}; pass indivisible='skip' or 'pad', or exclude it")
-    except BaseException:
-        masking.unregister()
-        raise
-    for layer, pad in plan:
-        masking.set_mask(layer, nm_mask(layer.canonical(layer.weight), p.n, p.m, pad=pad), canonical=True)
+        for layer, pad in plan:
+            txn.save(layer.weight)
+            masking.set_mask(layer, nm_mask(layer.canonical(layer.weight), p.n, p.m, pad=pad), canonical=True)
     return masking

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..errors import ConfigError, LayerError, check_int
 from ..masking import MASK_SUFFIX, MaskedLayer, Masking, Targets, find_masked_layers, is_hf_conv1d
+from ..transaction import transaction
 from .calibration import load_calibration
 from .methods import NM, OneShotMethod, _few_threads, method_from_spec, resolve_target
 from .stats import LayerStats, reconstruction_error
@@ -662,83 +663,87 @@ def prune_oneshot(
     was_training = model.training
     config = getattr(model, "config", None)
     old_cache = getattr(config, "use_cache", None)
-    masking = Masking(model, Targets(include=[re.escape(l.name) for l in kept_layers], types=None))
-    masking.skipped = skipped
-    by_module = {id(l.module): l for l in masking.layers}
-    results: list[LayerResult] = []
-    prune_seconds = 0.0
-    meter = peak_memory(device)
-    try:
-        model.eval()
-        if old_cache is not None:
-            config.use_cache = False
-        with meter:
-            inputs: list[_BlockInput] | None = None
-            if calib is not None:
-                if batch_size is None:
-                    tokens_per_row = math.prod(calib.shape[1:]) if not calib.is_floating_point() else 1
-                    batch_size = max(1, 4096 // max(1, tokens_per_row)) if not calib.is_floating_point() else 1024
-                batches = [calib[i : i + batch_size].to(device) for i in range(0, calib.shape[0], batch_size)]
-                if block_list == [model]:
-                    inputs = [_BlockInput(b, (), {}, False) for b in batches]
-                else:
-                    if len(block_list) > 1 and not _sequential_ok(model, block_list, batches[0][:1]):
-                        msg = (f"block 1 of {blocks_path} does not receive the output of block 0; pruned the model "
-                               f"as one block instead (all statistics held at once)")
-                        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                        notes.append(msg)
-                        blocks_path, block_list = "", [model]
+    # all or nothing: a layer the method refuses (the last one, say) leaves every weight and
+    # buffer as it was; only the weights about to change are copied (saved per layer)
+    with transaction(model, tensors="journal") as txn:
+        masking = Masking(model, Targets(include=[re.escape(l.name) for l in kept_layers], types=None))
+        masking.skipped = skipped
+        by_module = {id(l.module): l for l in masking.layers}
+        results: list[LayerResult] = []
+        prune_seconds = 0.0
+        meter = peak_memory(device)
+        try:
+            model.eval()
+            if old_cache is not None:
+                config.use_cache = False
+            with meter:
+                inputs: list[_BlockInput] | None = None
+                if calib is not None:
+                    if batch_size is None:
+                        tokens_per_row = math.prod(calib.shape[1:]) if not calib.is_floating_point() else 1
+                        batch_size = max(1, 4096 // max(1, tokens_per_row)) if not calib.is_floating_point() else 1024
+                    batches = [calib[i : i + batch_size].to(device) for i in range(0, calib.shape[0], batch_size)]
+                    if block_list == [model]:
                         inputs = [_BlockInput(b, (), {}, False) for b in batches]
                     else:
-                        inputs = _capture_inputs(model, block_list[0], batches)
-                del batches
-            for bi, block in _progress(enumerate(block_list), len(block_list), progress, f"{meth.label} blocks"):
-                layers = [(n, by_module[id(m)]) for n, m in block.named_modules() if id(m) in by_module]
-                if not layers:
+                        if len(block_list) > 1 and not _sequential_ok(model, block_list, batches[0][:1]):
+                            msg = (f"block 1 of {blocks_path} does not receive the output of block 0; pruned the model "
+                                   f"as one block instead (all statistics held at once)")
+                            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                            notes.append(msg)
+                            blocks_path, block_list = "", [model]
+                            inputs = [_BlockInput(b, (), {}, False) for b in batches]
+                        else:
+                            inputs = _capture_inputs(model, block_list[0], batches)
+                    del batches
+                for bi, block in _progress(enumerate(block_list), len(block_list), progress, f"{meth.label} blocks"):
+                    layers = [(n, by_module[id(m)]) for n, m in block.named_modules() if id(m) in by_module]
+                    if not layers:
+                        if inputs is not None and bi + 1 < len(block_list):
+                            inputs = [_BlockInput(_run_block(block, i), i.rest, i.kwargs, i.hidden_in_kwargs) for i in inputs]
+                        continue
+                    collector = None
+                    if inputs is not None:
+                        collector = _Collector(layers, meth.needs_gram or measure_error, share_inputs)
+                        try:
+                            for inp in inputs:
+                                collector.run(block, inp)
+                        finally:
+                            collector.remove()
+                    for rel, layer in layers:
+                        stats = collector.get(layer.qualname) if collector is not None else None
+                        if stats is not None and stats.n_tokens == 0:
+                            if meth.needs_data:
+                                reason = "received no calibration input (not called in the block's forward pass)"
+                                if strict:
+                                    raise LayerError(f"{layer.qualname}: {reason}")
+                                _drop_layer(masking, layer, reason)
+                                continue
+                            stats = None
+                        weight = layer.weight
+                        w = layer.canonical(weight.detach()).float()
+                        with _few_threads(w.numel(), w.device):
+                            t0 = time.perf_counter()
+                            mask, new_w = meth.prune(w, stats, pattern if isinstance(pattern, NM) else target,
+                                                     name=layer.qualname, layer_name=rel)
+                            dt = time.perf_counter() - t0
+                            err = reconstruction_error(w, new_w, stats.gram) if stats is not None and stats.gram is not None else None
+                        prune_seconds += dt
+                        txn.save(weight)
+                        weight.copy_(layer.from_canonical(new_w).to(weight.dtype))
+                        masking.set_mask(layer, mask, canonical=True)
+                        results.append(LayerResult(layer.qualname, bi, tuple(w.shape),
+                                                   1.0 - float(mask.sum()) / mask.numel(), err, dt))
+                    del collector
                     if inputs is not None and bi + 1 < len(block_list):
                         inputs = [_BlockInput(_run_block(block, i), i.rest, i.kwargs, i.hidden_in_kwargs) for i in inputs]
-                    continue
-                collector = None
-                if inputs is not None:
-                    collector = _Collector(layers, meth.needs_gram or measure_error, share_inputs)
-                    try:
-                        for inp in inputs:
-                            collector.run(block, inp)
-                    finally:
-                        collector.remove()
-                for rel, layer in layers:
-                    stats = collector.get(layer.qualname) if collector is not None else None
-                    if stats is not None and stats.n_tokens == 0:
-                        if meth.needs_data:
-                            reason = "received no calibration input (not called in the block's forward pass)"
-                            if strict:
-                                raise LayerError(f"{layer.qualname}: {reason}")
-                            _drop_layer(masking, layer, reason)
-                            continue
-                        stats = None
-                    weight = layer.weight
-                    w = layer.canonical(weight.detach()).float()
-                    with _few_threads(w.numel(), w.device):
-                        t0 = time.perf_counter()
-                        mask, new_w = meth.prune(w, stats, pattern if isinstance(pattern, NM) else target,
-                                                 name=layer.qualname, layer_name=rel)
-                        dt = time.perf_counter() - t0
-                        err = reconstruction_error(w, new_w, stats.gram) if stats is not None and stats.gram is not None else None
-                    prune_seconds += dt
-                    weight.copy_(layer.from_canonical(new_w).to(weight.dtype))
-                    masking.set_mask(layer, mask, canonical=True)
-                    results.append(LayerResult(layer.qualname, bi, tuple(w.shape),
-                                               1.0 - float(mask.sum()) / mask.numel(), err, dt))
-                del collector
-                if inputs is not None and bi + 1 < len(block_list):
-                    inputs = [_BlockInput(_run_block(block, i), i.rest, i.kwargs, i.hidden_in_kwargs) for i in inputs]
-            inputs = None
-    finally:
-        model.train(was_training)
-        if old_cache is not None:
-            config.use_cache = old_cache
-    if not masking.layers:
-        raise LayerError(f"no layer was pruned: {masking.skipped[:3]}")
+                inputs = None
+        finally:
+            model.train(was_training)
+            if old_cache is not None:
+                config.use_cache = old_cache
+        if not masking.layers:
+            raise LayerError(f"no layer was pruned: {masking.skipped[:3]}")
     pattern_name = f"{pattern.n}:{pattern.m}" if isinstance(pattern, NM) else "unstructured"
     return OneShotResult(
         method=meth.label, method_spec=repr(meth), pattern=pattern_name, target_sparsity=target, layers=results,

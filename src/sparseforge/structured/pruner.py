@@ -27,6 +27,7 @@ Selection:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -236,7 +237,9 @@ class StructuredPruner:
         round_to: keep channel counts at multiples of this (default 1).
         min_channels: keep at least this many channels per layer (default 1).
         ignore: modules or names that keep both dimensions (e.g. the classifier).
-        strict: raise instead of clamping a layer to ``min_channels``.
+        strict: raise instead of clamping a layer to ``min_channels``, and instead of warning
+            when nothing at all would be removed (a ``RuntimeWarning`` lists the skipped
+            layers with their reasons otherwise).
         seed: seed of the random importance.
     """
 
@@ -261,12 +264,31 @@ class StructuredPruner:
 
     def select(self) -> list[int]:
         """Score the groups and choose those to remove (indices into ``graph.groups``)."""
-        self.scores = group_importance(self.graph, self.importance, seed=self.seed)
-        self.removed, self.rows, self.notes = select_groups(
-            self.graph, self.scores, self.sparsity, scope=self.scope, round_to=self.round_to,
+        # computed first, stored last: a refusal (strict, heads) leaves the pruner as it was
+        scores = group_importance(self.graph, self.importance, seed=self.seed)
+        removed, rows, notes = select_groups(
+            self.graph, scores, self.sparsity, scope=self.scope, round_to=self.round_to,
             min_channels=self.min_channels, strict=self.strict)
-        self.kept = kept_indices(self.graph, self.removed)
+        if not removed and self.sparsity > 0:
+            self._nothing_to_prune()
+        kept = kept_indices(self.graph, removed)
+        self.scores, self.removed, self.rows, self.notes, self.kept = scores, removed, rows, notes, kept
         return self.removed
+
+    def _nothing_to_prune(self) -> None:
+        # the library's rule: nothing is skipped silently; strict=True makes it an error
+        g = self.graph
+        if not g.clusters:
+            why = "the model has no removable channel group"
+        else:
+            sizes = sorted({len(c.groups) for c in g.clusters})
+            why = (f"sparsity {self.sparsity} removes no group from any of the {len(g.clusters)} cluster(s) "
+                   f"(sizes {sizes[:5]}; each loses round(sparsity * size))")
+        skipped = "; ".join(f"{name}: {reason}" for name, reason in g.skipped[:5])
+        msg = f"structured pruning removes nothing: {why}" + (f"; skipped {skipped}" if skipped else "")
+        if self.strict:
+            raise LayerError(msg + " (strict=True)")
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)  # the caller of prune()
 
     def zeroed(self) -> nn.Module:
         """A copy of the model with the selected groups set to zero (see :func:`.zero_groups`)."""

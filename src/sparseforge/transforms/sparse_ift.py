@@ -69,6 +69,7 @@ from ..core.allocation import PerLayer
 from ..utils import preserved_modes
 from ..errors import ConfigError, LayerError, check_sparsity
 from ..masking import Targets
+from ..transaction import transaction
 
 __all__ = [
     "KINDS", "base_scaling", "wide_width", "parallel_branches", "factorized_rank", "doped_rank",
@@ -431,7 +432,16 @@ def sparse_ift(model: nn.Module, kind: str, sparsity: float, *, include: Sequenc
     if options and kind == "wide":
         raise ConfigError(f"Sparse Wide takes no options; got {sorted(options)}")
     chosen = _select(model, include, exclude, first_layer, last_layer)
-    out = model if inplace else copy.deepcopy(model)
+    if not inplace:
+        return _transform(copy.deepcopy(model), kind, s, chosen, example_input, options)
+    # all or nothing in place: a layer refused at the end (or an example input the widened
+    # model cannot run) puts every replaced module back
+    with transaction(model, tensors="journal"):
+        return _transform(model, kind, s, chosen, example_input, options)
+
+
+def _transform(out: nn.Module, kind: str, s: float, chosen: list[str], example_input: Any,
+               options: dict[str, Any]) -> nn.Module:
     if kind != "wide":
         for name in chosen:
             _set_module(out, name, transform_layer(out.get_submodule(name), kind, s, **options))
