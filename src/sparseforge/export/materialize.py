@@ -49,6 +49,10 @@ from torch import nn
 from ..utils import probe
 from ..errors import ConfigError, LayerError, check_int
 from ..kernels import cpu_sparse
+from ..kernels.ops import _bsr_linear_op, _csr_linear_op, _csr_spmm_t_op  # noqa: F401 (registered ops, old import path)
+from ..kernels.ops import bsr_linear as _custom_bsr_linear
+from ..kernels.ops import csr_linear as _custom_linear
+from ..kernels.ops import csr_spmm_t as _custom_spmm_t
 from ..masking import MASK_SUFFIX
 
 __all__ = [
@@ -69,75 +73,32 @@ DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 _UINT16_LIMIT = 65536  # columns addressable by uint16 indices
 
 
-# ------------------------------------------------------------------------------ custom op
-# The C++ kernel is wrapped as a torch custom op so that torch.compile can trace a
-# materialized model (the op is opaque to the compiler, with a fake implementation for shapes).
-@torch.library.custom_op("sparseforge::csr_linear", mutates_args=())
-def _csr_linear_op(rowptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, bias: torch.Tensor | None,
-                   in_features: int, x: torch.Tensor) -> torch.Tensor:
-    ext = cpu_sparse.load_kernel()
-    if ext is None:  # pragma: no cover - materialize never picks "custom" without the kernel
-        raise RuntimeError(cpu_sparse.kernel_unavailable_reason())
-    return ext.csr_linear(rowptr, cols, vals, bias, in_features, x)
-
-
-@_csr_linear_op.register_fake
-def _(rowptr, cols, vals, bias, in_features, x):  # noqa: ANN001
-    return x.new_empty((x.shape[0], rowptr.shape[0] - 1))
-
-
-@torch.library.custom_op("sparseforge::csr_spmm_t", mutates_args=())
-def _csr_spmm_t_op(rowptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
-    ext = cpu_sparse.load_kernel()
-    if ext is None:  # pragma: no cover
-        raise RuntimeError(cpu_sparse.kernel_unavailable_reason())
-    return ext.csr_spmm_t(rowptr, cols, vals, xt)
-
-
-@_csr_spmm_t_op.register_fake
-def _(rowptr, cols, vals, xt):  # noqa: ANN001
-    return xt.new_empty((rowptr.shape[0] - 1, xt.shape[1]))
-
-
-@torch.library.custom_op("sparseforge::bsr_linear", mutates_args=())
-def _bsr_linear_op(browptr: torch.Tensor, bcols: torch.Tensor, vals: torch.Tensor, bias: torch.Tensor | None,
-                   in_features: int, x: torch.Tensor) -> torch.Tensor:
-    ext = cpu_sparse.load_kernel()
-    if ext is None:  # pragma: no cover
-        raise RuntimeError(cpu_sparse.kernel_unavailable_reason())
-    return ext.bsr_linear(browptr, bcols, vals, bias, in_features, x)
-
-
-@_bsr_linear_op.register_fake
-def _(browptr, bcols, vals, bias, in_features, x):  # noqa: ANN001
-    return x.new_empty((x.shape[0], (browptr.shape[0] - 1) * vals.shape[1]))
-
-
-def _custom_bsr_linear(browptr, bcols, vals, bias, in_features, x):  # noqa: ANN001
-    if torch.compiler.is_compiling():
-        return _bsr_linear_op(browptr, bcols, vals, bias, in_features, x)
-    return cpu_sparse.load_kernel().bsr_linear(browptr, bcols, vals, bias, in_features, x)
-
-
-def _custom_linear(rowptr, cols, vals, bias, in_features, x):  # noqa: ANN001
-    if torch.compiler.is_compiling():
-        return _csr_linear_op(rowptr, cols, vals, bias, in_features, x)
-    # eager: call the extension directly (the op dispatcher costs ~10 us per call, which
-    # matters at batch 1)
-    return cpu_sparse.load_kernel().csr_linear(rowptr, cols, vals, bias, in_features, x)
-
-
-def _custom_spmm_t(rowptr, cols, vals, xt):  # noqa: ANN001
-    if torch.compiler.is_compiling():
-        return _csr_spmm_t_op(rowptr, cols, vals, xt)
-    return cpu_sparse.load_kernel().csr_spmm_t(rowptr, cols, vals, xt)
-
-
 # ------------------------------------------------------------------------------ storage
 def _check_kernel(kernel: str) -> str:
     if kernel not in KERNELS[1:]:
         raise ConfigError(f"kernel must be one of {list(KERNELS[1:])} for a materialized layer; got {kernel!r}")
     return kernel
+
+
+def _sparse_mm(layer: "_SparseWeight", xt: torch.Tensor) -> torch.Tensor:
+    return torch.sparse.mm(layer._torch_sparse(), xt)
+
+
+_EAGER: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _eager_sparse_mm() -> Callable[..., torch.Tensor]:
+    """``_sparse_mm`` behind ``torch.compiler.disable`` (torch's CSR/BSR tensors are not traceable).
+
+    Wrapped on first use, not at import: ``torch.compiler.disable`` imports ``torch._dynamo``,
+    which costs about half a second. Layers call this when they are built or unpickled, so the
+    wrapper exists before any ``torch.compile`` trace reaches a forward.
+    """
+    fn = _EAGER.get("fn")
+    if fn is None:
+        fn = _EAGER["fn"] = torch.compiler.disable(
+            _sparse_mm, reason="torch sparse CSR/BSR tensors are not traceable; this product runs eagerly")
+    return fn
 
 
 class _SparseWeight(nn.Module):
@@ -154,6 +115,8 @@ class _SparseWeight(nn.Module):
     def _init_storage(self, w2d: torch.Tensor, keep: torch.Tensor, kernel: str, dtype: torch.dtype,
                       block_size: tuple[int, int] | None) -> None:
         self.kernel = _check_kernel(kernel)
+        if kernel.startswith("torch-"):
+            _eager_sparse_mm()
         self.dtype = dtype
         self.weight_shape = tuple(int(s) for s in self.weight_shape)
         self.nnz = int(keep.sum())
@@ -232,10 +195,13 @@ class _SparseWeight(nn.Module):
             return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values, (rows, cols),
                                            check_invariants=False)
 
-    @torch.compiler.disable(reason="torch sparse CSR/BSR tensors are not traceable; this product runs eagerly")
     def _torch_sparse_mm_t(self, xt: torch.Tensor) -> torch.Tensor:
-        """``W @ xt`` for ``xt [in, M]`` fp32 with torch's sparse kernels."""
-        return torch.sparse.mm(self._torch_sparse(), xt)
+        """``W @ xt`` for ``xt [in, M]`` fp32 with torch's sparse kernels (always eager: see :func:`_eager_sparse_mm`)."""
+        return _eager_sparse_mm()(self, xt)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # deepcopy / unpickle skip __init__
+        super().__setstate__(state)
+        _eager_sparse_mm()
 
     def _bias_f32(self) -> torch.Tensor | None:
         return None if self.bias is None else self.bias.float()
