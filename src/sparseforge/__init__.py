@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 #: re-exported name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["ER", "ERK", "NM", "Block", "Channel", "Global", "Uniform", "Unstructured"], "core"),
-    **dict.fromkeys(["compressed_size_report", "load_compressed", "materialize", "quantize_weights",
-                     "save_compressed"], "export"),
+    **dict.fromkeys(["compressed_size_report", "load_compressed", "load_materialized", "materialize",
+                     "quantize_weights", "save_compressed", "save_materialized"], "export"),
     **dict.fromkeys(["CheckpointError", "ConfigError", "LayerError", "SparseforgeError"], "errors"),
     **dict.fromkeys(["add_lora", "lora_parameters", "merge_lora"], "lora"),
     **dict.fromkeys(["Masking", "Targets", "finalize", "load_masked_state_dict"], "masking"),
@@ -45,7 +45,8 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), _SUBMODULES)
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .core import ER, ERK, NM, Block, Channel, Global, Uniform, Unstructured
     from .errors import CheckpointError, ConfigError, LayerError, SparseforgeError
-    from .export import compressed_size_report, load_compressed, materialize, quantize_weights, save_compressed
+    from .export import (compressed_size_report, load_compressed, load_materialized, materialize, quantize_weights,
+                         save_compressed, save_materialized)
     from .lora import add_lora, lora_parameters, merge_lora
     from .masking import Masking, Targets, finalize, load_masked_state_dict
     from .methods import (BDWP, GMP, IMP, MDGF, SDGF, SET, SRSTE, STE, Dense, RigL, SparsityMethod, StaticSparse,
@@ -66,6 +67,7 @@ __all__ = [
     "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "prune_nm", "prune_oneshot",
     "Report", "sparsity_report",
     "save_compressed", "load_compressed", "compressed_size_report", "materialize", "quantize_weights",
+    "save_materialized", "load_materialized",
     "add_lora", "lora_parameters", "merge_lora",
     "StructuredPruner", "prune_structured",
     "sparse_ift", "ift_method", "iso_flop_report",

@@ -161,6 +161,81 @@ class _SparseWeight(nn.Module):
             self.register_buffer("col_indices", col.to(torch.int32))
         self.register_buffer("values", vals)
 
+    #: the layer's geometry attributes that :meth:`spec` records (besides the storage)
+    _GEOMETRY: tuple[str, ...] = ()
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON-able description of this layer: kind, kernel, dtype, block size, shapes, buffers.
+
+        :func:`~sparseforge.export.save_materialized` writes it next to the tensors;
+        :meth:`from_spec` rebuilds an empty layer of the same kind and storage from it.
+        """
+        geometry = {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+                    ((k, getattr(self, k)) for k in self._GEOMETRY)}
+        buffers = {n: {"dtype": str(b.dtype).removeprefix("torch."), "shape": list(b.shape)}
+                   for n, b in self.named_buffers(recurse=False) if b is not None}
+        return {"kind": type(self).__name__, "kernel": self.kernel, "dtype": str(self.dtype).removeprefix("torch."),
+                "block_size": list(self.block_size) if self.block_size else None,
+                "weight_shape": list(self.weight_shape), "nnz": self.nnz, "bias": self.bias is not None,
+                **geometry, "buffers": buffers}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "_SparseWeight":
+        """An empty layer (buffers allocated, not filled) as described by ``spec`` (see :meth:`spec`).
+
+        ``spec`` must already be validated (:func:`sparseforge.export.load_materialized` does);
+        fill the buffers with ``load_state_dict`` and check them with :meth:`check_storage`.
+        """
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.kernel = _check_kernel(spec["kernel"])
+        layer.dtype = getattr(torch, spec["dtype"])
+        layer.block_size = tuple(spec["block_size"]) if spec["block_size"] else None
+        layer.weight_shape = tuple(spec["weight_shape"])
+        layer.nnz = int(spec["nnz"])
+        for k in cls._GEOMETRY:
+            v = spec[k]
+            setattr(layer, k, tuple(v) if isinstance(v, list) else v)
+        for name in ("crow_indices", "col_indices", "values", "bias"):
+            b = spec["buffers"].get(name)
+            layer.register_buffer(name, None if b is None else torch.empty(b["shape"], dtype=getattr(torch, b["dtype"])))
+        if layer.kernel.startswith("torch-"):
+            _eager_sparse_mm()
+        return layer
+
+    def check_storage(self) -> None:
+        """Raise :class:`~sparseforge.errors.LayerError` unless the index buffers describe a valid
+        sparse matrix of this layer's shape (a file can hold anything; the C++ kernels trust the indices)."""
+        rows = self.weight_shape[0]
+        cols = math.prod(self.weight_shape[1:])
+        bh, bw = self.block_size or (1, 1)
+        blocked = self.kernel in ("torch-bsr", "custom-bsr")
+        want = {"crow_indices": (torch.int64,) if self.kernel in ("custom", "custom-bsr") else (torch.int32,),
+                "col_indices": (torch.int16, torch.int32) if self.kernel == "custom" else (torch.int32,),
+                "values": (torch.float32,)}
+        for name, dtypes in want.items():
+            t = getattr(self, name)
+            if t.dtype not in dtypes:
+                raise LayerError(f"{name} of a {self.kernel} layer must be {' or '.join(map(str, dtypes))}; got {t.dtype}")
+        if self.col_indices.dtype == torch.int16 and cols > _UINT16_LIMIT:
+            raise LayerError(f"16-bit column indices cannot address {cols} columns")
+        crow, col = self.crow_indices.long(), self.col_indices
+        col = col.view(torch.uint16).to(torch.int64) if col.dtype == torch.int16 else col.long()
+        n_rows, n_cols = (rows // bh, cols // bw) if blocked else (rows, cols)
+        if blocked and (rows % bh or cols % bw or (self.kernel == "custom-bsr" and bh % 8)):
+            raise LayerError(f"block size {self.block_size} does not fit the weight {self.weight_shape}")
+        n = col.numel()
+        vshape = (n, bh, bw) if blocked else (n,)
+        if crow.shape != (n_rows + 1,) or tuple(self.values.shape) != vshape or col.dim() != 1:
+            raise LayerError(f"sparse storage shapes do not fit the weight {self.weight_shape}: crow_indices "
+                             f"{tuple(crow.shape)}, col_indices {tuple(col.shape)}, values {tuple(self.values.shape)}")
+        if int(crow[0]) != 0 or int(crow[-1]) != n or bool((crow.diff() < 0).any()):
+            raise LayerError("crow_indices must rise from 0 to the number of stored entries")
+        if n and (int(col.min()) < 0 or int(col.max()) >= n_cols):
+            raise LayerError(f"col_indices must lie in [0, {n_cols}); got [{int(col.min())}, {int(col.max())}]")
+        if self.bias is not None and tuple(self.bias.shape) != (rows,):
+            raise LayerError(f"bias has shape {tuple(self.bias.shape)}; the layer has {rows} outputs")
+
     def sparsity_stats(self) -> tuple[tuple[int, ...], int]:
         """``(dense weight shape, kept weights)``: what :mod:`sparseforge.report` reads."""
         return self.weight_shape, self.nnz
@@ -226,6 +301,8 @@ class SparseLinear(_SparseWeight):
     to the order of the floating-point sums.
     """
 
+    _GEOMETRY = ("in_features", "out_features")
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, kernel: str,
                  mask: torch.Tensor | None = None, dtype: torch.dtype | None = None,
                  block_size: tuple[int, int] | None = None) -> None:
@@ -280,6 +357,8 @@ class SparseConv2d(_SparseWeight):
     ``[in*kh*kw, B*L]``, which is exactly the ``X^T`` the kernels consume, multiplied by the sparse
     weight and folded back to ``[B, out, H_out, W_out]``.
     """
+
+    _GEOMETRY = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
 
     def __init__(self, conv: nn.Conv2d, *, kernel: str, dtype: torch.dtype | None = None,
                  block_size: tuple[int, int] | None = None) -> None:
