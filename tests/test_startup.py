@@ -72,3 +72,17 @@ def test_lazy_exports_keep_every_public_name() -> None:
 
     with pytest.raises(AttributeError, match="'sparseforge.oneshot' has no attribute 'nope'"):
         oneshot.nope  # noqa: B018
+
+
+def test_startup_suite_quick(tmp_path: Path) -> None:
+    """The suite runs (two commands, one repeat) and writes its table with the machine's vector features."""
+    from sparseforge.bench import list_suites, run_suite
+
+    assert "startup" in list_suites()
+    run_suite("startup", ["--repeats", "1", "--only", "help", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "startup.json").read_text())
+    assert [r["name"] for r in data["results"]] == ["import-torch", "help"]
+    assert data["results"][1]["command"].endswith("--help") and "meets_target" in data["results"][1]
+    assert isinstance(data["provenance"]["machine"]["cpu_features"], list)
+    md = (tmp_path / "startup.md").read_text()
+    assert "- command: `sparseforge bench startup --repeats 1 --only help" in md and "CPU vector features" in md
