@@ -30,6 +30,11 @@ layer that can run it (for tests and experiments), skipping the benchmark.
 
 Timings depend on the machine and on ``torch.get_num_threads()``: run :func:`materialize` on the
 machine and with the thread count that will serve the model.
+
+This module holds the layers, the capability check, the micro-benchmark and the orchestration;
+the C++ kernels' torch custom-op registration lives in :mod:`sparseforge.kernels.ops`, and saving
+and loading a materialized model (safetensors + JSON, no pickle) in
+:mod:`sparseforge.export.materialized_io`.
 """
 
 from __future__ import annotations
