@@ -329,7 +329,7 @@ SRC = ROOT / "src" / "sparseforge"
 
 #: places whose literal blocks are prose: formulas, pseudo-code, file layouts
 TEXT_BLOCKS = {
-    "export/quantize.py", "lm.py", "lora.py", "methods/imp.py", "models.py:TinyGPT", "oneshot/io.py",
+    "export/materialized_io.py", "export/quantize.py", "lm.py", "lora.py", "methods/imp.py", "models.py:TinyGPT", "oneshot/io.py",
     "soups.py", "train.py",
 }
 

@@ -329,8 +329,6 @@ def test_deepcopy_pickle_save_and_state_dict(tmp_path: Path, kernel_built):
     y = mat(x)
     assert torch.equal(copy.deepcopy(mat)(x), y)
     assert torch.equal(pickle.loads(pickle.dumps(mat))(x), y)
-    torch.save(mat, tmp_path / "m.pt")
-    assert torch.equal(torch.load(tmp_path / "m.pt", weights_only=False)(x), y)
     buf = io.BytesIO()
     torch.save(mat.state_dict(), buf)
     other = copy.deepcopy(mat)
@@ -455,8 +453,10 @@ def test_inference_suite_quick(tmp_path: Path, kernel_built):
 
 
 def test_cli_materialize_end_to_end(tmp_path: Path, capsys, kernel_built):
-    """A run folder (2 training steps on MNIST-1D) -> materialized model file that reproduces its outputs."""
+    """A run folder (2 training steps on MNIST-1D) -> a materialized model folder that reloads without
+    pickle or the recipe's classes and reproduces the run's outputs; --out never replaces silently."""
     from sparseforge.cli import main
+    from sparseforge.export import load_materialized, read_materialized_description
     from sparseforge.masking import load_masked_state_dict
     from sparseforge.models import build_model
     from sparseforge.recipes import Recipe
@@ -468,15 +468,33 @@ def test_cli_materialize_end_to_end(tmp_path: Path, capsys, kernel_built):
                                "method": {"name": "static", "sparsity": 0.8}})
     run = tmp_path / "run"
     Trainer(recipe, run, progress=False, max_steps=2).fit()
-    out = tmp_path / "fast" / "model.pt"
+    out = tmp_path / "fast" / "model"
     assert main(["materialize", str(run), "--kernel", "custom", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "materialized  custom" in printed and "model.decisions.json" in printed
-    fast = torch.load(out, weights_only=False)
+    assert "materialized  custom" in printed and "load_materialized" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["materialized.json", "model.safetensors"]
+    desc = read_materialized_description(out)
+    assert desc["base_model"] == {"name": "mlp1d", "kwargs": {"in_features": 40, "num_classes": 10, "hidden": [64, 64]}}
+    assert desc["recipe"]["method"] == {"name": "static", "sparsity": 0.8}
+    assert desc["layers"]["fc1"]["decision"]["kernel"] == "custom"
+    fast = load_materialized(out)  # the architecture comes from the description
     ck = torch.load(run / "checkpoint.pt", weights_only=True)
     ref = build_model("mlp1d", None, in_features=40, hidden=[64, 64])
     load_masked_state_dict(ref, ck["model"])
     ref.eval()
     x = torch.randn(5, 40)
-    assert any(isinstance(m, SparseLinear) for m in fast.modules())
+    assert any(isinstance(m, SparseLinear) and m.kernel == "custom" for m in fast.modules())
     assert _rel_err(fast(x), ref(x)) <= 1e-5
+
+    # an existing --out (the run's own checkpoint, or the model just written) is refused untouched
+    before = (run / "checkpoint.pt").read_bytes()
+    for target in (run / "checkpoint.pt", out):
+        assert main(["materialize", str(run), "--kernel", "custom", "--out", str(target)]) == 2
+        assert "already exists" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").read_bytes() == before
+    # a non-empty folder that holds no materialized model is never replaced, even with --overwrite
+    assert main(["materialize", str(run), "--kernel", "torch-csr", "--out", str(run), "--overwrite"]) == 2
+    assert "holds no materialized model" in capsys.readouterr().err and (run / "checkpoint.pt").exists()
+    # --overwrite replaces the earlier materialized model
+    assert main(["materialize", str(run), "--kernel", "torch-csr", "--out", str(out), "--overwrite"]) == 0
+    assert {m.kernel for m in load_materialized(out).modules() if isinstance(m, SparseLinear)} == {"torch-csr"}

@@ -2,15 +2,19 @@
 
 Commands::
 
-    sparseforge demo                 train dense and sparse models at 90 % and print a table
-    sparseforge train RECIPE.yaml    run a recipe into a run folder (resumes if interrupted);
-                                     torchrun --nproc_per_node P -m sparseforge train ... uses P processes (DDP)
-    sparseforge report PATH          per-layer sparsity report of a run folder or checkpoint
-    sparseforge bench SUITE          run a benchmark suite from benchmarks/ (see --list)
-    sparseforge materialize RUN --out MODEL.pt   swap sparse layers for real sparse kernels
-    sparseforge methods              list the methods and their parameters
-    sparseforge prune MODEL --out D  one-shot prune (magnitude, Wanda, SparseGPT, DSnoT) with calibration data
-    sparseforge data fetch NAME      fetch offline data (austen, fashion-mnist, bible); nothing else downloads
+    sparseforge demo                       train dense and sparse models at 90 % and print a table
+    sparseforge train RECIPE.yaml          run a recipe into a run folder (resumes if interrupted);
+                                           torchrun --nproc_per_node P -m sparseforge train ... uses P processes (DDP)
+    sparseforge report PATH                per-layer sparsity report of a run folder or checkpoint
+    sparseforge bench SUITE                run a benchmark suite from benchmarks/ (see --list)
+    sparseforge materialize RUN --out DIR  swap sparse layers for real sparse CPU kernels; DIR gets model.safetensors
+                                           + materialized.json, reloaded by sparseforge.export.load_materialized(DIR)
+    sparseforge kernels info               the C++ kernels: loaded or why not, cache key and folder (build: ahead of time)
+    sparseforge methods                    list the methods and their parameters
+    sparseforge prune MODEL --out D        one-shot prune (magnitude, Wanda, SparseGPT, DSnoT) with calibration data
+    sparseforge data fetch NAME            fetch offline data (austen, fashion-mnist, bible); nothing else downloads
+
+``--help`` and ``methods`` start quickly: subcommands import torch and their modules only when they run.
 """
 
 from __future__ import annotations
@@ -116,12 +120,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _load_run_model(path: Path):  # noqa: ANN202
-    """The model of a run folder / training checkpoint (masks loaded) and one example input."""
+    """The model of a run folder / training checkpoint (masks loaded), one example input, and what
+    rebuilds its architecture: ``(model, example, base_model, recipe dict)``."""
     from .data import load_dataset
     from .errors import CheckpointError
     from .fileio import read_checkpoint
     from .masking import load_masked_state_dict
-    from .models import build_model, example_input
+    from .models import _dataset_kwargs, _model_key, build_model, example_input
     from .recipes import Recipe
 
     ckpt = path / "checkpoint.pt" if path.is_dir() else path
@@ -136,27 +141,62 @@ def _load_run_model(path: Path):  # noqa: ANN202
     model_kw = {k: v for k, v in recipe.model.items() if k != "name"}
     model = build_model(recipe.model["name"], dataset, **model_kw)
     load_masked_state_dict(model, ck["model"])
-    return model, example_input(recipe.model["name"], dataset, batch=1)
+    # the constructor arguments in full, so the saved model rebuilds without loading the dataset
+    key = _model_key(recipe.model["name"])
+    base = {"name": key, "kwargs": {**_dataset_kwargs(key, dataset), **model_kw}}
+    return model, example_input(recipe.model["name"], dataset, batch=1), base, recipe.to_dict()
 
 
 def _cmd_materialize(args: argparse.Namespace) -> int:
     import torch
 
     from .export.materialize import format_materialize_decisions, materialize
+    from .export.materialized_io import _check_out, save_materialized
 
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_out(out, args.overwrite)  # before the minutes of benchmarking, not after
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, example = _load_run_model(Path(args.path))
+    model, example, base, recipe = _load_run_model(Path(args.path))
     model, decisions = materialize(model, kernel=args.kernel, dtype=args.dtype, batch_sizes=args.batch_sizes,
                                    example_input=example, min_speedup=args.min_speedup, strict=args.strict)
     print(format_materialize_decisions(decisions))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model, out)  # the whole module: its layers are no longer the recipe's classes
-        out.with_suffix(".decisions.json").write_text(json.dumps([d.to_dict() for d in decisions], indent=2) + "\n")
-        print(f"\nwrote {out} (load with torch.load(path, weights_only=False): a pickled module, so only "
-              f"from a source you trust) and {out.with_suffix('.decisions.json')}")
+    if out is not None:
+        save_materialized(model, out, decisions=decisions, base_model=base, recipe=recipe, overwrite=args.overwrite)
+        print(f"\nwrote {out}/ (model.safetensors + materialized.json); load it with "
+              f"sparseforge.export.load_materialized({str(out)!r})")
+    return 0
+
+
+def _cmd_kernels(args: argparse.Namespace) -> int:
+    from .kernels import cpu_sparse
+
+    if args.kernels_command == "build":
+        mod = cpu_sparse.build_kernel(force=args.force)
+        if mod is None:
+            print(f"sparseforge: error: {cpu_sparse.kernel_unavailable_reason()}", file=sys.stderr)
+            return 1
+        print(f"built {mod.__file__}\ncache key {cpu_sparse.cache_key()}")
+        return 0
+    info = cpu_sparse.kernel_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    comps = info["components"]
+    rows = [("status", info["status"]),
+            ("fallback", info["fallback_reason"] or "none (materialized layers may use the custom kernels)"),
+            ("library", info["library"] or "-"),
+            ("cache key", info["key"]),
+            ("build folder", info["build_dir"]),
+            ("cpu features", " ".join(comps["cpu_features"]) or "-"),
+            ("torch cpu capability", comps["torch_cpu_capability"] or "-"),
+            ("compiler", comps["compiler"] or "not found"),
+            ("torch", f"{comps['torch']} (cxx11 abi {comps['cxx11_abi']}), python {comps['python']}"),
+            ("flags", " ".join(comps["cflags"])),
+            ("other builds", " ".join(b for b in info["cached_builds"] if not info["build_dir"].endswith(b)) or "-")]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:{width}s}  {v}" for k, v in rows))
     return 0
 
 
@@ -213,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     z = sub.add_parser("materialize", help="swap the sparse layers of a run for real sparse CPU kernels "
                                            "where a micro-benchmark shows they are faster; prints per-layer decisions")
     z.add_argument("path", help="run folder or its checkpoint.pt")
-    z.add_argument("--out", help="write the materialized model here (torch.save of the module) plus .decisions.json")
+    z.add_argument("--out", help="folder to write the materialized model to: model.safetensors (the tensors) and "
+                                 "materialized.json (layers, kernels, decisions, recipe); load it with "
+                                 "sparseforge.export.load_materialized(FOLDER). Must not exist or be empty")
+    z.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file or earlier materialized-model folder")
     z.add_argument("--kernel", default="auto", choices=["auto", "custom", "custom-bsr", "torch-csr", "torch-bsr", "dense"],
                    help="auto = benchmark per layer (default); otherwise force this kernel where it can run")
     z.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="activation dtype (default: the weights')")
@@ -223,6 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--threads", type=int, default=None, help="torch threads for the benchmark (default: torch's)")
     z.add_argument("--strict", action="store_true", help="error if a sparse layer cannot be converted")
     z.set_defaults(func=_cmd_materialize)
+
+    k = sub.add_parser("kernels", help="the C++ sparse CPU kernels: build ahead of time, or show what is loaded",
+                       description="sparseforge's C++ sparse kernels are built for this CPU on first use into "
+                                   "$SPARSEFORGE_CACHE/kernels (default ~/.cache/sparseforge/kernels), one folder per "
+                                   "CPU features + compiler + torch version + source.")
+    ksub = k.add_subparsers(dest="kernels_command", required=True)
+    kb = ksub.add_parser("build", help="build (or find) the kernel for this machine now")
+    kb.add_argument("--force", action="store_true", help="delete this machine's build folder and compile again")
+    ki = ksub.add_parser("info", help="what is loaded, the cache key and folder, and why a fallback happens")
+    ki.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    k.set_defaults(func=_cmd_kernels)
 
     m = sub.add_parser("methods", help="list methods and their parameters")
     m.set_defaults(func=_cmd_methods)

@@ -41,6 +41,7 @@ Design (see DESIGN.md, "Contracts"):
 from __future__ import annotations
 
 import re
+import sys
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -51,10 +52,6 @@ from torch import nn
 from .errors import CheckpointError, ConfigError, LayerError
 from .transaction import transaction
 
-try:  # torch.distributed may be missing from a build
-    from torch.distributed.tensor import DTensor, distribute_tensor
-except ImportError:  # pragma: no cover
-    DTensor = None
 
 __all__ = [
     "MaskedLayer",
@@ -82,7 +79,10 @@ _ENGINE = torch.autograd.Variable._execution_engine
 
 def is_sharded(t: torch.Tensor) -> bool:
     """True if ``t`` is a ``DTensor`` (e.g. a weight sharded by FSDP2's ``fully_shard``)."""
-    return DTensor is not None and isinstance(t, DTensor)
+    # no DTensor can exist before torch.distributed.tensor is imported, and importing it here
+    # would cost every `import sparseforge.masking` half a second (it pulls in torch's compiler)
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+    return dtensor is not None and isinstance(t, dtensor)
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -100,6 +100,8 @@ def shard_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return t
     if is_sharded(t):
         return t.redistribute(ref.device_mesh, ref.placements)
+    from torch.distributed.tensor import distribute_tensor
+
     return distribute_tensor(t.to(ref.device), ref.device_mesh, ref.placements)
 
 

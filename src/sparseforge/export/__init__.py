@@ -5,6 +5,9 @@
 * :mod:`sparseforge.export.materialize` — swap masked Linear/Conv2d layers for modules that
   execute their sparsity on CPU (custom C++ kernel, torch CSR/BSR), chosen per layer by a
   capability check and a micro-benchmark.
+* :mod:`sparseforge.export.materialized_io` — :func:`save_materialized` / :func:`load_materialized`:
+  a materialized model as ``model.safetensors`` plus ``materialized.json`` (no pickle), reloaded
+  with the same kernels and storage formats.
 * :mod:`sparseforge.export.quantize` — symmetric int8/int4 weight quantization that keeps
   every zero a zero and every kept weight nonzero (masks and N:M groups survive).
 """
@@ -25,6 +28,7 @@ from .materialize import (
     format_materialize_decisions,
     materialize,
 )
+from .materialized_io import MATERIALIZED_FORMAT, load_materialized, read_materialized_description, save_materialized
 from .quantize import QuantizedWeight, quantize_tensor, quantize_weights
 
 __all__ = [
@@ -40,6 +44,10 @@ __all__ = [
     "SparseLinear",
     "SparseConv2d",
     "format_materialize_decisions",
+    "MATERIALIZED_FORMAT",
+    "save_materialized",
+    "load_materialized",
+    "read_materialized_description",
     "QuantizedWeight",
     "quantize_tensor",
     "quantize_weights",

@@ -30,6 +30,11 @@ layer that can run it (for tests and experiments), skipping the benchmark.
 
 Timings depend on the machine and on ``torch.get_num_threads()``: run :func:`materialize` on the
 machine and with the thread count that will serve the model.
+
+This module holds the layers, the capability check, the micro-benchmark and the orchestration;
+the C++ kernels' torch custom-op registration lives in :mod:`sparseforge.kernels.ops`, and saving
+and loading a materialized model (safetensors + JSON, no pickle) in
+:mod:`sparseforge.export.materialized_io`.
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ from torch import nn
 from ..utils import probe
 from ..errors import ConfigError, LayerError, check_int
 from ..kernels import cpu_sparse
+from ..kernels.ops import _bsr_linear_op, _csr_linear_op, _csr_spmm_t_op  # noqa: F401 (registered ops, old import path)
+from ..kernels.ops import bsr_linear as _custom_bsr_linear
+from ..kernels.ops import csr_linear as _custom_linear
+from ..kernels.ops import csr_spmm_t as _custom_spmm_t
 from ..masking import MASK_SUFFIX
 
 __all__ = [
@@ -69,75 +78,32 @@ DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 _UINT16_LIMIT = 65536  # columns addressable by uint16 indices
 
 
-# ------------------------------------------------------------------------------ custom op
-# The C++ kernel is wrapped as a torch custom op so that torch.compile can trace a
-# materialized model (the op is opaque to the compiler, with a fake implementation for shapes).
-@torch.library.custom_op("sparseforge::csr_linear", mutates_args=())
-def _csr_linear_op(rowptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, bias: torch.Tensor | None,
-                   in_features: int, x: torch.Tensor) -> torch.Tensor:
-    ext = cpu_sparse.load_kernel()
-    if ext is None:  # pragma: no cover - materialize never picks "custom" without the kernel
-        raise RuntimeError(cpu_sparse.kernel_unavailable_reason())
-    return ext.csr_linear(rowptr, cols, vals, bias, in_features, x)
-
-
-@_csr_linear_op.register_fake
-def _(rowptr, cols, vals, bias, in_features, x):  # noqa: ANN001
-    return x.new_empty((x.shape[0], rowptr.shape[0] - 1))
-
-
-@torch.library.custom_op("sparseforge::csr_spmm_t", mutates_args=())
-def _csr_spmm_t_op(rowptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
-    ext = cpu_sparse.load_kernel()
-    if ext is None:  # pragma: no cover
-        raise RuntimeError(cpu_sparse.kernel_unavailable_reason())
-    return ext.csr_spmm_t(rowptr, cols, vals, xt)
-
-
-@_csr_spmm_t_op.register_fake
-def _(rowptr, cols, vals, xt):  # noqa: ANN001
-    return xt.new_empty((rowptr.shape[0] - 1, xt.shape[1]))
-
-
-@torch.library.custom_op("sparseforge::bsr_linear", mutates_args=())
-def _bsr_linear_op(browptr: torch.Tensor, bcols: torch.Tensor, vals: torch.Tensor, bias: torch.Tensor | None,
-                   in_features: int, x: torch.Tensor) -> torch.Tensor:
-    ext = cpu_sparse.load_kernel()
-    if ext is None:  # pragma: no cover
-        raise RuntimeError(cpu_sparse.kernel_unavailable_reason())
-    return ext.bsr_linear(browptr, bcols, vals, bias, in_features, x)
-
-
-@_bsr_linear_op.register_fake
-def _(browptr, bcols, vals, bias, in_features, x):  # noqa: ANN001
-    return x.new_empty((x.shape[0], (browptr.shape[0] - 1) * vals.shape[1]))
-
-
-def _custom_bsr_linear(browptr, bcols, vals, bias, in_features, x):  # noqa: ANN001
-    if torch.compiler.is_compiling():
-        return _bsr_linear_op(browptr, bcols, vals, bias, in_features, x)
-    return cpu_sparse.load_kernel().bsr_linear(browptr, bcols, vals, bias, in_features, x)
-
-
-def _custom_linear(rowptr, cols, vals, bias, in_features, x):  # noqa: ANN001
-    if torch.compiler.is_compiling():
-        return _csr_linear_op(rowptr, cols, vals, bias, in_features, x)
-    # eager: call the extension directly (the op dispatcher costs ~10 us per call, which
-    # matters at batch 1)
-    return cpu_sparse.load_kernel().csr_linear(rowptr, cols, vals, bias, in_features, x)
-
-
-def _custom_spmm_t(rowptr, cols, vals, xt):  # noqa: ANN001
-    if torch.compiler.is_compiling():
-        return _csr_spmm_t_op(rowptr, cols, vals, xt)
-    return cpu_sparse.load_kernel().csr_spmm_t(rowptr, cols, vals, xt)
-
-
 # ------------------------------------------------------------------------------ storage
 def _check_kernel(kernel: str) -> str:
     if kernel not in KERNELS[1:]:
         raise ConfigError(f"kernel must be one of {list(KERNELS[1:])} for a materialized layer; got {kernel!r}")
     return kernel
+
+
+def _sparse_mm(layer: "_SparseWeight", xt: torch.Tensor) -> torch.Tensor:
+    return torch.sparse.mm(layer._torch_sparse(), xt)
+
+
+_EAGER: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _eager_sparse_mm() -> Callable[..., torch.Tensor]:
+    """``_sparse_mm`` behind ``torch.compiler.disable`` (torch's CSR/BSR tensors are not traceable).
+
+    Wrapped on first use, not at import: ``torch.compiler.disable`` imports ``torch._dynamo``,
+    which costs about half a second. Layers call this when they are built or unpickled, so the
+    wrapper exists before any ``torch.compile`` trace reaches a forward.
+    """
+    fn = _EAGER.get("fn")
+    if fn is None:
+        fn = _EAGER["fn"] = torch.compiler.disable(
+            _sparse_mm, reason="torch sparse CSR/BSR tensors are not traceable; this product runs eagerly")
+    return fn
 
 
 class _SparseWeight(nn.Module):
@@ -154,6 +120,8 @@ class _SparseWeight(nn.Module):
     def _init_storage(self, w2d: torch.Tensor, keep: torch.Tensor, kernel: str, dtype: torch.dtype,
                       block_size: tuple[int, int] | None) -> None:
         self.kernel = _check_kernel(kernel)
+        if kernel.startswith("torch-"):
+            _eager_sparse_mm()
         self.dtype = dtype
         self.weight_shape = tuple(int(s) for s in self.weight_shape)
         self.nnz = int(keep.sum())
@@ -198,6 +166,81 @@ class _SparseWeight(nn.Module):
             self.register_buffer("col_indices", col.to(torch.int32))
         self.register_buffer("values", vals)
 
+    #: the layer's geometry attributes that :meth:`spec` records (besides the storage)
+    _GEOMETRY: tuple[str, ...] = ()
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON-able description of this layer: kind, kernel, dtype, block size, shapes, buffers.
+
+        :func:`~sparseforge.export.save_materialized` writes it next to the tensors;
+        :meth:`from_spec` rebuilds an empty layer of the same kind and storage from it.
+        """
+        geometry = {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+                    ((k, getattr(self, k)) for k in self._GEOMETRY)}
+        buffers = {n: {"dtype": str(b.dtype).removeprefix("torch."), "shape": list(b.shape)}
+                   for n, b in self.named_buffers(recurse=False) if b is not None}
+        return {"kind": type(self).__name__, "kernel": self.kernel, "dtype": str(self.dtype).removeprefix("torch."),
+                "block_size": list(self.block_size) if self.block_size else None,
+                "weight_shape": list(self.weight_shape), "nnz": self.nnz, "bias": self.bias is not None,
+                **geometry, "buffers": buffers}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "_SparseWeight":
+        """An empty layer (buffers allocated, not filled) as described by ``spec`` (see :meth:`spec`).
+
+        ``spec`` must already be validated (:func:`sparseforge.export.load_materialized` does);
+        fill the buffers with ``load_state_dict`` and check them with :meth:`check_storage`.
+        """
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.kernel = _check_kernel(spec["kernel"])
+        layer.dtype = getattr(torch, spec["dtype"])
+        layer.block_size = tuple(spec["block_size"]) if spec["block_size"] else None
+        layer.weight_shape = tuple(spec["weight_shape"])
+        layer.nnz = int(spec["nnz"])
+        for k in cls._GEOMETRY:
+            v = spec[k]
+            setattr(layer, k, tuple(v) if isinstance(v, list) else v)
+        for name in ("crow_indices", "col_indices", "values", "bias"):
+            b = spec["buffers"].get(name)
+            layer.register_buffer(name, None if b is None else torch.empty(b["shape"], dtype=getattr(torch, b["dtype"])))
+        if layer.kernel.startswith("torch-"):
+            _eager_sparse_mm()
+        return layer
+
+    def check_storage(self) -> None:
+        """Raise :class:`~sparseforge.errors.LayerError` unless the index buffers describe a valid
+        sparse matrix of this layer's shape (a file can hold anything; the C++ kernels trust the indices)."""
+        rows = self.weight_shape[0]
+        cols = math.prod(self.weight_shape[1:])
+        bh, bw = self.block_size or (1, 1)
+        blocked = self.kernel in ("torch-bsr", "custom-bsr")
+        want = {"crow_indices": (torch.int64,) if self.kernel in ("custom", "custom-bsr") else (torch.int32,),
+                "col_indices": (torch.int16, torch.int32) if self.kernel == "custom" else (torch.int32,),
+                "values": (torch.float32,)}
+        for name, dtypes in want.items():
+            t = getattr(self, name)
+            if t.dtype not in dtypes:
+                raise LayerError(f"{name} of a {self.kernel} layer must be {' or '.join(map(str, dtypes))}; got {t.dtype}")
+        if self.col_indices.dtype == torch.int16 and cols > _UINT16_LIMIT:
+            raise LayerError(f"16-bit column indices cannot address {cols} columns")
+        crow, col = self.crow_indices.long(), self.col_indices
+        col = col.view(torch.uint16).to(torch.int64) if col.dtype == torch.int16 else col.long()
+        n_rows, n_cols = (rows // bh, cols // bw) if blocked else (rows, cols)
+        if blocked and (rows % bh or cols % bw or (self.kernel == "custom-bsr" and bh % 8)):
+            raise LayerError(f"block size {self.block_size} does not fit the weight {self.weight_shape}")
+        n = col.numel()
+        vshape = (n, bh, bw) if blocked else (n,)
+        if crow.shape != (n_rows + 1,) or tuple(self.values.shape) != vshape or col.dim() != 1:
+            raise LayerError(f"sparse storage shapes do not fit the weight {self.weight_shape}: crow_indices "
+                             f"{tuple(crow.shape)}, col_indices {tuple(col.shape)}, values {tuple(self.values.shape)}")
+        if int(crow[0]) != 0 or int(crow[-1]) != n or bool((crow.diff() < 0).any()):
+            raise LayerError("crow_indices must rise from 0 to the number of stored entries")
+        if n and (int(col.min()) < 0 or int(col.max()) >= n_cols):
+            raise LayerError(f"col_indices must lie in [0, {n_cols}); got [{int(col.min())}, {int(col.max())}]")
+        if self.bias is not None and tuple(self.bias.shape) != (rows,):
+            raise LayerError(f"bias has shape {tuple(self.bias.shape)}; the layer has {rows} outputs")
+
     def sparsity_stats(self) -> tuple[tuple[int, ...], int]:
         """``(dense weight shape, kept weights)``: what :mod:`sparseforge.report` reads."""
         return self.weight_shape, self.nnz
@@ -232,10 +275,13 @@ class _SparseWeight(nn.Module):
             return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values, (rows, cols),
                                            check_invariants=False)
 
-    @torch.compiler.disable(reason="torch sparse CSR/BSR tensors are not traceable; this product runs eagerly")
     def _torch_sparse_mm_t(self, xt: torch.Tensor) -> torch.Tensor:
-        """``W @ xt`` for ``xt [in, M]`` fp32 with torch's sparse kernels."""
-        return torch.sparse.mm(self._torch_sparse(), xt)
+        """``W @ xt`` for ``xt [in, M]`` fp32 with torch's sparse kernels (always eager: see :func:`_eager_sparse_mm`)."""
+        return _eager_sparse_mm()(self, xt)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # deepcopy / unpickle skip __init__
+        super().__setstate__(state)
+        _eager_sparse_mm()
 
     def _bias_f32(self) -> torch.Tensor | None:
         return None if self.bias is None else self.bias.float()
@@ -259,6 +305,8 @@ class SparseLinear(_SparseWeight):
     input is computed in fp32 and rounded back). Outputs equal ``F.linear(x, W * mask, b)`` up
     to the order of the floating-point sums.
     """
+
+    _GEOMETRY = ("in_features", "out_features")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, kernel: str,
                  mask: torch.Tensor | None = None, dtype: torch.dtype | None = None,
@@ -314,6 +362,8 @@ class SparseConv2d(_SparseWeight):
     ``[in*kh*kw, B*L]``, which is exactly the ``X^T`` the kernels consume, multiplied by the sparse
     weight and folded back to ``[B, out, H_out, W_out]``.
     """
+
+    _GEOMETRY = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
 
     def __init__(self, conv: nn.Conv2d, *, kernel: str, dtype: torch.dtype | None = None,
                  block_size: tuple[int, int] | None = None) -> None:

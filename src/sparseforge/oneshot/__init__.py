@@ -21,39 +21,63 @@
   ``sparseforge prune`` (MiniLM, the Austen GPT, Hugging Face and sparseforge model folders).
 """
 
-from .calibration import TEXT_SOURCES, calibration_text, calibration_windows, heldout_text, load_calibration, tokenize_text
-from .evaluate import (
-    MINILM,
-    EmbeddingAgreement,
-    embedding_agreement,
-    heldout_sentences,
-    load_minilm,
-    perplexity,
-    sentence_embeddings,
-)
-from .methods import (
-    METHOD_NAMES,
-    MLP_LAYERS,
-    DSnoT,
-    Magnitude,
-    OneShotMethod,
-    SparseGPT,
-    Wanda,
-    dsnot_prune,
-    magnitude_prune,
-    method_from_spec,
-    parse_target,
-    resolve_target,
-    sparsegpt_prune,
-    sparsegpt_scores,
-    wanda_prune,
-    wanda_scores,
-)
-from .io import LoadedModel, load_model, save_pruned
-from .nm import prune_nm
-from .pretrained import PretrainedLM, austen_gpt
-from .sequential import LayerResult, OneShotResult, find_blocks, peak_memory, prune_oneshot
-from .stats import LayerStats, reconstruction_error
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+#: re-exported name -> the submodule that defines it (imported on first use: ``sparseforge prune --help``
+#: and ``sparseforge --help`` build this package's parser without importing torch)
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["TEXT_SOURCES", "calibration_text", "calibration_windows", "heldout_text",
+                     "load_calibration", "tokenize_text"], "calibration"),
+    **dict.fromkeys(["MINILM", "EmbeddingAgreement", "embedding_agreement", "heldout_sentences", "load_minilm",
+                     "perplexity", "sentence_embeddings"], "evaluate"),
+    **dict.fromkeys(["METHOD_NAMES", "MLP_LAYERS", "DSnoT", "Magnitude", "OneShotMethod", "SparseGPT", "Wanda",
+                     "dsnot_prune", "magnitude_prune", "method_from_spec", "parse_target", "resolve_target",
+                     "sparsegpt_prune", "sparsegpt_scores", "wanda_prune", "wanda_scores"], "methods"),
+    **dict.fromkeys(["LoadedModel", "load_model", "save_pruned"], "io"),
+    **dict.fromkeys(["prune_nm"], "nm"),
+    **dict.fromkeys(["PretrainedLM", "austen_gpt"], "pretrained"),
+    **dict.fromkeys(["LayerResult", "OneShotResult", "find_blocks", "peak_memory", "prune_oneshot"], "sequential"),
+    **dict.fromkeys(["LayerStats", "reconstruction_error"], "stats"),
+}
+_SUBMODULES = frozenset({"calibration", "command", "evaluate", "io", "methods", "nm", "pretrained", "sequential", "stats"})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), _SUBMODULES)
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from .calibration import TEXT_SOURCES, calibration_text, calibration_windows, heldout_text, load_calibration, tokenize_text
+    from .evaluate import (
+        MINILM,
+        EmbeddingAgreement,
+        embedding_agreement,
+        heldout_sentences,
+        load_minilm,
+        perplexity,
+        sentence_embeddings,
+    )
+    from .methods import (
+        METHOD_NAMES,
+        MLP_LAYERS,
+        DSnoT,
+        Magnitude,
+        OneShotMethod,
+        SparseGPT,
+        Wanda,
+        dsnot_prune,
+        magnitude_prune,
+        method_from_spec,
+        parse_target,
+        resolve_target,
+        sparsegpt_prune,
+        sparsegpt_scores,
+        wanda_prune,
+        wanda_scores,
+    )
+    from .io import LoadedModel, load_model, save_pruned
+    from .nm import prune_nm
+    from .pretrained import PretrainedLM, austen_gpt
+    from .sequential import LayerResult, OneShotResult, find_blocks, peak_memory, prune_oneshot
+    from .stats import LayerStats, reconstruction_error
 
 __all__ = [
     "prune_nm", "austen_gpt", "PretrainedLM", "load_model", "save_pruned", "LoadedModel",

@@ -26,13 +26,16 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
-
-from ..core.patterns import NM
 from ..errors import ConfigError, check_int
 from ..fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and everything that needs it are imported inside the functions that run a prune:
+# ``sparseforge --help`` builds this parser and must start without importing torch
 
 __all__ = ["add_prune_parser", "resolve_calibration", "run_prune"]
 
@@ -150,6 +153,9 @@ def run_prune(
     Raises:
         ConfigError / CheckpointError / LayerError: bad input, named, before any file is written.
     """
+    import torch
+
+    from ..core.patterns import NM
     from ..masking import finalize
     from ..report import sparsity_report
     from .calibration import load_calibration
@@ -293,6 +299,8 @@ def add_prune_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    import torch
+
     if args.threads is not None:
         torch.set_num_threads(check_int(args.threads, "--threads", minimum=1))
     summary = run_prune(args.model, out=args.out, method=args.method, sparsity=args.sparsity,
