@@ -13,6 +13,10 @@ through :func:`atomic_write` (or one of its typed faces):
   then ``os.replace`` it over the target: a process killed at any instant, or a full disk,
   leaves either the old file or the new one, never half of either; the temporary file is
   removed on failure.
+* :func:`atomic_dir` -- the same for a folder of several files (a model folder, a cache
+  entry): they are written into a temporary folder beside the target, which then takes the
+  target's place in one rename (Linux ``renameat2(RENAME_EXCHANGE)`` where available); the
+  old folder is kept until the new one is complete.
 
 Every failure to read is a :class:`~sparseforge.errors.CheckpointError` (a ``ValueError``)
 naming the file, what it was expected to hold and why it was refused.
@@ -20,9 +24,13 @@ naming the file, what it was expected to hold and why it was refused.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import pickle
+import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,8 +40,8 @@ from typing import IO, Any
 from .errors import CheckpointError
 
 __all__ = [
-    "SAFE_GLOBALS", "first_sentence", "load_torch", "read_checkpoint", "load_safetensors", "read_json",
-    "atomic_path", "atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_save", "atomic_save_safetensors",
+    "SAFE_GLOBALS", "first_sentence", "require_file", "load_torch", "read_checkpoint", "load_safetensors", "read_json",
+    "atomic_path", "atomic_dir", "atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_save", "atomic_save_safetensors",
 ]
 
 #: The only non-builtin Python objects a ``.pt`` file may make ``torch.load`` build. Add a type
@@ -41,7 +49,9 @@ __all__ = [
 SAFE_GLOBALS: tuple[Any, ...] = ()
 
 
-def _exists(path: Path, what: str, param: str) -> None:
+def require_file(path: str | os.PathLike, what: str, param: str = "") -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is an existing file (``what`` names its expected content)."""
+    path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{param}no such file {str(path)!r} (expected a {what})")
     if path.is_dir():
@@ -62,7 +72,7 @@ def load_torch(path: str | os.PathLike, *, what: str = "checkpoint", param: str 
     import torch
 
     path = Path(path)
-    _exists(path, what, param)
+    require_file(path, what, param)
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -103,7 +113,7 @@ def load_safetensors(path: str | os.PathLike, *, what: str = "safetensors file",
         CheckpointError: the file is missing, truncated or not safetensors.
     """
     path = Path(path)
-    _exists(path, what, param)
+    require_file(path, what, param)
     try:
         from safetensors import safe_open
 
@@ -123,7 +133,7 @@ def load_safetensors(path: str | os.PathLike, *, what: str = "safetensors file",
 def read_json(path: str | os.PathLike, *, what: str = "JSON file", param: str = "") -> Any:
     """Parse a JSON file, or raise :class:`CheckpointError` naming it (missing, truncated, not JSON)."""
     path = Path(path)
-    _exists(path, what, param)
+    require_file(path, what, param)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -236,3 +246,90 @@ def atomic_save_safetensors(tensors: Mapping[str, Any], path: str | os.PathLike,
     with atomic_path(path) as tmp:
         save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata is not None else None)
     return Path(path)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc older than glibc 2.28
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # the kernel or this file system cannot exchange: fall back to two renames
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Put the finished folder ``tmp`` at ``path``; whatever was there (file or folder) is removed after."""
+    if not path.exists() and not path.is_symlink():
+        os.replace(tmp, path)
+        return
+    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        os.replace(tmp, path)  # rename(2) replaces an empty folder in one step
+        return
+    if _exchange(tmp, path):
+        _remove(tmp)  # now the old content
+        return
+    # no atomic exchange here: move the old one aside first; a crash between the two renames
+    # leaves the complete old folder at the hidden name, never a mix of old and new files
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    _remove(old)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder beside ``path``; on a clean exit it replaces ``path`` whole.
+
+    For outputs of several files (a model folder with its weights and description, a cache
+    entry). Write every file into the yielded folder; when the ``with`` block ends without an
+    error the files are ``fsync``-ed and the folder takes ``path``'s place in one rename, so a
+    reader (or a process killed at any instant) sees the old folder or the new one, never a mix.
+    The old ``path`` (a folder, a file, or nothing) stays untouched until the new folder is
+    complete and is deleted after. On any error the temporary folder is deleted and ``path``
+    keeps its previous content. Callers decide beforehand whether ``path`` may be replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmpdir"))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
+        yield tmp
+        _fsync_tree(tmp)
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
+

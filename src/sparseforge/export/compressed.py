@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, first_sentence, require_file
 from ..masking import MASK_SUFFIX, load_masked_state_dict
 
 __all__ = [
@@ -414,7 +414,7 @@ def _parse_entries(path: Path, text: str | None) -> list[_Entry]:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
-        raise _fail(path, f"header entry {_PREFIX}tensors is not valid JSON ({e}); the file is corrupted") from None
+        raise _fail(path, f"header entry {_PREFIX}tensors is not valid JSON ({first_sentence(e)}); the file is corrupted") from None
     if not isinstance(raw, list):
         raise _fail(path, f"header entry {_PREFIX}tensors must be a list; the file is corrupted")
     entries: list[_Entry] = []
@@ -463,10 +463,8 @@ def _expected_components(e: _Entry) -> dict[str, tuple[tuple[int, ...] | None, t
 def _read_header(path: str | os.PathLike) -> _Header:
     """Open ``path``, parse and cross-check its header; reads no tensor data."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no such file: {str(path)!r}")
-    if not path.is_file():
-        raise CheckpointError(f"{str(path)!r} is a folder, not a compressed checkpoint file")
+    require_file(path, "compressed checkpoint")
+    # safe_open, not load_safetensors: the header is checked before any tensor data is read
     from safetensors import safe_open
 
     try:
@@ -480,7 +478,8 @@ def _read_header(path: str | os.PathLike) -> _Header:
         raise
     except BaseException as e:  # safetensors' Rust panics derive from BaseException, not Exception
         raise CheckpointError(
-            f"{str(path)!r} is not a readable safetensors file (truncated, corrupted header or another format): {e}"
+            f"{str(path)!r} is not a readable safetensors file (truncated, corrupted header or another format): "
+            f"{first_sentence(e)}"
         ) from None
 
     fmt = metadata.get(_PREFIX + "format")
@@ -601,7 +600,7 @@ def _decode(h: _Header) -> dict[str, torch.Tensor]:
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as err:
-        raise _fail(h.path, f"cannot be read: {err}") from None
+        raise _fail(h.path, f"cannot be read: {first_sentence(err)}") from None
     with f_ctx as f:
 
         def get(name: str) -> torch.Tensor:
@@ -610,7 +609,7 @@ def _decode(h: _Header) -> dict[str, torch.Tensor]:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as err:
-                raise _fail(h.path, f"cannot read stored tensor {name!r}: {err}") from None
+                raise _fail(h.path, f"cannot read stored tensor {name!r}: {first_sentence(err)}") from None
 
         for e in h.entries:
             k = e.key + _SEP
