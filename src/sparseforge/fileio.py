@@ -7,7 +7,11 @@ through :func:`atomic_write` (or one of its typed faces):
   containers and numbers are rebuilt, plus the explicit allow-list :data:`SAFE_GLOBALS`
   (today empty: every file the package writes holds nothing else). A pickle that asks for any
   other global (``os.system``, ``builtins.exec``, a user class) is refused before anything runs.
-* :func:`load_safetensors` -- safetensors (no pickle at all), with the header checked.
+  A zip-format file's CRC-32 checksums are verified first (``torch.load`` itself does not),
+  so flipped bytes in the tensor data are refused instead of loaded.
+* :func:`load_safetensors` -- safetensors (no pickle at all), with the header checked, and the
+  tensors checked against the SHA-256 that :func:`atomic_save_safetensors` records in the
+  header (files from other tools carry none and are read as they are).
 * :func:`read_json` -- JSON, with a truncated or foreign file reported in one line.
 * :func:`atomic_write` -- write into a temporary file in the target's folder, ``fsync`` it,
   then ``os.replace`` it over the target: a process killed at any instant, or a full disk,
@@ -26,12 +30,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import pickle
 import shutil
 import sys
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,13 +47,16 @@ from typing import IO, Any
 from .errors import CheckpointError
 
 __all__ = [
-    "SAFE_GLOBALS", "first_sentence", "require_file", "load_torch", "read_checkpoint", "load_safetensors", "read_json",
+    "SAFE_GLOBALS", "CHECKSUM_KEY", "tensors_sha256", "first_sentence", "require_file", "load_torch", "read_checkpoint", "load_safetensors", "read_json",
     "atomic_path", "atomic_dir", "atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_save", "atomic_save_safetensors",
 ]
 
 #: The only non-builtin Python objects a ``.pt`` file may make ``torch.load`` build. Add a type
 #: here only if it is a plain value class of this package (no behaviour on unpickling).
 SAFE_GLOBALS: tuple[Any, ...] = ()
+
+#: The safetensors header entry where :func:`atomic_save_safetensors` records :func:`tensors_sha256`.
+CHECKSUM_KEY = "sparseforge.tensors_sha256"
 
 
 def require_file(path: str | os.PathLike, what: str, param: str = "") -> None:
@@ -73,6 +83,7 @@ def load_torch(path: str | os.PathLike, *, what: str = "checkpoint", param: str 
 
     path = Path(path)
     require_file(path, what, param)
+    _check_zip_crcs(path, what, param)
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -89,6 +100,23 @@ def load_torch(path: str | os.PathLike, *, what: str = "checkpoint", param: str 
     except Exception as e:
         raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {first_sentence(e)} "
                               "(truncated, corrupt or not a torch.save file)") from None
+
+
+def _check_zip_crcs(path: Path, what: str, param: str) -> None:
+    """Refuse a zip-format torch file whose records fail their CRC-32 (``torch.load`` never checks them)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # a legacy or foreign file: torch.load below judges it
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.CRC == 0 and info.file_size:
+                    continue  # written with torch's compute_crc32 off: nothing to check against
+                with zf.open(info) as f:
+                    while f.read(1 << 20):  # zipfile raises at the end of a record whose CRC differs
+                        pass
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as e:
+        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {first_sentence(e)} "
+                              "(the file is truncated or corrupt)") from None
 
 
 def read_checkpoint(path: Path, fmt: str, what: str, param: str = "") -> dict[str, Any]:
@@ -127,7 +155,24 @@ def load_safetensors(path: str | os.PathLike, *, what: str = "safetensors file",
     except BaseException as e:  # safetensors' Rust panics derive from BaseException, not Exception
         raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: {first_sentence(e)} "
                               "(truncated, corrupt or not a safetensors file)") from None
+    recorded = meta.pop(CHECKSUM_KEY, None)
+    if recorded is not None and recorded != tensors_sha256(tensors):
+        raise CheckpointError(f"{param}cannot read {what} {str(path)!r}: its tensors do not match the checksum in its "
+                              "header (the data bytes are corrupt)")
     return (tensors, meta) if with_metadata else tensors
+
+
+def tensors_sha256(tensors: Mapping[str, Any]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors`` (in name order), as hex."""
+    import torch
+
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def read_json(path: str | os.PathLike, *, what: str = "JSON file", param: str = "") -> Any:
@@ -240,11 +285,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def atomic_save_safetensors(tensors: Mapping[str, Any], path: str | os.PathLike,
                             metadata: Mapping[str, str] | None = None) -> Path:
-    """Write ``tensors`` (contiguous, unshared) as safetensors through :func:`atomic_path`."""
+    """Write ``tensors`` (contiguous, unshared) as safetensors through :func:`atomic_path`.
+
+    The header also records :func:`tensors_sha256` under :data:`CHECKSUM_KEY`, which
+    :func:`load_safetensors` verifies, so corrupted data bytes are refused on reading.
+    """
     from safetensors.torch import save_file
 
+    meta = {**(dict(metadata) if metadata is not None else {}), CHECKSUM_KEY: tensors_sha256(tensors)}
     with atomic_path(path) as tmp:
-        save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata is not None else None)
+        save_file(dict(tensors), str(tmp), metadata=meta)
     return Path(path)
 
 

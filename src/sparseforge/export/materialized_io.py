@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, LayerError
-from ..fileio import atomic_dir, load_safetensors, read_json
+from ..fileio import atomic_dir, atomic_save_safetensors, load_safetensors, read_json
 from ..masking import MASK_SUFFIX
 from .materialize import KERNELS, MaterializeDecision, SparseConv2d, SparseLinear, _SparseWeight
 
@@ -107,8 +107,6 @@ def save_materialized(
     Returns:
         ``path`` as a :class:`~pathlib.Path`. The folder appears complete or not at all.
     """
-    from safetensors.torch import save_file
-
     from .. import __version__
 
     if not isinstance(model, nn.Module):
@@ -139,7 +137,7 @@ def save_materialized(
     text = json.dumps(description, indent=2) + "\n"  # fails here, before anything is written, if not JSON-able
     tensors = _state_tensors(model)
     with atomic_dir(out) as tmp:
-        save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": MATERIALIZED_FORMAT})
+        atomic_save_safetensors(tensors, tmp / TENSORS_FILE, metadata={"format": MATERIALIZED_FORMAT})
         (tmp / DESCRIPTION_FILE).write_text(text)
     return out
 

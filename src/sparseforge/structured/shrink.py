@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, LayerError
-from ..fileio import atomic_dir, load_safetensors, read_json
+from ..fileio import atomic_dir, atomic_save_safetensors, load_safetensors, read_json
 from .graph import DependencyGraph, slab_dims
 from .trace import ELEMENTS
 from .rules import find_rule
@@ -201,6 +201,26 @@ def _is_structured_folder(d: Path) -> bool:
     return (d / "structure.json").is_file()
 
 
+def _untied_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict with each tied tensor once (under its first name); other shared storage copied."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[Any, ...]] = set()
+    storages: set[int] = set()
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu()
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and ident in seen:
+            continue  # the same tensor under a second name: load_structured restores the tie
+        seen.add(ident)
+        t = t.contiguous()
+        if t.numel() and (t.untyped_storage().data_ptr() in storages
+                          or t.untyped_storage().nbytes() != t.numel() * t.element_size()):
+            t = t.clone()  # safetensors refuses views of one storage
+        storages.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
+
+
 def save_structured(model: nn.Module, kept: Kept, directory: str | os.PathLike, *, extra: Mapping[str, Any] | None = None) -> Path:
     """Save a shrunk ``model`` to ``directory``: ``model.safetensors`` + ``structure.json``.
 
@@ -214,8 +234,6 @@ def save_structured(model: nn.Module, kept: Kept, directory: str | os.PathLike, 
         ConfigError: ``model`` is not a module, ``kept`` is malformed, ``extra`` is not
             JSON-serialisable, or ``directory`` holds files of something else.
     """
-    from safetensors.torch import save_model
-
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if not isinstance(kept, Mapping) or not all(
@@ -239,7 +257,7 @@ def save_structured(model: nn.Module, kept: Kept, directory: str | os.PathLike, 
     except (TypeError, ValueError) as e:
         raise ConfigError(f"extra must hold JSON values only: {e}") from None
     with atomic_dir(d) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))  # handles tied (shared) tensors
+        atomic_save_safetensors(_untied_tensors(model), tmp / "model.safetensors")
         (tmp / "structure.json").write_text(text)
     return d
 
