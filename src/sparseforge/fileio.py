@@ -35,6 +35,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import sys
 import tempfile
 import zipfile
@@ -200,6 +201,38 @@ def first_sentence(e: BaseException) -> str:
     return line[: cut + 1] if 0 < cut < len(line) - 2 else line
 
 
+_HOST = socket.gethostname().replace(".", "_").replace(os.sep, "_") or "host"
+
+
+def _tmp_prefix(path: Path) -> str:
+    # host and pid in the name: a later write can tell the leftovers of a killed writer from
+    # the temporary files of writers still running (here or on another machine sharing the folder)
+    return f".{path.name}.{_HOST}-{os.getpid()}."
+
+
+def _remove_stale(path: Path, suffix: str) -> None:
+    """Delete temporary files (or folders) for ``path`` left by writers on this host that were killed."""
+    head = f".{path.name}.{_HOST}-"
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        if not (p.name.startswith(head) and p.name.endswith(suffix)):
+            continue
+        pid = p.name[len(head):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue  # ours: another thread of this process may be writing it
+        try:
+            os.kill(int(pid), 0)
+            continue  # that writer still runs
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # exists, owned by someone else
+        _remove(p)
+
+
 def _fsync_dir(folder: Path) -> None:
     # the rename itself is durable only once the folder's entry is on disk; not every file
     # system lets a folder be opened for that, and it is not needed for atomicity
@@ -224,7 +257,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     and ``path`` keeps its previous content.
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -242,6 +275,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             pass
         raise
     _fsync_dir(path.parent)
+    _remove_stale(path, ".tmp")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
@@ -372,7 +406,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmpdir"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmpdir"))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
         yield tmp
@@ -382,4 +416,5 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(path.parent)
+    _remove_stale(path, ".tmpdir")
 
