@@ -207,7 +207,7 @@ def _edit_description(folder: Path, fn) -> None:  # noqa: ANN001
     (lambda f: _edit_description(f, lambda d: d["layers"]["0"].update(in_features=-1)), "in_features must be"),
     (lambda f: _edit_description(f, lambda d: d.update(base_model={"name": 3})), "base_model must be"),
     (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:40]), "cannot read"),
-    (lambda f: (f / "model.safetensors").unlink(), "cannot read"),
+    (lambda f: (f / "model.safetensors").unlink(), "no such file"),
 ])
 def test_damaged_folder_is_refused_and_model_untouched(tmp_path: Path, damage, match) -> None:  # noqa: ANN001
     out, _ = _saved(tmp_path)

@@ -127,6 +127,8 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
         LayerError: a layer whose rank is too large, or a masked layer whose pruned weights
             are not zero (apply the masks first).
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     _check_number(rank, "rank", integer=True, minimum=1, strict=False)
     _check_number(alpha, "alpha")
     existing = lora_layers(model)
@@ -167,6 +169,8 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The ``A`` and ``B`` parameters of every adapter in ``model`` (what the optimizer trains)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     return [t for p in lora_layers(model).values() for t in (p.A, p.B)]
 
 
@@ -178,6 +182,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
     after ``add_lora(freeze_base=True)``: call ``requires_grad_(True)`` to train the model
     further). Pruned positions stay exactly zero.
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     adapted = lora_layers(model)
     if not adapted:
         raise ConfigError(f"{type(model).__name__} has no LoRA adapters to merge (add_lora() adds them)")

@@ -441,6 +441,8 @@ def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = 
     Returns:
         a :class:`Report`; ``report.table()`` renders it, ``report.to_json(path)`` saves it.
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     mode = _check_mode(mode)
     masked_by_module: dict[int, list[MaskedLayer]] = {}
     for ml in find_masked_layers(model):

@@ -124,6 +124,8 @@ def quantize_weights(model: nn.Module, bits: int = 8, group_size: int | None = N
             Linear, Conv1d/2d/3d and HF ``Conv1D`` weight).
         keep_nonzeros: keep the nonzero pattern exactly (default True; see the module docstring).
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     _check(bits, group_size)
     layers = Targets.from_spec(targets).select(model)
     # all or nothing: every layer is quantized (and so checked) before the first weight is

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import ConfigError, check_int
-from ..fileio import atomic_write_text
+from ..fileio import atomic_dir, atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -179,6 +179,10 @@ def run_prune(
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise ConfigError(f"--out {str(out)!r} exists and is not an empty folder; pass --overwrite or another --out")
+    if overwrite and out.is_dir() and any(out.iterdir()) and not (out / "summary.json").is_file():
+        # --overwrite replaces the folder whole: never one that holds another command's files
+        raise ConfigError(f"--out {str(out)!r} holds files that sparseforge prune did not write (no summary.json); "
+                          "--overwrite only replaces an earlier prune output: choose another --out")
     calib_source = resolve_calibration(calibration)
     if calib_source is None and meth.needs_data:
         raise ConfigError(f"method {meth.label} needs calibration data; --calibration none works with magnitude only")
@@ -226,29 +230,31 @@ def run_prune(
     params = dict(net.named_parameters())
     weight_zeros = {n: int((params[n] == 0).sum()) for n in names}
 
-    out.mkdir(parents=True, exist_ok=True)
-    files = save_pruned(loaded, out)
-    report.to_json(out / "report.json")
-    atomic_write_text(out / "report.txt", report.table() + "\n")
-    t_saved = time.perf_counter()
+    # every file goes into a temporary folder that then replaces --out whole: a failure or a kill
+    # leaves the previous output (or none), never a mix
+    with atomic_dir(out) as tmp:
+        files = save_pruned(loaded, tmp)
+        report.to_json(tmp / "report.json")
+        atomic_write_text(tmp / "report.txt", report.table() + "\n")
+        t_saved = time.perf_counter()
 
-    summary: dict[str, Any] = {
-        "command": list(command) if command is not None else None,
-        "model": str(model), "model_kind": loaded.kind, "output": str(out),
-        "calibration": {"source": calibration, "nsamples": 0 if calib is None else int(calib.shape[0]),
-                        "seqlen": None if calib is None else int(calib.shape[1]), "seed": seed},
-        # prune_oneshot got ready windows, so its own calibration time is 0: the phase times are under "seconds"
-        **{k: v for k, v in result.to_dict().items() if k not in ("layers", "calibration_seconds", "wall_seconds")},
-        "layers": [{**l.to_dict(), "weight_zeros": weight_zeros[l.name]} for l in result.layers],
-        "nm_violations": nm_bad,
-        "seconds": {"load": t_loaded - t0, "calibration": t_calib - t_loaded, "prune": t_pruned - t_calib,
-                    "save": t_saved - t_pruned, "total": t_saved - t0},
-        "files": sorted([*files, "report.json", "report.txt", "summary.json"]),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+        summary: dict[str, Any] = {
+            "command": list(command) if command is not None else None,
+            "model": str(model), "model_kind": loaded.kind, "output": str(out),
+            "calibration": {"source": calibration, "nsamples": 0 if calib is None else int(calib.shape[0]),
+                            "seqlen": None if calib is None else int(calib.shape[1]), "seed": seed},
+            # prune_oneshot got ready windows, so its own calibration time is 0: the phase times are under "seconds"
+            **{k: v for k, v in result.to_dict().items() if k not in ("layers", "calibration_seconds", "wall_seconds")},
+            "layers": [{**l.to_dict(), "weight_zeros": weight_zeros[l.name]} for l in result.layers],
+            "nm_violations": nm_bad,
+            "seconds": {"load": t_loaded - t0, "calibration": t_calib - t_loaded, "prune": t_pruned - t_calib,
+                        "save": t_saved - t_pruned, "total": t_saved - t0},
+            "files": sorted([*files, "report.json", "report.txt", "summary.json"]),
+            "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads()},
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
     if return_model:
         summary["model_object"] = net
     return summary

@@ -39,8 +39,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +48,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, check_int
-from ..fileio import atomic_save_safetensors, load_safetensors, read_json
+from ..fileio import atomic_dir, atomic_save_safetensors, first_sentence, load_safetensors, read_json
 
 __all__ = ["AUSTEN_GPT_DEFAULTS", "CACHE_ENV_VAR", "PretrainedLM", "austen_gpt", "default_cache_dir", "unigram_perplexity"]
 
@@ -150,8 +148,12 @@ def _load(folder: Path) -> PretrainedLM:
     if not isinstance(config, dict) or config.get("format") != _FORMAT:
         got = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{str(folder)!r} holds format {got!r}, expected {_FORMAT!r}")
-    model = TinyGPT(**config["model"])
-    model.load_state_dict(state)
+    try:
+        model = TinyGPT(**config["model"])
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # an edited or corrupt cache entry
+        raise CheckpointError(f"{str(folder)!r}: the cached model does not match its config ({first_sentence(e)}); "
+                              f"delete {str(folder)!r} to train again") from None
     model.eval()
     return PretrainedLM(model=model, config=config, log=log, path=folder, trained=False)
 
@@ -226,20 +228,11 @@ def austen_gpt(
     config = {"format": _FORMAT, "key": key, "corpus": corpus, "model": model_kw, "training": kw,
               "chars": list(data.chars), "tokenizer": data.tokenizer}
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+    with atomic_dir(folder) as tmp:  # the cache entry appears complete or not at all
         # contiguous copies: safetensors refuses views that share storage
         atomic_save_safetensors({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
                                 tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "train_log.json").write_text(json.dumps(log, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     checkpoint.unlink(missing_ok=True)
     return PretrainedLM(model=model, config=config, log=log, path=folder, trained=True)
