@@ -24,7 +24,7 @@ def _mlp(seed: int = 0) -> nn.Module:
 
 def _pruned_24(seed: int = 0) -> nn.Module:
     model = _mlp(seed)
-    StaticSparse(model, sparsity=0.5, pattern="2:4", score="magnitude")
+    StaticSparse(model, sparsity="2:4", score="magnitude")
     return finalize(model)
 
 
