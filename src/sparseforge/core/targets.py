@@ -82,7 +82,8 @@ class Target:
 
 def _nm(p: NM, name: str) -> NM:
     if p.n >= p.m:
-        raise ConfigError(f"{name}: N:M pattern {p.n}:{p.m} prunes nothing; a target needs N < M (N kept of every M), e.g. '2:4'")
+        raise ConfigError(f"{name}: N:M pattern {p.n}:{p.m} prunes nothing; a target needs N < M "
+                          f"(N kept of every M), e.g. '2:4'")
     return p
 
 
@@ -121,7 +122,10 @@ def parse_target(value: Any, name: str = "sparsity", *, pattern: Any = None) -> 
         text = value.strip()
         parts = text.split(":")
         if len(parts) == 2 and all(x.strip().isdigit() for x in parts):
-            value = _nm(NM(int(parts[0]), int(parts[1])), name)
+            try:
+                value = _nm(NM(int(parts[0]), int(parts[1])), name)
+            except ConfigError as e:
+                raise ConfigError(f"{name}={value!r}: {e}") from None
         else:
             try:
                 float(text)
