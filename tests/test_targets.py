@@ -79,11 +79,13 @@ def test_check_number_bounds_types_and_messages() -> None:
             check_number(bad, "x")
     with pytest.raises(ConfigError, match=r"n must be an integer >= 1; got 2.0"):
         check_number(2.0, "n", integer=True, minimum=1)
-    with pytest.raises(ConfigError, match=r"lr must be a number > 0; got 0"):
+    with pytest.raises(ConfigError, match=r"lr must be a number > 0; got 'fast'"):
+        check_number("fast", "lr", minimum=0, min_open=True)
+    with pytest.raises(ConfigError, match=r"lr must be > 0; got 0"):
         check_number(0, "lr", minimum=0, min_open=True)
-    with pytest.raises(ConfigError, match=r"m must be a number in \[0, 1\); got 1.0"):
-        check_number(1.0, "m", minimum=0, maximum=1, max_open=True)
-    with pytest.raises(ConfigError, match=r"k must be an integer <= 3; got 4"):
+    with pytest.raises(ConfigError, match=r"m must be in \[0, 1\) \(a note\); got 1.0"):
+        check_number(1.0, "m", minimum=0, maximum=1, max_open=True, note=" (a note)")
+    with pytest.raises(ConfigError, match=r"k must be <= 3; got 4"):
         check_number(4, "k", integer=True, maximum=3)
     # the older validators are thin uses of it
     with pytest.raises(ConfigError, match="sparsity must be a number in"):

@@ -58,45 +58,44 @@ def _integral(value: Any) -> int | None:
 
 
 def check_number(value: Any, name: str, *, minimum: float | None = None, maximum: float | None = None,
-                 integer: bool = False, min_open: bool = False, max_open: bool = False,
-                 allowed: str | None = None) -> float | int:
+                 integer: bool = False, min_open: bool = False, max_open: bool = False, note: str = "") -> float | int:
     """Return ``value`` as a number if it is finite and within the bounds; the one numeric validator.
 
     Python, numpy and 0-d tensor numbers are accepted; booleans, strings, NaN and infinities
-    are not. ``integer`` asks for a whole number (returned as ``int``; ``2.0`` is refused, a
+    are not. ``integer`` asks for a whole number (returned as ``int``; ``2.0`` is refused: a
     float where a count is meant is a mistake). ``minimum``/``maximum`` are inclusive unless
-    ``min_open``/``max_open``. Raises :class:`ConfigError` naming ``name``, the value and the
-    allowed range (``allowed`` overrides the range's wording).
+    ``min_open``/``max_open``. Raises :class:`ConfigError` naming ``name``, the value and what
+    is allowed (``note`` is appended to that, e.g. ``" (fraction of zeros)"``)::
+
+        lr must be a number > 0; got 'fast'        (wrong type: the kind and the range)
+        lr must be > 0; got 0                      (out of range: the range)
     """
+    kind = "an integer" if integer else "a number"
     if integer:
-        i = _integral(value)
-        if i is None:
-            raise ConfigError(f"{name} must be {allowed or _range_text(minimum, maximum, min_open, max_open, True)}; "
-                              f"got {value!r}")
-        num: float | int = i
+        num: float | int | None = _integral(value)
     else:
-        v = _real(value)
-        if v is None or not math.isfinite(v):
-            raise ConfigError(f"{name} must be {allowed or _range_text(minimum, maximum, min_open, max_open, False)}; "
-                              f"got {value!r}")
-        num = v
+        num = _real(value)
+        if num is not None and not math.isfinite(num):
+            num = None
+    if num is None:
+        rng = _range_text(minimum, maximum, min_open, max_open)
+        shown = f"{kind} {rng}" if rng else ("an integer" if integer else "a finite number")
+        raise ConfigError(f"{name} must be {shown}{note}; got {value!r}")
     low_bad = minimum is not None and (num <= minimum if min_open else num < minimum)
     high_bad = maximum is not None and (num >= maximum if max_open else num > maximum)
     if low_bad or high_bad:
-        raise ConfigError(f"{name} must be {allowed or _range_text(minimum, maximum, min_open, max_open, integer)}; "
-                          f"got {num}")
+        raise ConfigError(f"{name} must be {_range_text(minimum, maximum, min_open, max_open)}{note}; got {num}")
     return num
 
 
-def _range_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool, integer: bool) -> str:
-    kind = "an integer" if integer else "a number"
+def _range_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
     if lo is not None and hi is not None:
-        return f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
     if lo is not None:
-        return f"{kind} {'>' if lo_open else '>='} {lo:g}"
+        return f"{'>' if lo_open else '>='} {lo:g}"
     if hi is not None:
-        return f"{kind} {'<' if hi_open else '<='} {hi:g}"
-    return kind if integer else "a finite number"
+        return f"{'<' if hi_open else '<='} {hi:g}"
+    return ""
 
 
 def check_sparsity(value: Any, name: str = "sparsity") -> float:
@@ -105,8 +104,7 @@ def check_sparsity(value: Any, name: str = "sparsity") -> float:
     Python, numpy and 0-d tensor numbers are accepted; booleans, strings and NaN are not.
     Raises :class:`ConfigError` naming ``name`` otherwise.
     """
-    return float(check_number(value, name, minimum=0.0, maximum=1.0, max_open=True,
-                              allowed="a number in [0, 1) (fraction of zeros)"))
+    return float(check_number(value, name, minimum=0.0, maximum=1.0, max_open=True, note=" (fraction of zeros)"))
 
 
 def check_fraction(value: Any, name: str, *, allow_one: bool = True) -> float:

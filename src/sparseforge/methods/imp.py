@@ -133,7 +133,7 @@ class IMP(SparsityMethod):
         fraction = p.get("fraction")
         if fraction is not None:
             fraction = check_number(fraction, "fraction", minimum=0.0, maximum=1.0, min_open=True, max_open=True,
-                                    allowed="a number in (0, 1) (pruned per round)")
+                                    note=" (pruned per round)")
         schedule = p.get("schedule", "geometric")
         if isinstance(schedule, (list, tuple)) or isinstance(schedule, LevelSchedule):
             try:
