@@ -397,8 +397,7 @@ def sparsegpt_prune(
     pattern, s = resolve_target(sparsity)
     _check_nm(pattern, w, name)
     blocksize = check_int(blocksize, "blocksize", minimum=1)
-    if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not 0 <= percdamp < math.inf:
-        raise ConfigError(f"percdamp must be a number >= 0; got {percdamp!r}")
+    percdamp = check_number(percdamp, "percdamp", minimum=0.0)
     if isinstance(stats, LayerStats):
         if stats.in_features != w.shape[1]:
             raise LayerError(f"{name}: statistics have {stats.in_features} input features; weight shape {tuple(w.shape)}")
@@ -713,8 +712,7 @@ class SparseGPT(OneShotMethod):
 
     def __post_init__(self) -> None:
         check_int(self.blocksize, "blocksize", minimum=1)
-        if isinstance(self.percdamp, bool) or not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:
-            raise ConfigError(f"percdamp must be a number >= 0; got {self.percdamp!r}")
+        check_number(self.percdamp, "percdamp", minimum=0.0)
         if not isinstance(self.preserve_zeros, bool):
             raise ConfigError(f"preserve_zeros must be True or False; got {self.preserve_zeros!r}")
 
@@ -753,9 +751,7 @@ class DSnoT(OneShotMethod):
             raise ConfigError(f"DSnoT initial must be magnitude, wanda or sparsegpt; got {self.initial!r}")
         check_int(self.max_cycles, "max_cycles", minimum=0)
         for f in ("update_threshold", "pow_of_var"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"DSnoT {f} must be a number >= 0; got {v!r}")
+            check_number(getattr(self, f), f"DSnoT {f}", minimum=0.0)
         if self.same_sign not in (None, True, False):
             raise ConfigError(f"DSnoT same_sign must be None (auto), True or False; got {self.same_sign!r}")
         if self.skip is not None:
