@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..errors import ConfigError, check_int, check_number, check_sparsity
+from ..errors import ConfigError, check_int, check_number
 
 __all__ = ["Schedule", "Constant", "Cubic", "CosineDecay", "LinearDecay", "ExponentialDecay", "Steps",
            "LevelSchedule", "GeometricLevels", "LinearLevels", "Levels", "levels_from_spec"]
@@ -273,7 +273,8 @@ class Levels(LevelSchedule):
             raise ConfigError(f"Levels.values must be a non-empty list of sparsities in [0, 1); got {raw!r}")
         vals = []
         for v in raw:
-            vals.append(check_sparsity(v, f"Levels.values (every level of {list(raw)!r})"))
+            vals.append(float(check_number(v, f"Levels.values: every level of {list(raw)!r}", minimum=0.0, maximum=1.0,
+                                           max_open=True)))
         for a, b in zip(vals, vals[1:]):
             if b <= a:
                 raise ConfigError(f"Levels.values must be strictly increasing (masks only shrink); got {b} after {a} "
