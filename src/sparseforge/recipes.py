@@ -9,8 +9,9 @@ Example (every key shown; only ``method`` is required)::
     data: {name: auto, batch_size: 128}          # auto = Fashion-MNIST if installed, else MNIST-1D;
                                   # also n_train, n_test, n_val (validation held out of train), root
     method:
-      name: rigl                  # dense | static | snip | gmp | imp | set | rigl
-      sparsity: 0.9
+      name: rigl                  # dense | static | snip | gmp | imp | set | rigl | ste | srste | ...
+      sparsity: 0.9               # a fraction of zeros, or N:M quoted: "2:4" (N:M methods)
+      overrides: {fc3: 0.5}       # per-layer sparsities (module name or regex); the rest share 0.9
       update_interval: 100        # step-valued keys accept ints, "25%" of training or "2ep"
       end: 75%
     targets: {exclude: [], first_layer: sparse, last_layer: sparse}
@@ -22,8 +23,9 @@ IMP (``epochs`` is the length of one round): ``method: {name: imp, sparsity: 0.9
 fraction: 0.01, score: magnitude, reinit: null, rewind_step: 0}``, or ``schedule: [0.5, 0.8, 0.9]``
 without ``sparsity``; ``score: random`` and ``reinit: random`` are the two random controls.
 
-Unknown keys anywhere are rejected with the list of allowed keys, and method parameters are
-checked against the method's signature, so a typo fails before training starts.
+Unknown keys anywhere are rejected with the list of allowed keys, and every value is checked when
+the recipe loads (method parameters by the method's own rules, :meth:`SparsityMethod.validate_params`),
+before any data or model is built.
 """
 
 from __future__ import annotations
