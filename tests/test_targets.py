@@ -269,3 +269,20 @@ def test_overrides_refused_where_they_make_no_sense() -> None:
 def test_overrides_in_a_recipe_reach_the_method(tmp_path: Path) -> None:
     r = Recipe.from_dict({"method": {"name": "static", "sparsity": 0.9, "overrides": {"fc3": 0.5}}})
     assert r.method["overrides"] == {"fc3": 0.5}
+
+
+def test_recipe_overrides_train_to_exact_counts() -> None:
+    from sparseforge.data import load_dataset
+    from sparseforge.models import build_model
+    from sparseforge.train import Trainer
+
+    data = load_dataset("mnist1d", num_samples=200, n_train=64, n_test=32)
+    names = [n for n, m in build_model("mlp1d", data).named_modules() if isinstance(m, nn.Linear)]
+    r = Recipe.from_dict({"name": "ov", "epochs": 1, "model": {"name": "mlp1d"},
+                          "data": {"name": "mnist1d", "batch_size": 32, "n_train": 64, "n_test": 32},
+                          "method": {"name": "rigl", "sparsity": 0.9, "allocation": "uniform", "overrides": {names[-1]: 0.5}}})
+    t = Trainer(r, progress=False, dataset=data)
+    t.fit()
+    for layer in t.method.layers:
+        want = 0.5 if layer.name == names[-1] else 0.9
+        assert int((~layer.mask).sum()) == num_pruned(want, layer.mask.numel())
