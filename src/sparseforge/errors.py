@@ -65,10 +65,9 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, maximum
     are not. ``integer`` asks for a whole number (returned as ``int``; ``2.0`` is refused: a
     float where a count is meant is a mistake). ``minimum``/``maximum`` are inclusive unless
     ``min_open``/``max_open``. Raises :class:`ConfigError` naming ``name``, the value and what
-    is allowed (``note`` is appended to that, e.g. ``" (fraction of zeros)"``)::
-
-        lr must be a number > 0; got 'fast'        (wrong type: the kind and the range)
-        lr must be > 0; got 0                      (out of range: the range)
+    is allowed (``note`` is appended to that, e.g. ``" (fraction of zeros)"``): a wrong type
+    gives the kind and the range (``lr must be a number > 0; got 'fast'``), a value out of range
+    the range (``lr must be > 0; got 0``).
     """
     kind = "an integer" if integer else "a number"
     if integer:
