@@ -123,9 +123,10 @@ def parse_target(value: Any, name: str = "sparsity", *, pattern: Any = None) -> 
         parts = text.split(":")
         if len(parts) == 2 and all(x.strip().isdigit() for x in parts):
             try:
-                value = _nm(NM(int(parts[0]), int(parts[1])), name)
+                nm = NM(int(parts[0]), int(parts[1]))
             except ConfigError as e:
                 raise ConfigError(f"{name}={value!r}: {e}") from None
+            value = _nm(nm, name)
         else:
             try:
                 float(text)
