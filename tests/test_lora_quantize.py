@@ -24,7 +24,7 @@ def _mlp(seed: int = 0) -> nn.Module:
 
 def _pruned_24(seed: int = 0) -> nn.Module:
     model = _mlp(seed)
-    StaticSparse(model, sparsity=0.5, pattern="2:4", score="magnitude")
+    StaticSparse(model, sparsity="2:4", score="magnitude")
     return finalize(model)
 
 
@@ -220,10 +220,10 @@ def test_lora_state_dict_round_trip():
 
 def test_lora_bad_input():
     for rank in (0, -1, 2.0, True):
-        with pytest.raises(ConfigError, match="rank must be an integer >= 1"):
+        with pytest.raises(ConfigError, match="rank must be (an integer )?>= 1"):
             add_lora(_mlp(), rank=rank)
     for alpha in (0, -1.0, "8"):
-        with pytest.raises(ConfigError, match="alpha must be a number > 0"):
+        with pytest.raises(ConfigError, match="alpha must be (a number )?> 0"):
             add_lora(_mlp(), alpha=alpha)
     with pytest.raises(LayerError, match=r"4.weight: rank 5 exceeds min\(fan_out=4, fan_in=32\)"):
         add_lora(_mlp(), rank=5)

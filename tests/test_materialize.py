@@ -392,7 +392,7 @@ def test_bad_arguments_raise_clear_errors():
         materialize(model, kernel="mkl")
     with pytest.raises(ConfigError, match="batch_sizes entry must be >= 1"):
         materialize(model, batch_sizes=(0,))
-    with pytest.raises(ConfigError, match="min_speedup must be a number > 0"):
+    with pytest.raises(ConfigError, match="min_speedup must be (a number )?> 0"):
         materialize(model, min_speedup=-1)
     with pytest.raises(ConfigError, match=r"layers \['nope'\] are not"):
         materialize(model, layers=["nope"])

@@ -116,7 +116,7 @@ def test_bad_input(tmp_path, corpus_file):
         austen_gpt(cache_dir=tmp_path, width=3)
     with pytest.raises(ConfigError, match="steps must be >= 1; got 0"):
         austen_gpt(cache_dir=tmp_path, corpus=spec, steps=0)
-    with pytest.raises(ConfigError, match="lr must be a finite number > 0"):
+    with pytest.raises(ConfigError, match="lr must be > 0; got -1.0"):
         austen_gpt(cache_dir=tmp_path, corpus=spec, lr=-1.0)
     with pytest.raises(ConfigError, match="divisible by n_head"):
         austen_gpt(cache_dir=tmp_path, corpus=spec, d_model=10, n_head=3)

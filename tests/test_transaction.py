@@ -226,9 +226,9 @@ def test_nm_method_construction_fails_at_last_layer_changes_nothing() -> None:
     model = _mlp([8, 8, 6, 2], 0)
     opt = _trained_opt(model)
     before = fingerprint(model, opt)
-    _fails(lambda: sf.STE(model, opt, pattern="2:4"), LayerError)
+    _fails(lambda: sf.STE(model, opt, sparsity="2:4"), LayerError)
     assert_same(before, fingerprint(model, opt))
-    assert len(sf.STE(model, opt, pattern="2:4", indivisible="skip").layers) == 2
+    assert len(sf.STE(model, opt, sparsity="2:4", indivisible="skip").layers) == 2
 
 
 def test_method_attach_to_a_foreign_optimizer_changes_nothing() -> None:
@@ -339,7 +339,7 @@ def test_finalize_failing_at_last_layer_changes_nothing() -> None:
 def test_method_finalize_failing_keeps_hooks_and_masks() -> None:
     model = _mlp([8, 8, 4], 0)
     opt = torch.optim.SGD(model.parameters(), 0.1)
-    method = sf.STE(model, opt, pattern="2:4")
+    method = sf.STE(model, opt, sparsity="2:4")
     before = fingerprint(model, opt)
     model[2].weight_mask.data = torch.ones(3, 8, dtype=torch.bool)  # corrupt: the fold must fail
     before = fingerprint(model, opt)
@@ -488,13 +488,14 @@ def test_soup_of_finalized_ingredients_with_different_zeros() -> None:
 @pytest.mark.parametrize("value", [float("nan"), "0.5", True, torch.tensor([0.5])])
 def test_ste_refuses_nan_string_and_non_scalar_sparsity(value) -> None:
     with pytest.raises(ConfigError, match="sparsity must be"):
-        sf.STE(_mlp([8, 8, 4], 0), pattern="2:4", sparsity=value)
+        sf.STE(_mlp([8, 8, 4], 0), sparsity=value)
 
 
 @pytest.mark.parametrize("value", [np.float32(0.5), np.float64(0.5), torch.tensor(0.5), torch.tensor(0.5, dtype=torch.float64)])
 def test_numpy_and_0d_tensor_sparsities_are_accepted(value) -> None:
     assert sf.StaticSparse(_mlp([8, 8, 4], 0), sparsity=value).sparsity == 0.5
-    assert sf.STE(_mlp([8, 8, 4], 0), pattern="2:4", sparsity=value).sparsity == 0.5
+    with pytest.warns(DeprecationWarning, match="sparsity='2:4'"):  # the old spelling still works
+        assert sf.STE(_mlp([8, 8, 4], 0), pattern="2:4", sparsity=value).sparsity == 0.5
 
 
 def test_structured_pruner_that_removes_nothing_warns_with_the_reason() -> None:

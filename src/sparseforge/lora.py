@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import ConfigError, LayerError
+from .errors import ConfigError, LayerError, check_number
 from .masking import MASK_SUFFIX, MaskedLayer, Targets
 from .transaction import transaction
 
@@ -85,14 +85,6 @@ class MaskedLoRA(nn.Module):
         return f"rank={self.rank}, scale={self.scale:g}, kept={int(self.mask.sum())}/{self.mask.numel()}"
 
 
-def _check_number(value: Any, name: str, *, integer: bool = False, minimum: float = 0.0, strict: bool = True) -> None:
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (value <= minimum if strict else value < minimum):
-        kind = "an integer" if integer else "a number"
-        rel = ">" if strict else ">="
-        raise ConfigError(f"{name} must be {kind} {rel} {minimum:g}; got {value!r}")
-
-
 def lora_layers(model: nn.Module) -> dict[str, MaskedLoRA]:
     """Qualified module name -> its :class:`MaskedLoRA`, for every adapted layer of ``model``."""
     out = {}
@@ -129,8 +121,8 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    _check_number(rank, "rank", integer=True, minimum=1, strict=False)
-    _check_number(alpha, "alpha")
+    check_number(rank, "rank", integer=True, minimum=1)
+    check_number(alpha, "alpha", minimum=0.0, min_open=True)
     existing = lora_layers(model)
     if existing:
         raise ConfigError(f"model already has LoRA adapters on {sorted(existing)[:5]}; merge_lora() first")

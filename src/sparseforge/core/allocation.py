@@ -29,7 +29,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import ConfigError, check_sparsity
+from ..errors import ConfigError, check_number, check_sparsity
 from .patterns import num_pruned, topk_mask
 
 __all__ = ["Allocation", "Uniform", "ER", "ERK", "Global", "PerLayer", "global_sparsities", "allocation_from_spec"]
@@ -111,8 +111,7 @@ class ERK(Allocation):
     name: str = "erk"
 
     def __post_init__(self) -> None:
-        if isinstance(self.power_scale, bool) or not isinstance(self.power_scale, (int, float)) or self.power_scale < 0:
-            raise ConfigError(f"ERK power_scale must be a number >= 0; got {self.power_scale!r}")
+        check_number(self.power_scale, "ERK power_scale", minimum=0.0)
 
     def sparsities(self, shapes: Sequence[tuple[int, ...]], sparsity: float) -> list[float]:
         """Per-layer sparsities with the ERK rule and dense-layer redistribution."""

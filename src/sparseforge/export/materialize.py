@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import probe
-from ..errors import ConfigError, LayerError, check_int
+from ..errors import ConfigError, LayerError, check_int, check_number
 from ..kernels import cpu_sparse
 from ..kernels.ops import _bsr_linear_op, _csr_linear_op, _csr_spmm_t_op  # noqa: F401 (registered ops, old import path)
 from ..kernels.ops import bsr_linear as _custom_bsr_linear
@@ -692,10 +692,8 @@ def materialize(
     for b in batches:
         check_int(b, "batch_sizes entry", minimum=1)
     check_int(rounds, "rounds", minimum=1)
-    if isinstance(min_speedup, bool) or not isinstance(min_speedup, (int, float)) or not min_speedup > 0:
-        raise ConfigError(f"min_speedup must be a number > 0; got {min_speedup!r}")
-    if isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)) or not budget_s > 0:
-        raise ConfigError(f"budget_s must be a number of seconds > 0; got {budget_s!r}")
+    check_number(min_speedup, "min_speedup", minimum=0.0, min_open=True)
+    check_number(budget_s, "budget_s", minimum=0.0, min_open=True, note=" (seconds)")
     for bs in block_sizes:
         if not (isinstance(bs, (tuple, list)) and len(bs) == 2 and all(isinstance(v, int) and v >= 1 for v in bs)):
             raise ConfigError(f"block_sizes entries must be (rows, cols) pairs of positive ints; got {bs!r}")

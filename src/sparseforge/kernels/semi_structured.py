@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.patterns import is_valid_nm
-from ..errors import ConfigError, check_int
+from ..errors import ConfigError, check_int, check_number
 
 __all__ = ["LayerDecision", "semi_structured_support", "accelerate_2to4", "format_decisions", "SUPPORTED_DTYPES"]
 
@@ -137,8 +137,7 @@ def accelerate_2to4(model: nn.Module, *, batch: int = 256, min_speedup: float = 
     """
     check_int(batch, "batch", minimum=1)
     check_int(repeats, "repeats", minimum=1)
-    if isinstance(min_speedup, bool) or not isinstance(min_speedup, (int, float)) or min_speedup <= 0:
-        raise ConfigError(f"min_speedup must be a number > 0; got {min_speedup!r}")
+    check_number(min_speedup, "min_speedup", minimum=0.0, min_open=True)
     if require and not torch.cuda.is_available():
         raise ConfigError("2:4 semi-structured kernels requested (require=True) but CUDA is not available; "
                           "on CPU the N:M model can only be simulated")

@@ -44,20 +44,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+import inspect
+import re
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..core.allocation import Allocation, allocation_from_spec, global_sparsities
 from ..core.init import init_scale_factors
-from ..core.patterns import NM, Pattern, Unstructured, num_pruned, pattern_from_spec, topk_mask
+from ..core.patterns import NM, Pattern, Unstructured, num_pruned, topk_mask
 from ..core.rng import stream_generator
-from ..errors import CheckpointError, ConfigError, LayerError, check_sparsity
+from ..core.targets import Target, parse_target, target_from_args
+from ..errors import CheckpointError, ConfigError, LayerError, check_int, check_sparsity
 from ..masking import MaskedLayer, Masking, Targets, is_default_target, is_sharded, shard_like
 from ..transaction import transaction
 
-__all__ = ["SparsityMethod", "MethodEvent", "EVENTS", "BEFORE_CHANGE"]
+__all__ = ["SparsityMethod", "MethodEvent", "EVENTS", "BEFORE_CHANGE", "parse_overrides", "match_overrides", "step_param"]
 
 #: every event a method may emit, with what the model holds when it fires
 EVENTS: dict[str, str] = {
@@ -109,17 +112,90 @@ class _Listener:
             fns.remove(self.fn)
 
 
+def step_param(p: Mapping[str, Any], key: str, *, minimum: int = 0) -> int | None:
+    """``p[key]`` as a step count, or None if unset or still a recipe spec (``"75%"``, ``"2ep"``).
+
+    Recipes check a spec's syntax (and resolve it before the method is built), so a method's
+    relations between steps are checked once every value is a number.
+    """
+    v = p.get(key)
+    if v is None or isinstance(v, str):
+        return None
+    return check_int(v, key, minimum=minimum)
+
+
+def parse_overrides(spec: Mapping[str, Any] | None, target: Target, allocation: Allocation,
+                    owner: str = "method") -> tuple[tuple[str, Target], ...]:
+    """Per-layer sparsity overrides ``{layer name or regex: fraction}`` as parsed ``(pattern, Target)`` pairs.
+
+    Names are module names (``"fc3"``, ``"features.0"``) or regular expressions (full match), as in
+    :class:`~sparseforge.masking.Targets`. Values are fractions of zeros in [0, 1) counted in
+    the method's pattern (weights, blocks or channels): a layer keeps exactly ``round(s n)`` zeros.
+    Refused for N:M targets (the pattern fixes every layer) and for the global allocation
+    (its split follows from the scores).
+    """
+    if spec is None or (isinstance(spec, Mapping) and not spec):
+        return ()
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{owner}: overrides must be a mapping of layer names (or regular expressions) to "
+                          f"sparsities, e.g. {{'fc3': 0.5}}; got {spec!r}")
+    if target.is_nm:
+        raise ConfigError(f"{owner}: overrides take no effect with N:M {target}: the pattern fixes every layer's "
+                          "sparsity; leave layers dense with targets: {exclude: [...]} instead")
+    if allocation.needs_scores:
+        raise ConfigError(f"{owner}: overrides need a fixed split (allocation uniform, er or erk); the "
+                          "global allocation derives every layer's sparsity from the scores")
+    out = []
+    for key, value in spec.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{owner}: overrides keys must be layer names or regular expressions; got {key!r}")
+        try:
+            re.compile(key)
+        except re.error as e:
+            raise ConfigError(f"{owner}: overrides key {key!r} is not a valid regular expression ({e})") from None
+        t = parse_target(value, f"overrides[{key!r}]")
+        if t.is_nm:
+            raise ConfigError(f"{owner}: overrides[{key!r}] = {value!r}: an override is a fraction of zeros in [0, 1); "
+                              "N:M is one pattern for the whole model")
+        out.append((key, Target(target.pattern, t.sparsity)))
+    return tuple(out)
+
+
+def match_overrides(overrides: Sequence[tuple[str, Target]], names: Sequence[str]) -> dict[int, Target]:
+    """Index of each layer (module ``names``, in order) that an override names -> its target.
+
+    Every override must match a layer, and no layer two overrides (a typo or an overlap fails
+    loudly instead of leaving a layer at the global value).
+    """
+    out: dict[int, Target] = {}
+    by: dict[int, str] = {}
+    for key, t in overrides:
+        hits = [i for i, n in enumerate(names) if n == key or re.fullmatch(key, n) is not None]
+        if not hits:
+            raise ConfigError(f"overrides entry {key!r} matches no masked layer; masked layers: {list(names)[:8]}")
+        for i in hits:
+            if i in out:
+                raise ConfigError(f"layer {names[i]!r} matches overrides {by[i]!r} and {key!r}; make them disjoint")
+            out[i], by[i] = t, key
+    return out
+
+
 class SparsityMethod:
     """Common machinery: targets, per-layer sparsity, masks, step counting, checkpoints.
 
     Args:
         model: the model to sparsify (masks are registered on its modules).
         optimizer: optimizer over ``model.parameters()``; may be attached later with :meth:`attach`.
-        sparsity: global target sparsity (fraction of zeros) in [0, 1).
-        pattern: :class:`~sparseforge.core.patterns.Pattern` or spec (``"unstructured"``,
-            ``"2:4"``, ``"block:1x4"``, ``"channel"``).
+        sparsity: the target (:func:`~sparseforge.core.targets.parse_target`): a global
+            fraction of zeros in [0, 1), an N:M pattern (``"2:4"``, ``NM(2, 4)``) or a
+            :class:`~sparseforge.core.targets.Target`.
+        pattern: what a fractional ``sparsity`` counts: ``"unstructured"`` (default),
+            ``"block:1x4"``, ``"channel"`` or a Pattern. An N:M pattern here is a deprecated
+            alias of ``sparsity="N:M"`` (warns).
         allocation: ``"uniform"``, ``"er"``, ``"erk"``, ``"global"`` or an Allocation.
         targets: :class:`~sparseforge.masking.Targets` or a dict of its fields.
+        overrides: per-layer sparsities ``{module name or regex: fraction}`` (:func:`parse_overrides`);
+            the allocation splits the global sparsity over the other layers.
         seed: seed of the method's own random generator (random masks, random regrowth).
     """
 
@@ -130,6 +206,8 @@ class SparsityMethod:
     #: patterns the method supports (checked at construction)
     supported_patterns: tuple[type, ...] = (Pattern,)
     default_allocation = "uniform"
+    #: target used when neither ``sparsity`` nor an N:M ``pattern`` is given (None: required)
+    default_target: Any = None
     #: the events (keys of :data:`EVENTS`) this method emits
     emits: tuple[str, ...] = ()
 
@@ -138,28 +216,21 @@ class SparsityMethod:
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         *,
-        sparsity: float,
+        sparsity: Any = None,
         pattern: Pattern | str | dict | None = None,
         allocation: Allocation | str | dict | None = None,
         targets: Targets | dict | None = None,
+        overrides: Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
-        self.pattern = pattern_from_spec(pattern)
-        if not isinstance(self.pattern, self.supported_patterns):
-            allowed = ", ".join(t.__name__ for t in self.supported_patterns)
-            raise ConfigError(f"{type(self).__name__} does not support pattern {self.pattern.name!r}; allowed: {allowed}")
-        if isinstance(self.pattern, NM):
-            if sparsity is not None and abs(check_sparsity(sparsity) - self.pattern.sparsity) > 1e-9:
-                raise ConfigError(
-                    f"sparsity={sparsity} conflicts with N:M {self.pattern.n}:{self.pattern.m} (= {self.pattern.sparsity})"
-                )
-            sparsity = self.pattern.sparsity
-        self.sparsity = check_sparsity(sparsity)
-        self.allocation = allocation_from_spec(allocation if allocation is not None else self.default_allocation)
-        if self.allocation.needs_scores and not isinstance(self.pattern, Unstructured):
-            raise ConfigError(f"global allocation supports only the unstructured pattern; got {self.pattern.name!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ConfigError(f"seed must be an integer; got {seed!r}")
+        v = SparsityMethod._check_params.__func__(type(self), {  # type: ignore[attr-defined]
+            "sparsity": sparsity, "pattern": pattern, "allocation": allocation, "overrides": overrides, "seed": seed})
+        self.target: Target = v["target"]
+        self.pattern = self.target.pattern
+        self.sparsity = self.target.sparsity
+        self.allocation = v["allocation"]
+        #: per-layer targets from ``overrides``: (layer-name pattern, target), first match wins
+        self.overrides: tuple[tuple[str, Target], ...] = v["overrides"]
         self.model = model
         self.seed = seed
         self.generator = stream_generator(seed, "masks")
@@ -178,6 +249,66 @@ class SparsityMethod:
             if optimizer is not None:
                 self.attach(optimizer)
 
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """Check the parameters this class's constructor takes; return their parsed values.
+
+        ``p`` holds every parameter of the method (defaults filled in). The constructor calls
+        this with its arguments and :meth:`validate_params` with a recipe's values, so each
+        rule lives here once. Step-valued entries may still be specs (``"75%"``, ``"2ep"``)
+        when a recipe is validated; relations between steps are then checked at construction.
+        """
+        owner = cls.__name__
+        target = target_from_args(p.get("sparsity"), p.get("pattern"), owner=owner, default=cls.default_target)
+        if not isinstance(target.pattern, cls.supported_patterns):
+            allowed = ", ".join(t.__name__ for t in cls.supported_patterns)
+            raise ConfigError(f"{owner} does not support pattern {target.pattern.name!r}; allowed: {allowed}")
+        spec = p.get("allocation")
+        allocation = allocation_from_spec(spec if spec is not None else cls.default_allocation)
+        if allocation.needs_scores and not isinstance(target.pattern, Unstructured):
+            raise ConfigError(f"global allocation supports only the unstructured pattern; got {target.pattern.name!r}")
+        check_int(p.get("seed", 0), "seed")
+        overrides = parse_overrides(p.get("overrides"), target, allocation, owner)
+        return {"target": target, "allocation": allocation, "overrides": overrides}
+
+    @classmethod
+    def parameter_defaults(cls) -> dict[str, Any]:
+        """Keyword parameters of the constructor (across the class hierarchy) and their defaults.
+
+        A required parameter maps to :data:`inspect.Parameter.empty`. ``model`` and ``optimizer``
+        are not parameters.
+        """
+        out: dict[str, Any] = {}
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            for q in inspect.signature(init).parameters.values():
+                if q.kind in (q.KEYWORD_ONLY, q.POSITIONAL_OR_KEYWORD) and q.name not in ("self", "model", "optimizer"):
+                    out.setdefault(q.name, q.default)
+        return out
+
+    @classmethod
+    def validate_params(cls, params: Mapping[str, Any]) -> None:
+        """Check a method's parameters without a model: names, types, ranges, target and allocation.
+
+        The same checks the constructor runs (each class's ``_check_params``), so a recipe fails
+        when it loads, before any data or model is built. Raises :class:`ConfigError`.
+        """
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"{cls.__name__} parameters must be a mapping; got {type(params).__name__}")
+        defaults = cls.parameter_defaults()
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown parameter(s) {unknown}; allowed: {sorted(defaults)}")
+        merged = {k: (None if v is inspect.Parameter.empty else v) for k, v in defaults.items()}
+        merged.update(params)
+        for klass in cls.__mro__:  # the most specific rules first
+            if "_check_params" in klass.__dict__:
+                out = klass.__dict__["_check_params"].__func__(cls, merged)
+                merged.update(out.get("base_params", {}))
+
     # ------------------------------------------------------------------ allocation & masks
     @property
     def layers(self) -> list[MaskedLayer]:
@@ -191,14 +322,21 @@ class SparsityMethod:
         if self.allocation.needs_scores:
             # placeholder until scores exist; each mask computation re-derives the split
             return [self.sparsity] * len(shapes)
-        out = self.allocation.sparsities(shapes, self.sparsity)
-        for layer, s in zip(self.layers, out):
+        fixed = match_overrides(self.overrides, [l.name for l in self.layers])
+        free = [i for i in range(len(shapes)) if i not in fixed]
+        # overridden layers are taken out of the split; the global sparsity applies to the others
+        # (RigL's custom_sparsity_map does the same)
+        split = self.allocation.sparsities([shapes[i] for i in free], self.sparsity) if free else []
+        out = [0.0] * len(shapes)
+        for i, s in zip(free, split):
+            out[i] = s
+        for i, t in fixed.items():
+            out[i] = t.sparsity
+        for i, (layer, s) in enumerate(zip(self.layers, out)):
             n = self.pattern.units(layer.canonical_shape)
             if num_pruned(s, n) >= n:
-                raise LayerError(
-                    f"{layer.qualname}: {self.allocation.name} allocation at sparsity {self.sparsity} "
-                    f"gives this layer sparsity {s:.6g}, which would remove all {n} units"
-                )
+                how = "its override" if i in fixed else f"{self.allocation.name} allocation at sparsity {self.sparsity}"
+                raise LayerError(f"{layer.qualname}: {how} gives this layer sparsity {s:.6g}, which would remove all {n} units")
         return out
 
     def masks_from_scores(self, scores: Sequence[torch.Tensor], sparsities: Sequence[float] | None = None,

@@ -69,9 +69,9 @@ from torch import nn
 from ..core.init import check_init_scale
 from ..core.patterns import Unstructured, random_mask, topk_mask
 from ..core.schedules import Constant, CosineDecay, Schedule
-from ..errors import CheckpointError, ConfigError, check_fraction, check_int
+from ..errors import CheckpointError, ConfigError, check_fraction, check_number
 from ..masking import MaskedLayer
-from .base import SparsityMethod
+from .base import SparsityMethod, step_param
 
 __all__ = ["DynamicSparse", "SET", "RigL"]
 
@@ -130,31 +130,19 @@ class DynamicSparse(SparsityMethod):
                  drop_fraction: float = 0.3, decay: str | None = None, update_interval: int = 100,
                  end: int | None = None, total_steps: int | None = None, begin: int = 0,
                  end_fraction: float | None = None, init_scale: str = "dense", **kwargs: Any) -> None:
-        self.init_scale = check_init_scale(init_scale)
-        self.drop_fraction = check_fraction(drop_fraction, "drop_fraction")
-        self.update_interval = check_int(update_interval, "update_interval", minimum=1)
-        check_int(begin, "begin", minimum=0)
-        if total_steps is not None:
-            check_int(total_steps, "total_steps", minimum=1)
+        v = DynamicSparse._check_params.__func__(type(self), {  # type: ignore[attr-defined]
+            "init_scale": init_scale, "drop_fraction": drop_fraction, "decay": decay, "update_interval": update_interval,
+            "end": end, "total_steps": total_steps, "begin": begin, "end_fraction": end_fraction})
+        self.init_scale = init_scale
+        self.drop_fraction = float(drop_fraction)
+        self.update_interval = update_interval
         self.total_steps = total_steps
-        decay = decay or self.default_decay
-        if end is None and total_steps is None:
-            if decay != "constant":
-                raise ConfigError(f"{type(self).__name__} with decay={decay!r} needs end= (last update step) or total_steps=")
-            end = _FOREVER
-        if end is None:
-            frac = check_fraction(end_fraction if end_fraction is not None else self.default_end_fraction, "end_fraction")
-            end = int(frac * total_steps)
-        check_int(end, "end", minimum=1)
-        if end <= begin:
-            raise ConfigError(f"end must be > begin; got begin={begin}, end={end}")
+        decay, end = v["decay"], v["end"]
         self.begin, self.end = begin, end
         if decay == "cosine":
             self.schedule: Schedule = CosineDecay(initial=self.drop_fraction, end=end, begin=begin)
-        elif decay == "constant":
-            self.schedule = Constant(self.drop_fraction)
         else:
-            raise ConfigError(f"decay must be 'cosine' or 'constant'; got {decay!r}")
+            self.schedule = Constant(self.drop_fraction)
         self.last_update: dict[str, Any] = {}
         #: per layer (canonical layout, CPU): positions active at any time so far
         self.explored: list[torch.Tensor] = []
@@ -164,6 +152,34 @@ class DynamicSparse(SparsityMethod):
         self.regrowth = {"grown": 0, "dropped_next": 0}
         self._held_grads: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """Drop fraction, its decay and the update steps; returns the decay and the last update step."""
+        check_init_scale(p.get("init_scale", "dense"))
+        check_fraction(p.get("drop_fraction", 0.3), "drop_fraction")
+        step_param(p, "update_interval", minimum=1)
+        begin = step_param(p, "begin")
+        total_steps = step_param(p, "total_steps", minimum=1)
+        end, end_given = p.get("end"), p.get("end") is not None
+        decay = p.get("decay") or cls.default_decay
+        if decay not in ("cosine", "constant"):
+            raise ConfigError(f"decay must be 'cosine' or 'constant'; got {decay!r}")
+        end_fraction = p.get("end_fraction")
+        check_fraction(end_fraction if end_fraction is not None else cls.default_end_fraction, "end_fraction")
+        if not end_given and p.get("total_steps") is None:
+            if decay != "constant":
+                raise ConfigError(f"{cls.__name__} with decay={decay!r} needs end= (last update step) or total_steps=")
+            return {"decay": decay, "end": _FOREVER}
+        if not end_given:
+            if total_steps is None:  # a recipe spec: resolved before construction
+                return {"decay": decay, "end": None}
+            end = int(check_fraction(end_fraction if end_fraction is not None else cls.default_end_fraction,
+                                     "end_fraction") * total_steps)
+        end = step_param({"end": end}, "end", minimum=1)
+        if end is not None and begin is not None and end <= begin:
+            raise ConfigError(f"end must be > begin; got begin={begin}, end={end}")
+        return {"decay": decay, "end": end}
 
     @torch.no_grad()
     def init_masks(self) -> None:
@@ -368,14 +384,18 @@ class RigL(DynamicSparse):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
                  skip_step: bool = True, drop_noise: float = 1e-5, **kwargs: Any) -> None:
-        if not isinstance(skip_step, bool):
-            raise ConfigError(f"skip_step must be True or False; got {skip_step!r}")
-        if (isinstance(drop_noise, bool) or not isinstance(drop_noise, (int, float))
-                or not math.isfinite(drop_noise) or drop_noise < 0):
-            raise ConfigError(f"drop_noise must be a finite number >= 0; got {drop_noise!r}")
+        RigL._check_params({"skip_step": skip_step, "drop_noise": drop_noise})
         self.skip_step = skip_step
         self.drop_noise = float(drop_noise)
         super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """``skip_step`` (a bool) and ``drop_noise`` (a finite number >= 0)."""
+        if not isinstance(p.get("skip_step", True), bool):
+            raise ConfigError(f"skip_step must be True or False; got {p.get('skip_step')!r}")
+        check_number(p.get("drop_noise", 1e-5), "drop_noise", minimum=0.0)
+        return {}
 
     def grow(self, layer: MaskedLayer, kept: torch.Tensor, n_regrow: int) -> torch.Tensor:
         """The ``n_regrow`` positions outside ``kept`` with the largest ``|dL/dw|`` of the update step's batch."""
@@ -392,9 +412,17 @@ class SET(DynamicSparse):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
                  update_interval: int, zeta: float | None = None, **kwargs: Any) -> None:
+        SET._check_params({"zeta": zeta})
         if zeta is not None:
             kwargs["drop_fraction"] = zeta
         super().__init__(model, optimizer, sparsity=sparsity, update_interval=update_interval, **kwargs)
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """``zeta``: SET's name of the drop fraction."""
+        if p.get("zeta") is not None:
+            check_fraction(p["zeta"], "zeta")
+        return {}
 
     def is_update_step(self, t: int) -> bool:
         """True after optimizer step ``t`` when ``t + 1 - begin`` is a multiple of ``update_interval``.

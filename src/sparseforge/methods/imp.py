@@ -51,9 +51,10 @@ from torch import nn
 
 from ..core.patterns import num_pruned
 from ..core.schedules import GeometricLevels, LevelSchedule, levels_from_spec
-from ..errors import CheckpointError, ConfigError, check_fraction, check_int, check_sparsity
+from ..core.targets import parse_target
+from ..errors import CheckpointError, ConfigError, check_number
 from ..masking import full_tensor
-from .base import SparsityMethod
+from .base import SparsityMethod, step_param
 
 __all__ = ["IMP"]
 
@@ -97,31 +98,10 @@ class IMP(SparsityMethod):
                  schedule: str | Sequence[float] | LevelSchedule = "geometric", fraction: float | None = None,
                  rewind_step: int = 0, score: str = "magnitude", reinit: str | Callable[[nn.Module], Any] | None = None,
                  lr_scheduler: Any = None, **kwargs: Any) -> None:
-        check_int(steps_per_round, "steps_per_round", minimum=1)
-        if sparsity is not None:
-            check_sparsity(sparsity)
-        if fraction is not None:
-            fraction = check_fraction(fraction, "fraction")
-            if not 0.0 < fraction < 1.0:
-                raise ConfigError(f"fraction (pruned per round) must be in (0, 1); got {fraction}")
-        if isinstance(schedule, (list, tuple)) or isinstance(schedule, LevelSchedule):
-            try:
-                self.levels = levels_from_spec(schedule, sparsity, fraction)
-            except ConfigError as e:
-                raise ConfigError(f"schedule={list(schedule) if isinstance(schedule, tuple) else schedule!r}: {e}") from None
-        else:
-            self.levels = levels_from_spec(schedule, sparsity, fraction)
+        v = IMP._check_params({"sparsity": sparsity, "steps_per_round": steps_per_round, "schedule": schedule,
+                               "fraction": fraction, "rewind_step": rewind_step, "score": score, "reinit": reinit})
+        self.levels = v["levels"]
         self.fraction = getattr(self.levels, "fraction", None)
-        check_int(rewind_step, "rewind_step", minimum=0)
-        if rewind_step >= steps_per_round:
-            raise ConfigError(f"rewind_step must be < steps_per_round ({steps_per_round}); got {rewind_step}")
-        if score not in _SCORES:
-            raise ConfigError(f"IMP score must be one of {list(_SCORES)}; got {score!r}")
-        if reinit is not None and reinit != "random" and not callable(reinit):
-            raise ConfigError(f"reinit must be None (rewind), 'random' or a callable fn(model); got {reinit!r}")
-        if reinit is not None and rewind_step > 0:
-            raise ConfigError(f"reinit={reinit!r} trains each round from a fresh initialisation, rewind_step={rewind_step} "
-                              "rewinds to that step's weights: use one of them (reinit with rewind_step=0)")
         if reinit == "random":
             for mname, module in model.named_modules():
                 if any(True for _ in module.parameters(recurse=False)) and not hasattr(module, "reset_parameters"):
@@ -139,6 +119,44 @@ class IMP(SparsityMethod):
         self._pending_sched_restore = False
         super().__init__(model, optimizer, sparsity=self.levels.final, **kwargs)
         self.rounds = self.levels.rounds
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """Rounds, levels, rewinding and scores; returns the level schedule."""
+        steps_per_round = step_param(p, "steps_per_round", minimum=1)
+        sparsity = p.get("sparsity")
+        if sparsity is not None:
+            target = parse_target(sparsity)
+            if target.is_nm:
+                raise ConfigError(f"IMP prunes to a fraction of zeros; N:M {target} is trained with the N:M methods")
+            sparsity = target.sparsity
+        fraction = p.get("fraction")
+        if fraction is not None:
+            fraction = check_number(fraction, "fraction", minimum=0.0, maximum=1.0, min_open=True, max_open=True,
+                                    note=" (pruned per round)")
+        schedule = p.get("schedule", "geometric")
+        if isinstance(schedule, (list, tuple)) or isinstance(schedule, LevelSchedule):
+            try:
+                levels = levels_from_spec(schedule, sparsity, fraction)
+            except ConfigError as e:
+                raise ConfigError(f"schedule={list(schedule) if isinstance(schedule, tuple) else schedule!r}: {e}") from None
+        else:
+            levels = levels_from_spec(schedule, sparsity, fraction)
+        rewind_step = step_param(p, "rewind_step")
+        if rewind_step is not None and steps_per_round is not None and rewind_step >= steps_per_round:
+            raise ConfigError(f"rewind_step must be < steps_per_round ({steps_per_round}); got {rewind_step}")
+        score = p.get("score", "magnitude")
+        if score not in _SCORES:
+            raise ConfigError(f"IMP score must be one of {list(_SCORES)}; got {score!r}")
+        reinit = p.get("reinit")
+        if reinit is not None and reinit != "random" and not callable(reinit):
+            raise ConfigError(f"reinit must be None (rewind), 'random' or a callable fn(model); got {reinit!r}")
+        if reinit is not None and p.get("rewind_step", 0) not in (0, None):
+            raise ConfigError(f"reinit={reinit!r} trains each round from a fresh initialisation, "
+                              f"rewind_step={p.get('rewind_step')} rewinds to that step's weights: use one of them "
+                              "(reinit with rewind_step=0)")
+        # the base class checks the final level as the method's target
+        return {"levels": levels, "base_params": {"sparsity": levels.final}}
 
     @staticmethod
     def num_rounds(sparsity: float, fraction: float) -> int:
@@ -201,7 +219,10 @@ class IMP(SparsityMethod):
             finally:
                 self.sparsity = saved
         else:
-            masks = self.masks_from_scores(scores, [target] * len(self.layers), eligible_only=True)
+            per_layer = [target] * len(self.layers)
+            if self.overrides:  # each layer's level scales to its own final sparsity
+                per_layer = [min(sl * target / self.sparsity, sl) if self.sparsity else 0.0 for sl in self.layer_sparsity]
+            masks = self.masks_from_scores(scores, per_layer, eligible_only=True)
         self.set_masks(masks)
         self._restart()
 

@@ -160,7 +160,8 @@ def run_prune(
     from ..report import sparsity_report
     from .calibration import load_calibration
     from .io import load_model, save_pruned
-    from .methods import SparseGPT, method_from_spec, parse_target, resolve_target
+    from ..core.targets import parse_target_text
+    from .methods import SparseGPT, method_from_spec, oneshot_target
     from .sequential import _context_length, prune_oneshot
 
     t0 = time.perf_counter()
@@ -171,7 +172,9 @@ def run_prune(
             raise ConfigError(f"--preserve-zeros applies to sparsegpt only (the one method that updates weights); "
                               f"{meth.label} never turns a zero weight nonzero")
         meth = dataclasses.replace(meth, preserve_zeros=True)
-    pattern, target = resolve_target(parse_target(sparsity, "--sparsity"), "--sparsity")
+    # parsed once here; prune_oneshot and every layer's rule receive this object
+    target = oneshot_target(parse_target_text(sparsity, "--sparsity"), "--sparsity")
+    pattern = target.pattern
     check_int(nsamples, "--nsamples", minimum=1)
     if seqlen is not None:
         check_int(seqlen, "--seqlen", minimum=1)
@@ -215,7 +218,7 @@ def run_prune(
                               f"use --seqlen {ctx} or less")
     t_calib = time.perf_counter()
 
-    result = prune_oneshot(net, meth, pattern if isinstance(pattern, NM) else target,
+    result = prune_oneshot(net, meth, target,
                            calibration=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, batch_size=batch_size,
                            indivisible=indivisible, measure_error=measure_error, progress=progress)
     t_pruned = time.perf_counter()

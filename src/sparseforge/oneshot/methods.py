@@ -4,7 +4,10 @@ Every function takes a *canonical* ``[out, in]`` weight (HF ``Conv1D`` already t
 caller), the :class:`~sparseforge.oneshot.stats.LayerStats` of the layer's calibration inputs,
 and a target that is either
 
-* a float ``s`` in [0, 1): unstructured, exactly ``round(s * n)`` zeros over the layer's ``n``
+a :class:`~sparseforge.core.targets.Target` (:func:`~sparseforge.core.targets.parse_target`; a
+number or an N:M spec is parsed on entry), either
+
+* a fraction ``s`` in [0, 1): unstructured, exactly ``round(s * n)`` zeros over the layer's ``n``
   weights (:func:`~sparseforge.core.patterns.num_pruned`; the row-wise rules spread the zeros
   over the rows as evenly as the count allows, so every row gets ``floor`` or ``ceil`` of
   ``s * in``); or
@@ -34,12 +37,13 @@ from typing import Any, Iterator
 
 import torch
 
-from ..core.patterns import NM, Unstructured, is_valid_nm, num_pruned, pattern_from_spec, topk_mask
-from ..errors import ConfigError, LayerError, check_int, check_sparsity
+from ..core.patterns import NM, Unstructured, is_valid_nm, num_pruned, topk_mask
+from ..core.targets import Target, parse_target
+from ..errors import ConfigError, LayerError, check_int, check_number
 from .stats import LayerStats
 
 __all__ = [
-    "parse_target",
+    "oneshot_target",
     "resolve_target",
     "magnitude_prune",
     "wanda_scores",
@@ -73,38 +77,22 @@ _SMALL_OP = 1 << 21
 # ---------------------------------------------------------------------------------------------
 
 
+def oneshot_target(sparsity: Any, name: str = "sparsity") -> Target:
+    """The :class:`~sparseforge.core.targets.Target` of ``sparsity`` for a one-shot rule: a fraction or N:M.
+
+    :func:`~sparseforge.core.targets.parse_target` with the one-shot restriction (no block or
+    channel patterns); a Target is passed on as the same object.
+    """
+    t = parse_target(sparsity, name)
+    if not isinstance(t.pattern, (Unstructured, NM)):
+        raise ConfigError(f"{name}: one-shot methods prune unstructured or N:M; got the {t.pattern.name} target {t}")
+    return t
+
+
 def resolve_target(sparsity: Any, name: str = "sparsity") -> tuple[Unstructured | NM, float]:
-    """``(pattern, sparsity)`` from a float (unstructured) or an N:M spec (``"2:4"``, ``NM(2, 4)``).
-
-    Raises :class:`ConfigError` for a sparsity outside [0, 1) or a spec that is neither.
-    """
-    if isinstance(sparsity, NM):
-        return sparsity, sparsity.sparsity
-    if isinstance(sparsity, str) or isinstance(sparsity, dict):
-        if isinstance(sparsity, str) and sparsity.strip().lower() == "unstructured":
-            raise ConfigError(f"{name}: 'unstructured' needs a number; pass the sparsity as a float in [0, 1)")
-        try:
-            p = pattern_from_spec(sparsity)
-        except ConfigError:
-            p = None
-        if not isinstance(p, NM):
-            raise ConfigError(f"{name} must be a float in [0, 1) or an N:M pattern such as '2:4'; got {sparsity!r}")
-        return p, p.sparsity
-    return Unstructured(), check_sparsity(sparsity, name)
-
-
-def parse_target(text: Any, name: str = "--sparsity") -> Any:
-    """A command-line target: ``"0.5"`` -> ``0.5`` (unstructured), ``"2:4"`` stays the N:M string.
-
-    Anything else is returned as given; :func:`resolve_target` checks the value.
-    """
-    if isinstance(text, str) and ":" not in text:
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigError(f"{name} must be a fraction in [0, 1) such as 0.5, or an N:M pattern such as 2:4 "
-                              f"(N kept of M); got {text!r}") from None
-    return text
+    """``(pattern, sparsity)`` of :func:`oneshot_target` (kept for callers of the tuple form)."""
+    t = oneshot_target(sparsity, name)
+    return t.pattern, t.sparsity
 
 
 def _canonical_2d(weight: torch.Tensor, name: str) -> torch.Tensor:
@@ -409,8 +397,7 @@ def sparsegpt_prune(
     pattern, s = resolve_target(sparsity)
     _check_nm(pattern, w, name)
     blocksize = check_int(blocksize, "blocksize", minimum=1)
-    if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not 0 <= percdamp < math.inf:
-        raise ConfigError(f"percdamp must be a number >= 0; got {percdamp!r}")
+    percdamp = check_number(percdamp, "percdamp", minimum=0.0)
     if isinstance(stats, LayerStats):
         if stats.in_features != w.shape[1]:
             raise LayerError(f"{name}: statistics have {stats.in_features} input features; weight shape {tuple(w.shape)}")
@@ -545,10 +532,8 @@ def dsnot_prune(
     pattern, _ = resolve_target(sparsity)
     _check_nm(pattern, w, name)
     max_cycles = check_int(max_cycles, "max_cycles", minimum=0)
-    if isinstance(update_threshold, bool) or not isinstance(update_threshold, (int, float)) or update_threshold < 0:
-        raise ConfigError(f"update_threshold must be a number >= 0; got {update_threshold!r}")
-    if isinstance(pow_of_var, bool) or not isinstance(pow_of_var, (int, float)) or pow_of_var < 0:
-        raise ConfigError(f"pow_of_var must be a number >= 0; got {pow_of_var!r}")
+    update_threshold = check_number(update_threshold, "update_threshold", minimum=0.0)
+    pow_of_var = check_number(pow_of_var, "pow_of_var", minimum=0.0)
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(w.shape):
         shown = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise LayerError(f"{name}: initial mask must have the weight's shape {tuple(w.shape)}; got {shown}")
@@ -727,8 +712,7 @@ class SparseGPT(OneShotMethod):
 
     def __post_init__(self) -> None:
         check_int(self.blocksize, "blocksize", minimum=1)
-        if isinstance(self.percdamp, bool) or not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:
-            raise ConfigError(f"percdamp must be a number >= 0; got {self.percdamp!r}")
+        check_number(self.percdamp, "percdamp", minimum=0.0)
         if not isinstance(self.preserve_zeros, bool):
             raise ConfigError(f"preserve_zeros must be True or False; got {self.preserve_zeros!r}")
 
@@ -767,9 +751,7 @@ class DSnoT(OneShotMethod):
             raise ConfigError(f"DSnoT initial must be magnitude, wanda or sparsegpt; got {self.initial!r}")
         check_int(self.max_cycles, "max_cycles", minimum=0)
         for f in ("update_threshold", "pow_of_var"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"DSnoT {f} must be a number >= 0; got {v!r}")
+            check_number(getattr(self, f), f"DSnoT {f}", minimum=0.0)
         if self.same_sign not in (None, True, False):
             raise ConfigError(f"DSnoT same_sign must be None (auto), True or False; got {self.same_sign!r}")
         if self.skip is not None:

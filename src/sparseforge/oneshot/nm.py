@@ -17,31 +17,37 @@ from typing import Any
 
 from torch import nn
 
-from ..core.patterns import NM, pattern_from_spec
+from ..core.targets import INDIVISIBLE, parse_target, target_from_args
 from ..errors import ConfigError, LayerError
 from ..masking import MASK_SUFFIX, Masking, Targets
-from ..methods.nm import INDIVISIBLE_POLICIES, nm_mask
+from ..methods.nm import nm_mask
 from ..transaction import transaction
 
 __all__ = ["prune_nm"]
 
 
-def prune_nm(model: nn.Module, pattern: Any = "2:4", *, targets: Any = None, indivisible: str = "error") -> Masking:
+def prune_nm(model: nn.Module, sparsity: Any = "2:4", *, targets: Any = None, indivisible: str = "error",
+             pattern: Any = None) -> Masking:
     """Prune ``model`` in place to N:M by magnitude; returns the :class:`~sparseforge.masking.Masking`.
 
     Args:
         model: any ``nn.Module`` (targets default to Linear, Conv1d/2d/3d and HF Conv1D weights).
-        pattern: ``"N:M"`` or an :class:`~sparseforge.core.patterns.NM` with N < M.
+        sparsity: the N:M target: ``"N:M"`` or :class:`~sparseforge.core.patterns.NM` with N < M
+            (:func:`~sparseforge.core.targets.parse_target`).
         targets: :class:`~sparseforge.masking.Targets` or a dict of its fields.
         indivisible: ``"error"``, ``"skip"`` or ``"pad"`` (see the module docstring).
+        pattern: deprecated alias of ``sparsity`` (warns).
     """
-    p = pattern_from_spec(pattern)
-    if not isinstance(p, NM):
-        raise ConfigError(f"prune_nm needs an N:M pattern such as '2:4'; got {pattern!r}")
-    if p.n >= p.m or p.m < 2:
-        raise ConfigError(f"prune_nm needs N < M and M >= 2; got {p.n}:{p.m}")
-    if indivisible not in INDIVISIBLE_POLICIES:
-        raise ConfigError(f"indivisible must be one of {INDIVISIBLE_POLICIES}; got {indivisible!r}")
+    if pattern is not None:
+        target = target_from_args(None, pattern, owner="prune_nm")
+    else:
+        target = parse_target(sparsity)
+    if not target.is_nm:
+        raise ConfigError(f"prune_nm needs an N:M target such as '2:4'; got {sparsity!r} (for a fraction of zeros "
+                          f"use prune_oneshot(model, 'magnitude', {target.sparsity:g}))")
+    p = target.pattern
+    if indivisible not in INDIVISIBLE:
+        raise ConfigError(f"indivisible must be one of {list(INDIVISIBLE)}; got {indivisible!r}")
     with transaction(model, tensors="journal") as txn:
         masking = Masking(model, Targets.from_spec(targets) if targets is not None else None)
         plan = []

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, check_int
+from ..errors import CheckpointError, ConfigError, check_int, check_number
 from ..fileio import atomic_dir, atomic_save_safetensors, first_sentence, load_safetensors, read_json
 
 __all__ = ["AUSTEN_GPT_DEFAULTS", "CACHE_ENV_VAR", "PretrainedLM", "austen_gpt", "default_cache_dir", "unigram_perplexity"]
@@ -119,9 +119,7 @@ def _check_args(kw: dict[str, Any]) -> None:
     for name in ("d_model", "n_layer", "n_head", "block_size", "steps", "batch_size"):
         check_int(kw[name], name, minimum=1)
     check_int(kw["seed"], "seed", minimum=0)
-    lr = kw["lr"]
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"lr must be a finite number > 0; got {lr!r}")
+    check_number(kw["lr"], "lr", minimum=0.0, min_open=True)
     if kw["d_model"] % kw["n_head"]:
         raise ConfigError(f"d_model must be divisible by n_head ({kw['n_head']}); got d_model={kw['d_model']}")
 

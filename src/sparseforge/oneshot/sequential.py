@@ -41,7 +41,8 @@ from ..errors import ConfigError, LayerError, check_int
 from ..masking import MASK_SUFFIX, MaskedLayer, Masking, Targets, find_masked_layers, is_hf_conv1d
 from ..transaction import transaction
 from .calibration import load_calibration
-from .methods import NM, OneShotMethod, _few_threads, method_from_spec, resolve_target
+from ..core.targets import INDIVISIBLE
+from .methods import NM, OneShotMethod, _few_threads, method_from_spec, oneshot_target
 from .stats import LayerStats, reconstruction_error
 
 __all__ = ["find_blocks", "prune_oneshot", "OneShotResult", "LayerResult", "peak_memory"]
@@ -553,8 +554,9 @@ def prune_oneshot(
         method: ``"magnitude"``, ``"magnitude-row"``, ``"wanda"``, ``"sparsegpt"``, ``"dsnot"``
             (on Wanda), ``"dsnot+magnitude"``, ``"dsnot+sparsegpt"``, a dict or a
             :class:`~.methods.OneShotMethod` (see :func:`~.methods.method_from_spec`).
-        sparsity: float in [0, 1) (unstructured, exact count per layer) or an N:M pattern
-            (``"2:4"``: keep 2 of every 4 consecutive inputs; the references count pruned weights).
+        sparsity: the target (:func:`~sparseforge.core.targets.parse_target`): a fraction in [0, 1)
+            (unstructured, exact count per layer), an N:M pattern (``"2:4"`` or ``NM(2, 4)``: keep 2
+            of every 4 consecutive inputs; the references count pruned weights) or a Target.
         calibration: ``"austen"`` (default), ``"bible"``, ``"text:PATH"``, a token tensor, a
             ``TextCorpus``, model inputs as a float tensor, or None (magnitude only, no error
             measured). See :func:`~.calibration.load_calibration`.
@@ -568,7 +570,8 @@ def prune_oneshot(
         blocks: the block list (path or module) if the automatic :func:`find_blocks` is not wanted.
         targets: restrict the prunable layers further (:class:`~sparseforge.masking.Targets` or dict).
         indivisible: N:M on a layer whose input dimension M does not divide: ``"error"`` (default)
-            or ``"skip"`` (left dense, listed in ``skipped``).
+            or ``"skip"`` (left dense, listed in ``skipped``); ``"pad"`` (of :func:`prune_nm` and the
+            N:M training methods) is refused here.
         measure_error: accumulate the Gram matrix of every layer's inputs to report the exact
             reconstruction error (costs one ``in x in`` product per layer input; SparseGPT needs it anyway).
         share_inputs: layers reading the same tensor share one statistics accumulator.
@@ -585,15 +588,19 @@ def prune_oneshot(
     """
     t_start = time.perf_counter()
     meth: OneShotMethod = method_from_spec(method)
-    pattern, target = resolve_target(sparsity)
+    target = oneshot_target(sparsity)  # parsed once; every layer's rule gets this object
+    pattern = target.pattern
     check_int(nsamples, "nsamples", minimum=1)
     if batch_size is not None:
         check_int(batch_size, "batch_size", minimum=1)
     check_int(seed, "seed")
     if seqlen is not None:
         check_int(seqlen, "seqlen", minimum=1)
-    if indivisible not in ("error", "skip"):
-        raise ConfigError(f"indivisible must be 'error' or 'skip'; got {indivisible!r}")
+    if indivisible not in INDIVISIBLE:
+        raise ConfigError(f"indivisible must be one of {list(INDIVISIBLE)}; got {indivisible!r}")
+    if indivisible == "pad":
+        raise ConfigError("indivisible='pad' is not supported by one-shot methods (SparseGPT and DSnoT update whole "
+                          "N:M groups); use 'skip' (leave such layers dense) or 'error'")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     existing = find_masked_layers(model)
@@ -724,7 +731,7 @@ def prune_oneshot(
                         w = layer.canonical(weight.detach()).float()
                         with _few_threads(w.numel(), w.device):
                             t0 = time.perf_counter()
-                            mask, new_w = meth.prune(w, stats, pattern if isinstance(pattern, NM) else target,
+                            mask, new_w = meth.prune(w, stats, target,
                                                      name=layer.qualname, layer_name=rel)
                             dt = time.perf_counter() - t0
                             err = reconstruction_error(w, new_w, stats.gram) if stats is not None and stats.gram is not None else None
@@ -746,7 +753,7 @@ def prune_oneshot(
             raise LayerError(f"no layer was pruned: {masking.skipped[:3]}")
     pattern_name = f"{pattern.n}:{pattern.m}" if isinstance(pattern, NM) else "unstructured"
     return OneShotResult(
-        method=meth.label, method_spec=repr(meth), pattern=pattern_name, target_sparsity=target, layers=results,
+        method=meth.label, method_spec=repr(meth), pattern=pattern_name, target_sparsity=target.sparsity, layers=results,
         skipped=list(masking.skipped), masking=masking, blocks_path=blocks_path,
         nsamples=0 if calib is None else int(calib.shape[0]),
         seqlen=None if calib is None or calib.is_floating_point() else int(calib.shape[1]),

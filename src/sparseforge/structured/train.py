@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, check_int
+from ..errors import ConfigError, check_int, check_number
 from .graph import DependencyGraph, trace_groups
 from .hesso import HESSO
 from .prox import GroupProx
@@ -142,10 +142,7 @@ def _hold_zero_fn(model: nn.Module, kept: Kept) -> Callable[[], None]:
 
 
 def _check_fraction(value: Any, name: str, *, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < 1 if low_open else 0 <= value < 1):
-        allowed = "(0, 1)" if low_open else "[0, 1)"
-        raise ConfigError(f"{name} must be a number in {allowed}; got {value!r}")
-    return float(value)
+    return float(check_number(value, name, minimum=0.0, maximum=1.0, min_open=low_open, max_open=True))
 
 
 def train_structured(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, method: str, epochs: int,
@@ -186,9 +183,11 @@ def train_structured(model: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
     s = _check_fraction(target_group_sparsity, "target_group_sparsity")
     if method != "dense" and s == 0:
         raise ConfigError(f"method {method!r} needs target_group_sparsity > 0; got 0 (use method='dense')")
-    if method in ("group_lasso", "wgsef") and (lam is None or isinstance(lam, bool) or not isinstance(lam, (int, float))
-                                               or lam <= 0):
-        raise ConfigError(f"method {method!r} needs lam > 0 (the penalty strength); got {lam!r}")
+    if method in ("group_lasso", "wgsef"):
+        try:
+            check_number(lam, "lam", minimum=0.0, min_open=True)
+        except ConfigError:
+            raise ConfigError(f"method {method!r} needs lam > 0 (the penalty strength); got {lam!r}") from None
     if method == "hesso":
         _check_fraction(hesso_warmup, "hesso_warmup")
         _check_fraction(hesso_pruning, "hesso_pruning", low_open=True)
