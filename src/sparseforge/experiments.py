@@ -1,6 +1,6 @@
 """One run of each issue-6 benchmark (Sparse-IFT, Sparse Model Soups, random node search).
 
-The benchmark suites in ``benchmarks/`` call these through :func:`sparseforge.bench.parallel_map`,
+The benchmark suites in ``benchmarks/`` call these through :func:`sparseforge.parallel.parallel_map`,
 which needs importable functions; each takes only small picklable arguments (the dataset by
 name) and returns a JSON-ready row. Every run trains an MLP with SGD (momentum 0.9, weight decay
 1e-4, batch 128) and reports the final test accuracy (never the best epoch).
@@ -229,12 +229,12 @@ def run_grid(fn: Any, jobs: list[dict[str, Any]], *, cache: Any, workers: int = 
     """Run ``fn(**job)`` for every job not cached in folder ``cache``; return the rows in job order.
 
     Each finished row is written to ``cache/<key>.json`` at once, so an interrupted suite resumes.
-    ``workers > 1`` runs jobs in spawned processes (:func:`~sparseforge.bench.parallel_map`).
+    ``workers > 1`` runs jobs in spawned processes (:func:`~sparseforge.parallel.parallel_map`).
     """
     import json
     from pathlib import Path
 
-    from .bench import parallel_map
+    from .parallel import parallel_map
 
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
