@@ -43,7 +43,8 @@ from torch import nn
 from .utils import probe
 from .errors import CheckpointError, ConfigError, LayerError
 from .fileio import atomic_write_text, load_safetensors, load_torch, read_json
-from .masking import MASK_SUFFIX, MaskedLayer, find_masked_layers, full_tensor, is_hf_conv1d
+from .core.layout import is_hf_conv1d
+from .masking import MASK_SUFFIX, MaskedLayer, find_masked_layers, full_tensor
 
 __all__ = [
     "LayerReport",

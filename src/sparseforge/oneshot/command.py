@@ -90,7 +90,7 @@ def _tokenizer_from_arg(arg: str | None, loaded: Any) -> Any:
 
 def _nm_violations(model: torch.nn.Module, names: Sequence[str], n: int, m: int) -> int:
     from ..lm import nm_violations
-    from ..masking import is_hf_conv1d
+    from ..core.layout import is_hf_conv1d
 
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..utils import probe
 from ..errors import ConfigError, LayerError, check_int, check_sparsity
-from ..masking import is_hf_conv1d
+from ..core.layout import is_hf_conv1d
 from .graph import DependencyGraph, trace_groups
 from .importance import IMPORTANCES, group_importance
 from .shrink import Kept, kept_indices, shrink, zero_groups
