@@ -17,10 +17,9 @@ from typing import Any
 
 from torch import nn
 
-from ..core.patterns import NM, pattern_from_spec
+from ..core.patterns import INDIVISIBLE_POLICIES, NM, pattern_from_spec
 from ..errors import ConfigError, LayerError
 from ..masking import MASK_SUFFIX, Masking, Targets
-from ..methods.nm import INDIVISIBLE_POLICIES, nm_mask
 from ..transaction import transaction
 
 __all__ = ["prune_nm"]
@@ -58,5 +57,6 @@ def prune_nm(model: nn.Module, pattern: Any = "2:4", *, targets: Any = None, ind
                                  f"divisible by M={p.m}; pass indivisible='skip' or 'pad', or exclude it")
         for layer, pad in plan:
             txn.save(layer.weight)
-            masking.set_mask(layer, nm_mask(layer.canonical(layer.weight), p.n, p.m, pad=pad), canonical=True)
+            masking.set_mask(layer, p.mask(layer.canonical(layer.weight).detach().abs(), pad=pad, layer=layer.qualname),
+                             canonical=True)
     return masking
