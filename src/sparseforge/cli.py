@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds = dsub.add_parser("status", help="say which data sets are present (fetches nothing)")
     ds.set_defaults(func=_cmd_data_status)
 
-    from .oneshot.command import add_prune_parser
+    from .commands.prune import add_prune_parser
 
     add_prune_parser(sub)
     return p

@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["LayerResult", "OneShotResult", "find_blocks", "peak_memory", "prune_oneshot"], "sequential"),
     **dict.fromkeys(["LayerStats", "reconstruction_error"], "stats"),
 }
-_SUBMODULES = frozenset({"calibration", "command", "evaluate", "io", "methods", "nm", "pretrained", "sequential", "stats"})
+_SUBMODULES = frozenset({"calibration", "evaluate", "io", "methods", "nm", "pretrained", "sequential", "stats"})
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), _SUBMODULES)
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
