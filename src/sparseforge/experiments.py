@@ -106,7 +106,8 @@ def run_ift(*, dataset: str, kind: str, sparsity: float, seed: int, epochs: floa
     every MLP (baseline included) BatchNorm after each hidden layer (:class:`NormMLP`).
     """
     from .soups import accuracy, train_classifier
-    from .transforms import ift_method, iso_flop_report, sparse_ift
+    from .report import iso_flop_report
+    from .transforms import ift_method, sparse_ift
 
     t0 = time.perf_counter()
     data = data if data is not None else load_data(dataset, n_train, n_test)
