@@ -38,7 +38,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = frozenset({
     "bench", "cli", "core", "data", "demo", "errors", "experiments", "export", "kernels", "lm", "lora", "masking",
     "methods", "models", "oneshot", "recipes", "report", "search", "soups", "structured", "text", "train",
-    "transforms", "utils", "parallel", "structured_train", "pretrained", "commands",
+    "transforms", "utils", "parallel", "structured_train", "pretrained", "commands", "tables",
 })
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), _SUBMODULES)
 

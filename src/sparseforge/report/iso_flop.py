@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..tables import text_table
 from ..transforms.sparse_ift import ift_budgets, ift_layers
 from .counting import sparsity_report
 
@@ -53,10 +54,7 @@ class IsoFlopReport:
         t = self.totals
         body.append(["total", "", f"{t['dense_flops']:,.0f}", f"{t['ift_flops']:,.0f}", f"{t['ratio']:.4f}",
                      f"{int(t['dense_params']):,}", f"{int(t['ift_params']):,}", f"{int(t['ift_nonzeros']):,}"])
-        widths = [max(len(x) for x in col) for col in zip(head, *body)]
-        line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-        return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body),
-                          f"IFT FLOPs counted from {self.source}"])
+        return text_table(head, body, align="ll" + "r" * 6) + f"\nIFT FLOPs counted from {self.source}"
 
     def __str__(self) -> str:
         return self.table()

@@ -10,10 +10,11 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write_text, read_json
+from ..tables import text_table
 
 __all__ = ["LayerReport", "Report", "MODES"]
 
@@ -177,14 +178,7 @@ class Report:
         ]
         if show_storage:
             header.append("storage")
-        widths = [max(len(x) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
-        left = {0, 1, len(header) - 1} if show_storage else {0, 1}
-
-        def fmt(cells: Sequence[str]) -> str:
-            return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-        lines = [fmt(header), "  ".join("-" * w for w in widths)]
-        lines += [fmt(r) for r in rows]
+        lines = text_table(header, rows, align="ll" + "r" * 5 + ("l" if show_storage else "")).splitlines()
         if not rows:
             lines.append("(no Linear, Conv or masked layers)")
         t = self.totals
