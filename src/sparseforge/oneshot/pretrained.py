@@ -2,11 +2,9 @@
 
 The model is trained by :func:`sparseforge.pretrained.austen_gpt` (a runner: it calls
 :func:`sparseforge.lm.train_lm`); this module only finds and loads what that wrote, so the
-one-shot model loader (``sparseforge prune austen-gpt``) never imports a training loop::
-
-    from sparseforge.oneshot.pretrained import cached_austen_gpt
-    lm = cached_austen_gpt()           # ConfigError if it was never trained
-    print(lm.log["val_ppl"], lm.log["unigram_val_ppl"])
+one-shot model loader (the model name ``austen-gpt`` of the prune command) never imports a
+training loop: :func:`cached_austen_gpt` returns the cached model, or raises a ``ConfigError``
+if it was never trained.
 
 The cache folder is ``$SPARSEFORGE_CACHE/austen-gpt/<key>`` (default
 ``~/.cache/sparseforge/austen-gpt/<key>``), where ``<key>`` is a hash of everything that
