@@ -1,7 +1,7 @@
 """lora_recovery: one-shot prune the Austen GPT, recover it with sparsity-preserving LoRA, quantize; masks checked at every stage.
 
 Run it as ``sparseforge bench lora_recovery``. The small pretrained Austen GPT
-(:func:`sparseforge.oneshot.pretrained.austen_gpt`; it must be trained already, or pass
+(:func:`sparseforge.pretrained.austen_gpt`; it must be trained already, or pass
 any sparseforge TinyGPT folder with ``--gpt PATH``) is pruned one-shot (``--method``, default
 Wanda, calibration ``--nsamples`` windows of the training text) at each ``--targets`` sparsity
 or N:M pattern; every Linear inside the transformer blocks is pruned, embeddings and head stay

@@ -2,8 +2,8 @@
 
 Run it as ``sparseforge bench oneshot``. Models:
 
-* ``gpt`` -- the small pretrained Austen GPT (:func:`sparseforge.oneshot.pretrained.austen_gpt`,
-  a character-level TinyGPT; it must be trained already: ``python -c "from sparseforge.oneshot.pretrained
+* ``gpt`` -- the small pretrained Austen GPT (:func:`sparseforge.pretrained.austen_gpt`,
+  a character-level TinyGPT; it must be trained already: ``python -c "from sparseforge.pretrained
   import austen_gpt; austen_gpt()"``), or any sparseforge TinyGPT folder with ``--gpt PATH``.
   Quality: validation perplexity on the held-out Austen text (the last 10 % of every novel;
   ``--val-windows`` windows of the context length, evenly spread over the stream).

@@ -15,7 +15,7 @@ from sparseforge.bench import list_suites, run_suite
 from sparseforge.data import fashion_mnist_available
 from sparseforge.errors import ConfigError
 from sparseforge.structured import trace_groups
-from sparseforge.structured.train import _hold_zero_fn, run_structured, train_structured, zero_group_count
+from sparseforge.structured_train import _hold_zero_fn, run_structured, train_structured, zero_group_count
 from sparseforge.structured.shrink import kept_indices
 
 

@@ -10,9 +10,10 @@ from torch import nn
 from sparseforge.errors import ConfigError, LayerError
 from sparseforge.masking import find_masked_layers
 from sparseforge.models import MLP1D, SmallCNN
+from sparseforge.report import iso_flop_report
 from sparseforge.transforms import (
     KINDS, SparseDoped, SparseFactorized, SparseParallel, SparseWide, ift_budgets, ift_layers, ift_method,
-    iso_flop_report, sparse_ift, transform_layer,
+    sparse_ift, transform_layer,
 )
 from sparseforge.transforms.sparse_ift import (
     base_scaling, doped_rank, factorized_rank, parallel_branches, wide_width,

@@ -29,16 +29,16 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["BDWP", "GMP", "IMP", "MDGF", "SDGF", "SET", "SRSTE", "STE", "Dense", "RigL", "SparsityMethod",
                      "StaticSparse", "build_method"], "methods"),
     **dict.fromkeys(["prune_nm", "prune_oneshot"], "oneshot"),
-    **dict.fromkeys(["Report", "sparsity_report"], "report"),
+    **dict.fromkeys(["Report", "iso_flop_report", "sparsity_report"], "report"),
     "random_search": "search",
     **dict.fromkeys(["greedy_soup", "recalibrate_bn", "sparse_model_soups", "uniform_soup"], "soups"),
-    **dict.fromkeys(["ift_method", "iso_flop_report", "sparse_ift"], "transforms"),
+    **dict.fromkeys(["ift_method", "sparse_ift"], "transforms"),
     **dict.fromkeys(["StructuredPruner", "prune_structured"], "structured"),
 }
 _SUBMODULES = frozenset({
     "bench", "cli", "core", "data", "demo", "errors", "experiments", "export", "kernels", "lm", "lora", "masking",
     "methods", "models", "oneshot", "recipes", "report", "search", "soups", "structured", "text", "train",
-    "transforms", "utils",
+    "transforms", "utils", "parallel", "structured_train", "pretrained", "commands", "tables",
 })
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), _SUBMODULES)
 
@@ -52,11 +52,11 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .methods import (BDWP, GMP, IMP, MDGF, SDGF, SET, SRSTE, STE, Dense, RigL, SparsityMethod, StaticSparse,
                           build_method)
     from .oneshot import prune_nm, prune_oneshot
-    from .report import Report, sparsity_report
+    from .report import Report, iso_flop_report, sparsity_report
     from .search import random_search
     from .soups import greedy_soup, recalibrate_bn, sparse_model_soups, uniform_soup
     from .structured import StructuredPruner, prune_structured
-    from .transforms import ift_method, iso_flop_report, sparse_ift
+    from .transforms import ift_method, sparse_ift
 
 __all__ = [
     "__version__",

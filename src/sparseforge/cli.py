@@ -27,6 +27,7 @@ from typing import NoReturn, Sequence
 
 from . import __version__
 from .errors import SparseforgeError
+from .tables import text_table
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -83,8 +84,7 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 def _cmd_data_status(args: argparse.Namespace) -> int:
     from .fetch import DATA_SOURCES, status
 
-    for name, where in status().items():
-        print(f"{name:14s} {where}  ({DATA_SOURCES[name][1]})")
+    print(text_table(None, [(name, f"{where}  ({DATA_SOURCES[name][1]})") for name, where in status().items()]))
     return 0
 
 
@@ -112,8 +112,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import list_suites, run_suite
 
     if args.list or not args.suite:
-        for name, doc in list_suites().items():
-            print(f"{name:12s} {doc}")
+        print(text_table(None, list(list_suites().items())))
         return 0
     run_suite(args.suite, args.rest)
     return 0
@@ -195,8 +194,7 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
             ("torch", f"{comps['torch']} (cxx11 abi {comps['cxx11_abi']}), python {comps['python']}"),
             ("flags", " ".join(comps["cflags"])),
             ("other builds", " ".join(b for b in info["cached_builds"] if not info["build_dir"].endswith(b)) or "-")]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:{width}s}  {v}" for k, v in rows))
+    print(text_table(None, rows))
     return 0
 
 
@@ -296,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds = dsub.add_parser("status", help="say which data sets are present (fetches nothing)")
     ds.set_defaults(func=_cmd_data_status)
 
-    from .oneshot.command import add_prune_parser
+    from .commands.prune import add_prune_parser
 
     add_prune_parser(sub)
     return p

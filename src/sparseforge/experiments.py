@@ -1,6 +1,6 @@
 """One run of each issue-6 benchmark (Sparse-IFT, Sparse Model Soups, random node search).
 
-The benchmark suites in ``benchmarks/`` call these through :func:`sparseforge.bench.parallel_map`,
+The benchmark suites in ``benchmarks/`` call these through :func:`sparseforge.parallel.parallel_map`,
 which needs importable functions; each takes only small picklable arguments (the dataset by
 name) and returns a JSON-ready row. Every run trains an MLP with SGD (momentum 0.9, weight decay
 1e-4, batch 128) and reports the final test accuracy (never the best epoch).
@@ -106,7 +106,8 @@ def run_ift(*, dataset: str, kind: str, sparsity: float, seed: int, epochs: floa
     every MLP (baseline included) BatchNorm after each hidden layer (:class:`NormMLP`).
     """
     from .soups import accuracy, train_classifier
-    from .transforms import ift_method, iso_flop_report, sparse_ift
+    from .report import iso_flop_report
+    from .transforms import ift_method, sparse_ift
 
     t0 = time.perf_counter()
     data = data if data is not None else load_data(dataset, n_train, n_test)
@@ -229,12 +230,12 @@ def run_grid(fn: Any, jobs: list[dict[str, Any]], *, cache: Any, workers: int = 
     """Run ``fn(**job)`` for every job not cached in folder ``cache``; return the rows in job order.
 
     Each finished row is written to ``cache/<key>.json`` at once, so an interrupted suite resumes.
-    ``workers > 1`` runs jobs in spawned processes (:func:`~sparseforge.bench.parallel_map`).
+    ``workers > 1`` runs jobs in spawned processes (:func:`~sparseforge.parallel.parallel_map`).
     """
     import json
     from pathlib import Path
 
-    from .bench import parallel_map
+    from .parallel import parallel_map
 
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+from .core.layout import is_hf_conv1d  # re-exported: a public name of this module since 0.1
 from .errors import CheckpointError, ConfigError, LayerError
 from .transaction import transaction
 
@@ -103,12 +104,6 @@ def shard_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import distribute_tensor
 
     return distribute_tensor(t.to(ref.device), ref.device_mesh, ref.placements)
-
-
-def is_hf_conv1d(module: nn.Module) -> bool:
-    """True for Hugging Face ``transformers`` ``Conv1D`` (GPT-2 style, weight stored ``[in, out]``)."""
-    t = type(module)
-    return t.__name__ == "Conv1D" and t.__module__.startswith("transformers")
 
 
 DEFAULT_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

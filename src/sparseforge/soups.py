@@ -27,7 +27,7 @@ the batch statistics and do not depend on the old ones. The held-out set for gre
 the last ``val_size`` training samples, which are never trained on.
 
 The ``m`` retrains of a phase are independent: with ``jobs > 1`` they run in worker processes
-(:func:`sparseforge.bench.parallel_map`); ``jobs = 1`` runs them in this process.
+(:func:`sparseforge.parallel.parallel_map`); ``jobs = 1`` runs them in this process.
 """
 
 from __future__ import annotations
@@ -495,7 +495,7 @@ def sparse_model_soups(model: nn.Module, data: Any, *, sparsity: float, phases: 
         targets: which layers are pruned (default: every Linear/Conv, :class:`~sparseforge.masking.Targets`).
         jobs: worker processes for the ``m`` retrains (1 = in this process).
     """
-    from .bench import parallel_map
+    from .parallel import parallel_map
 
     s = check_sparsity(sparsity)
     check_int(phases, "phases", minimum=1)

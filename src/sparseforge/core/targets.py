@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, _real, check_sparsity
-from .patterns import NM, Block, Pattern, Unstructured, pattern_from_spec
+from .patterns import INDIVISIBLE_POLICIES, NM, Block, Pattern, Unstructured, pattern_from_spec
 
 __all__ = ["Target", "parse_target", "parse_target_text", "target_from_args", "INDIVISIBLE"]
 
 #: what to do with a layer whose input dimension is not divisible by M of an N:M target: refuse
-#: (default), leave it dense and list it, or pad its last group (scored below every weight)
-INDIVISIBLE = ("error", "skip", "pad")
+#: (default), leave it dense and list it, or pad its last group (scored below every weight);
+#: the same tuple as :data:`~sparseforge.core.patterns.INDIVISIBLE_POLICIES`, where ``NM.mask`` uses it
+INDIVISIBLE = INDIVISIBLE_POLICIES
 
 _ALLOWED = ("a fraction of zeros in [0, 1) such as 0.9, or an N:M pattern such as '2:4' (N kept of every M "
             "inputs, N < M)")

@@ -59,6 +59,7 @@ from ..kernels.ops import bsr_linear as _custom_bsr_linear
 from ..kernels.ops import csr_linear as _custom_linear
 from ..kernels.ops import csr_spmm_t as _custom_spmm_t
 from ..masking import MASK_SUFFIX
+from ..tables import text_table
 
 __all__ = [
     "KERNELS",
@@ -468,9 +469,7 @@ def format_materialize_decisions(decisions: Sequence[MaterializeDecision]) -> st
         sp = "-" if not d.speedup else " ".join(f"b{b}:{s:.2f}x" for b, s in d.speedup.items())
         body.append([d.name, d.module_type, d.status, d.kernel,
                      "-" if d.sparsity is None else f"{100 * d.sparsity:.1f}", sp, d.reason])
-    widths = [max(len(str(r[i])) for r in [head, *body]) for i in range(len(head))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = [text_table(head, body)]
     n = sum(d.status == "materialized" for d in decisions)
     lines.append(f"\n{n} of {len(decisions)} layer(s) materialized; threads: {torch.get_num_threads()}")
     return "\n".join(lines)

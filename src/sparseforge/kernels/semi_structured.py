@@ -33,6 +33,7 @@ from torch import nn
 
 from ..core.patterns import is_valid_nm
 from ..errors import ConfigError, check_int, check_number
+from ..tables import text_table
 
 __all__ = ["LayerDecision", "semi_structured_support", "accelerate_2to4", "format_decisions", "SUPPORTED_DTYPES"]
 
@@ -182,7 +183,4 @@ def format_decisions(decisions: list[LayerDecision]) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     body = [[d.name, d.status, "-" if d.speedup is None else f"{d.speedup:.2f}x", fmt(d.dense_ms), fmt(d.sparse_ms),
              d.reason] for d in decisions]
-    widths = [max(len(str(r[i])) for r in [head, *body]) for i in range(len(head))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(head, body)

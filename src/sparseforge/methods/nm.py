@@ -50,16 +50,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.patterns import NM, is_valid_nm, nm_groups_view, nm_select
-from ..core.targets import INDIVISIBLE, target_from_args
+from ..core.patterns import INDIVISIBLE_POLICIES, NM, is_valid_nm
+from ..core.targets import target_from_args
 from ..errors import ConfigError, LayerError, check_fraction, check_number
 from ..masking import MASK_SUFFIX, MaskedLayer, is_sharded, mask_to
 from .base import SparsityMethod, step_param
 
 __all__ = ["NMTraining", "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "nm_mask", "sdgf_patterns"]
-
-INDIVISIBLE_POLICIES = INDIVISIBLE  # kept for callers of the old name
-
 
 def nm_mask(weight: torch.Tensor, n: int, m: int, *, pad: bool = False) -> torch.Tensor:
     """Boolean N:M mask of a canonical ``[out, in, *kernel]`` weight by magnitude.
@@ -67,24 +64,10 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, *, pad: bool = False) -> torch
     Keeps the ``n`` largest ``|w|`` of every ``m`` consecutive inputs (at each output and kernel
     position); among ties the lower index is pruned first, so the mask is deterministic. With
     ``pad``, an input dimension that is not a multiple of ``m`` is padded (scored below every
-    weight) and the padding is cut off again.
+    weight) and the padding is cut off again. It is :meth:`NM.mask <sparseforge.core.patterns.NM.mask>`
+    on ``|w|``.
     """
-    cin = weight.shape[1]
-    scores = weight.detach().abs().float()
-    if cin % m:
-        if not pad:
-            raise LayerError(f"input dimension {cin} is not divisible by M={m}")
-        extra = m - cin % m
-        shape = list(scores.shape)
-        shape[1] = extra
-        scores = torch.cat([scores, scores.new_full(shape, -math.inf)], dim=1)
-    g = nm_groups_view(scores, m)
-    keep = nm_select(g, n)
-    out_shape = (scores.shape[0], *scores.shape[2:], scores.shape[1])
-    keep = keep.reshape(out_shape)
-    if keep.dim() > 2:
-        keep = keep.permute(0, keep.dim() - 1, *range(1, keep.dim() - 1))
-    return keep[:, :cin].contiguous()
+    return NM(n, m).mask(weight.detach().abs(), pad=pad)
 
 
 def sdgf_patterns(n: int, m: int, kind: str) -> list[tuple[int, int]]:

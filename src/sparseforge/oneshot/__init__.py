@@ -16,7 +16,8 @@
   tokens) and evaluation (:func:`perplexity`, :func:`sentence_embeddings`,
   :func:`embedding_agreement`);
 * :func:`prune_nm` -- N:M magnitude pruning of any model, no data (Conv layers included).
-* :func:`austen_gpt` -- a small character-level GPT trained on Jane Austen once on CPU and cached
+* :func:`cached_austen_gpt` -- the small character-level GPT that
+  :func:`sparseforge.pretrained.austen_gpt` trains on Jane Austen once and caches
   (``~/.cache/sparseforge``); :func:`load_model` / :func:`save_pruned` -- the model I/O of
   ``sparseforge prune`` (MiniLM, the Austen GPT, Hugging Face and sparseforge model folders).
 """
@@ -37,11 +38,11 @@ _EXPORTS: dict[str, str] = {
                      "sparsegpt_prune", "sparsegpt_scores", "wanda_prune", "wanda_scores"], "methods"),
     **dict.fromkeys(["LoadedModel", "load_model", "save_pruned"], "io"),
     **dict.fromkeys(["prune_nm"], "nm"),
-    **dict.fromkeys(["PretrainedLM", "austen_gpt"], "pretrained"),
+    **dict.fromkeys(["PretrainedLM", "cached_austen_gpt"], "pretrained"),
     **dict.fromkeys(["LayerResult", "OneShotResult", "find_blocks", "peak_memory", "prune_oneshot"], "sequential"),
     **dict.fromkeys(["LayerStats", "reconstruction_error"], "stats"),
 }
-_SUBMODULES = frozenset({"calibration", "command", "evaluate", "io", "methods", "nm", "pretrained", "sequential", "stats"})
+_SUBMODULES = frozenset({"calibration", "evaluate", "io", "methods", "nm", "pretrained", "sequential", "stats"})
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), _SUBMODULES)
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
@@ -75,12 +76,12 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     )
     from .io import LoadedModel, load_model, save_pruned
     from .nm import prune_nm
-    from .pretrained import PretrainedLM, austen_gpt
+    from .pretrained import PretrainedLM, cached_austen_gpt
     from .sequential import LayerResult, OneShotResult, find_blocks, peak_memory, prune_oneshot
     from .stats import LayerStats, reconstruction_error
 
 __all__ = [
-    "prune_nm", "austen_gpt", "PretrainedLM", "load_model", "save_pruned", "LoadedModel",
+    "prune_nm", "cached_austen_gpt", "PretrainedLM", "load_model", "save_pruned", "LoadedModel",
     "prune_oneshot", "find_blocks", "OneShotResult", "LayerResult", "peak_memory",
     "LayerStats", "reconstruction_error",
     "OneShotMethod", "Magnitude", "Wanda", "SparseGPT", "DSnoT", "method_from_spec", "METHOD_NAMES", "MLP_LAYERS",

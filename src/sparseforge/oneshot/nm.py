@@ -20,7 +20,6 @@ from torch import nn
 from ..core.targets import INDIVISIBLE, parse_target, target_from_args
 from ..errors import ConfigError, LayerError
 from ..masking import MASK_SUFFIX, Masking, Targets
-from ..methods.nm import nm_mask
 from ..transaction import transaction
 
 __all__ = ["prune_nm"]
@@ -64,5 +63,6 @@ def prune_nm(model: nn.Module, sparsity: Any = "2:4", *, targets: Any = None, in
                                  f"divisible by M={p.m}; pass indivisible='skip' or 'pad', or exclude it")
         for layer, pad in plan:
             txn.save(layer.weight)
-            masking.set_mask(layer, nm_mask(layer.canonical(layer.weight), p.n, p.m, pad=pad), canonical=True)
+            masking.set_mask(layer, p.mask(layer.canonical(layer.weight).detach().abs(), pad=pad, layer=layer.qualname),
+                             canonical=True)
     return masking

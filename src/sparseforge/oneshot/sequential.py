@@ -39,6 +39,7 @@ from torch import nn
 
 from ..errors import ConfigError, LayerError, check_int
 from ..masking import MASK_SUFFIX, MaskedLayer, Masking, Targets, find_masked_layers, is_hf_conv1d
+from ..tables import text_table
 from ..transaction import transaction
 from .calibration import load_calibration
 from ..core.targets import INDIVISIBLE
@@ -271,10 +272,11 @@ class OneShotResult:
     def table(self) -> str:
         """Per-layer table plus totals, for printing."""
         lines = [f"one-shot {self.method} ({self.pattern}, target sparsity {self.target_sparsity:.4g}) -- "
-                 f"simulated sparsity (masks)", f"{'layer':<52} {'shape':>12} {'sparsity':>9} {'rel.err':>9} {'sec':>7}"]
-        for l in self.layers:
-            err = "-" if l.reconstruction_error is None else f"{l.reconstruction_error:.4f}"
-            lines.append(f"{l.name:<52} {'x'.join(map(str, l.shape)):>12} {l.sparsity:>9.4f} {err:>9} {l.seconds:>7.3f}")
+                 f"simulated sparsity (masks)"]
+        rows = [[l.name, "x".join(map(str, l.shape)), f"{l.sparsity:.4f}",
+                 "-" if l.reconstruction_error is None else f"{l.reconstruction_error:.4f}", f"{l.seconds:.3f}"]
+                for l in self.layers]
+        lines.append(text_table(["layer", "shape", "sparsity", "rel.err", "sec"], rows, align="lrrrr"))
         mean = self.mean_reconstruction_error
         lines.append(f"total: {len(self.layers)} layers, sparsity {self.sparsity:.4f}, mean rel.err "
                      f"{'-' if mean is None else f'{mean:.4f}'}, wall {self.wall_seconds:.2f} s "

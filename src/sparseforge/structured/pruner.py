@@ -36,7 +36,8 @@ from torch import nn
 
 from ..utils import probe
 from ..errors import ConfigError, LayerError, check_int, check_sparsity
-from ..masking import is_hf_conv1d
+from ..tables import text_table
+from ..core.layout import is_hf_conv1d
 from .graph import DependencyGraph, trace_groups
 from .importance import IMPORTANCES, group_importance
 from .shrink import Kept, kept_indices, shrink, zero_groups
@@ -87,9 +88,9 @@ class StructuredReport:
 
     def table(self) -> str:
         """A text table: one row per layer output, then totals, skipped layers and unknown ops."""
-        lines = [f"{'layer':48s} {'before':>7s} {'after':>7s} {'requested':>9s} {'achieved':>9s}  note"]
-        for r in self.rows:
-            lines.append(f"{r.layer[:48]:48s} {r.channels_before:7d} {r.channels_after:7d} {r.requested:9.3f} {r.achieved:9.3f}  {r.note}")
+        lines = [text_table(["layer", "before", "after", "requested", "achieved", "note"],
+                            [[r.layer, r.channels_before, r.channels_after, f"{r.requested:.3f}", f"{r.achieved:.3f}", r.note]
+                             for r in self.rows], align="lrrrrl")]
         pr = 1 - self.params_after / self.params_before if self.params_before else 0.0
         mr = 1 - self.macs_after / self.macs_before if self.macs_before else 0.0
         lines.append(f"params {self.params_before} -> {self.params_after} ({pr:.1%} fewer); "

@@ -41,13 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, check_int, check_number
-from .graph import DependencyGraph, trace_groups
-from .hesso import HESSO
-from .prox import GroupProx
-from .pruner import StructuredPruner, count_params_macs
-from .shrink import Kept, kept_indices, shrink
-from .trace import ELEMENTS
+from .errors import ConfigError, check_int, check_number
+from .structured.graph import DependencyGraph, trace_groups
+from .structured.hesso import HESSO
+from .structured.prox import GroupProx
+from .structured.pruner import StructuredPruner, count_params_macs
+from .structured.shrink import Kept, kept_indices, shrink
+from .structured.trace import ELEMENTS
 
 __all__ = ["STRUCTURED_METHODS", "StructuredTrainResult", "train_structured", "zero_group_count", "run_structured"]
 
@@ -174,7 +174,7 @@ def train_structured(model: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
     Raises:
         ConfigError: unknown method, bad numbers, or a proximal method without ``lam``.
     """
-    from ..train import iterate_batches
+    from .train import iterate_batches
 
     if method not in STRUCTURED_METHODS:
         raise ConfigError(f"method must be one of {list(STRUCTURED_METHODS)}; got {method!r}")
@@ -291,9 +291,9 @@ def run_structured(*, model: str, dataset: str, method: str, epochs: int, seed: 
     sample of both, group counts (total, target, zeroed, left by the prox alone), the extra
     training arguments, history, time.
     """
-    from ..data import load_dataset
-    from ..models import build_model
-    from .shrink import load_structured, save_structured
+    from .data import load_dataset
+    from .models import build_model
+    from .structured.shrink import load_structured, save_structured
 
     if method == "oneshot" and init_from is None:
         raise ConfigError("method 'oneshot' prunes a trained model: pass init_from (a dense run's folder)")

@@ -7,10 +7,10 @@
     sparseforge prune path/to/hf-folder --method dsnot+wanda --sparsity 0.6 \\
         --calibration tokens.pt --nsamples 64 --seqlen 256 --out pruned/x
 
-:func:`run_prune` loads the model (:func:`~.io.load_model`), draws the calibration windows
-(:func:`~.calibration.load_calibration`), prunes with :func:`~.sequential.prune_oneshot`, writes
+:func:`run_prune` loads the model (:func:`~sparseforge.oneshot.io.load_model`), draws the calibration windows
+(:func:`~sparseforge.oneshot.calibration.load_calibration`), prunes with :func:`~sparseforge.oneshot.sequential.prune_oneshot`, writes
 the sparsity report while the masks are installed (``report.json``, ``report.txt``), folds the
-masks into exact zeros, saves the model in its input's layout (:func:`~.io.save_pruned`) and
+masks into exact zeros, saves the model in its input's layout (:func:`~sparseforge.oneshot.io.save_pruned`) and
 writes ``summary.json``: the command, wall time of each phase, peak memory, per-layer sparsity,
 reconstruction error and time, the N:M check and the files written.
 """
@@ -43,13 +43,13 @@ _TOKEN_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 def resolve_calibration(spec: str) -> Any:
-    """The ``--calibration`` value as :func:`~.calibration.load_calibration` takes it.
+    """The ``--calibration`` value as :func:`~sparseforge.oneshot.calibration.load_calibration` takes it.
 
     ``austen`` / ``bible`` / ``text:PATH`` pass through; ``none`` is None (magnitude only); a path
-    ending in ``.pt``, ``.pth`` or ``.safetensors`` is a tokenized tensor (:func:`~.io.load_tokens`);
+    ending in ``.pt``, ``.pth`` or ``.safetensors`` is a tokenized tensor (:func:`~sparseforge.oneshot.io.load_tokens`);
     any other existing file is text (``text:PATH``).
     """
-    from .io import load_tokens
+    from ..oneshot.io import load_tokens
 
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"--calibration must be austen, bible, text:PATH, a token file (.pt/.safetensors), "
@@ -90,7 +90,7 @@ def _tokenizer_from_arg(arg: str | None, loaded: Any) -> Any:
 
 def _nm_violations(model: torch.nn.Module, names: Sequence[str], n: int, m: int) -> int:
     from ..lm import nm_violations
-    from ..masking import is_hf_conv1d
+    from ..core.layout import is_hf_conv1d
 
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
@@ -127,13 +127,13 @@ def run_prune(
 
     Args:
         model: ``"minilm"``, ``"austen-gpt"``, a Hugging Face folder or a sparseforge model folder
-            (:func:`~.io.load_model`).
+            (:func:`~sparseforge.oneshot.io.load_model`).
         out: output folder; must be new or empty unless ``overwrite``.
         method: ``magnitude``, ``magnitude-row``, ``wanda``, ``sparsegpt``, ``dsnot`` (on Wanda) or
             ``dsnot+X`` (X one of magnitude, magnitude-row, wanda, sparsegpt).
         sparsity: fraction of zeros per layer in [0, 1) (float or its string), or ``"N:M"`` (N kept of M).
         calibration: see :func:`resolve_calibration`.
-        nsamples, seqlen, seed, batch_size, indivisible: as in :func:`~.sequential.prune_oneshot`
+        nsamples, seqlen, seed, batch_size, indivisible: as in :func:`~sparseforge.oneshot.sequential.prune_oneshot`
             (``seqlen`` defaults to the model's context length, at most 2048).
         tokenizer: ``"byte"`` or a Hugging Face tokenizer folder, for text calibration of a model
             that brings no tokenizer of its own.
@@ -158,11 +158,11 @@ def run_prune(
     from ..core.patterns import NM
     from ..masking import finalize
     from ..report import sparsity_report
-    from .calibration import load_calibration
-    from .io import load_model, save_pruned
     from ..core.targets import parse_target_text
-    from .methods import SparseGPT, method_from_spec, oneshot_target
-    from .sequential import _context_length, prune_oneshot
+    from ..oneshot.calibration import load_calibration
+    from ..oneshot.io import load_model, save_pruned
+    from ..oneshot.methods import SparseGPT, method_from_spec, oneshot_target
+    from ..oneshot.sequential import _context_length, prune_oneshot
 
     t0 = time.perf_counter()
     # validate everything cheap before the model is loaded
