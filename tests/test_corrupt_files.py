@@ -52,7 +52,7 @@ def artefacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from sparseforge.lm import train_lm
     from sparseforge.models import TinyGPT
     from sparseforge.oneshot.io import save_model_folder
-    from sparseforge.oneshot.pretrained import austen_gpt
+    from sparseforge.pretrained import austen_gpt
     from sparseforge.recipes import Recipe
     from sparseforge.structured import save_structured
     from sparseforge.text import load_text_corpus
@@ -294,7 +294,7 @@ _QUOTA = textwrap.dedent("""
 
     from sparseforge import materialize, save_compressed, save_materialized, StructuredPruner, sparsity_report
     from sparseforge.lm import train_lm
-    from sparseforge.oneshot.command import run_prune
+    from sparseforge.commands.prune import run_prune
     from sparseforge.structured import save_structured
     from sparseforge.text import load_text_corpus
     sys.path.insert(0, sys.argv[2])
@@ -328,7 +328,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 def test_a_full_disk_during_each_writer_keeps_the_previous_artefact(artefacts, tmp_path) -> None:
     from sparseforge import sparsity_report
     from sparseforge.models import TinyGPT
-    from sparseforge.oneshot.command import run_prune
+    from sparseforge.commands.prune import run_prune
     from sparseforge.oneshot.io import save_model_folder
 
     root = tmp_path / "w"
