@@ -308,8 +308,7 @@ def test_no_cpp_env_falls_back_with_reason(monkeypatch, kernel_built):
     monkeypatch.setenv("SPARSEFORGE_NO_CPP", "1")
     assert cpu_sparse.load_kernel() is None
     model = nn.Sequential(_masked_linear(32, 32, 0.9))
-    result = materialize(model, kernel="custom")
-    mat, dec = result.model, result.layers
+    dec = materialize(model, kernel="custom").layers
     assert dec[0].status == "dense" and "SPARSEFORGE_NO_CPP=1" in dec[0].reason
     with pytest.raises(LayerError, match="SPARSEFORGE_NO_CPP"):
         materialize(model, kernel="custom", strict=True)

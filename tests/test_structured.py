@@ -584,8 +584,7 @@ def test_round_to_min_channels_and_global_scope():
 def test_ignored_layer_keeps_both_dimensions():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
-    result = prune_structured(m, torch.randn(2, 4), 0.5, ignore=["4"])
-    small, report = result.model, result.report
+    small = prune_structured(m, torch.randn(2, 4), 0.5, ignore=["4"]).model
     assert small[4].in_features == 5 and small[4].out_features == 2
     assert small[0].out_features == 3
     with pytest.raises(ConfigError, match="no module named"):
@@ -683,8 +682,7 @@ def test_reload_tied_and_errors(tmp_path):
 def test_report_counts_params_and_macs():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 3))
-    result = prune_structured(m, torch.randn(2, 2, 4, 4), 0.5)
-    small, report = result.model, result.report
+    report = prune_structured(m, torch.randn(2, 2, 4, 4), 0.5).report
     # conv: 4 out x (2*3*3) weights x 2*2 positions; linear: 16 x 3
     assert report.macs_before == 4 * 18 * 4 + 16 * 3
     assert report.macs_after == 2 * 18 * 4 + 8 * 3
