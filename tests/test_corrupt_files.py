@@ -68,10 +68,11 @@ def artefacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     train_lm(corpus, "dense", checkpoint=root / "lm.ck", max_steps=1, **LM_ARGS)
     save_compressed(_masked_mlp(), root / "c.safetensors")
     pruner = StructuredPruner(_mlp(), torch.randn(2, 16), sparsity=0.5)
-    small, _ = pruner.prune()
+    small = pruner.prune().model
     save_structured(small, pruner.kept, root / "structured")
     masked = _masked_mlp()
-    fast, dec = materialize(masked, kernel="torch-csr", layers=["0"])
+    result = materialize(masked, kernel="torch-csr", targets={"include": ["0"]})
+    fast, dec = result.model, result.layers
     save_materialized(fast, root / "materialized", decisions=dec)
     save_model_folder(TinyGPT(**TINY_GPT), {"model_name": "tiny-gpt", "model": TINY_GPT}, root / "model")
     lm = austen_gpt(cache_dir=root / "cache", corpus=f"text:{root / 'prose.txt'}", d_model=16, n_layer=1, n_head=2,
@@ -302,8 +303,9 @@ _QUOTA = textwrap.dedent("""
 
     corpus = load_text_corpus(f"text:{root / 'prose.txt'}", val_fraction=0.2)
     pruner = StructuredPruner(_mlp(), torch.randn(2, 16), sparsity=0.5)
-    small, _ = pruner.prune()
-    fast, dec = materialize(_masked_mlp(), kernel="torch-csr", layers=["0"])
+    small = pruner.prune().model
+    result = materialize(_masked_mlp(), kernel="torch-csr", targets={"include": ["0"]})
+    fast, dec = result.model, result.layers
     size = lambda p: max(f.stat().st_size for f in ([p] if p.is_file() else p.iterdir()))
     out = {
         "lm": limited(size(root / "lm.ck") // 2, lambda: train_lm(corpus, "dense", checkpoint=root / "lm.ck", **LM_ARGS)),

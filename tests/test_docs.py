@@ -529,7 +529,7 @@ def test_docstring_python_runs(place: str, body: str, tmp_path: Path, monkeypatc
         exec(compile(code, f"{place} (docstring)", "exec"), ns)
         if "register_rule(MyLinear" in code:  # the registered rule really prunes the user's layer
             model = nn.Sequential(MyLinear(32, 64), nn.ReLU(), nn.Linear(64, 8))
-            small, _ = sf.StructuredPruner(model, ns["x"][:8], sparsity=0.5).prune()
+            small = sf.StructuredPruner(model, ns["x"][:8], sparsity=0.5).prune().model
             assert small[0].weight.shape == (32, 32) and small[0].out_features == 32
             assert small(ns["x"]).shape == (64, 8)
     finally:

@@ -149,7 +149,7 @@ def _load_run_model(path: Path):  # noqa: ANN202
 def _cmd_materialize(args: argparse.Namespace) -> int:
     import torch
 
-    from .export.materialize import format_materialize_decisions, materialize
+    from .export.materialize import materialize
     from .export.materialized_io import _check_out, save_materialized
 
     out = Path(args.out) if args.out else None
@@ -158,11 +158,11 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, example, base, recipe = _load_run_model(Path(args.path))
-    model, decisions = materialize(model, kernel=args.kernel, dtype=args.dtype, batch_sizes=args.batch_sizes,
-                                   example_input=example, min_speedup=args.min_speedup, strict=args.strict)
-    print(format_materialize_decisions(decisions))
+    result = materialize(model, kernel=args.kernel, dtype=args.dtype, batch_sizes=args.batch_sizes,
+                         example_inputs=example, min_speedup=args.min_speedup, strict=args.strict)
+    print(result.table())
     if out is not None:
-        save_materialized(model, out, decisions=decisions, base_model=base, recipe=recipe, overwrite=args.overwrite)
+        save_materialized(result.model, out, decisions=result.layers, base_model=base, recipe=recipe, overwrite=args.overwrite)
         print(f"\nwrote {out}/ (model.safetensors + materialized.json); load it with "
               f"sparseforge.export.load_materialized({str(out)!r})")
     return 0

@@ -125,13 +125,13 @@ def run_ift(*, dataset: str, kind: str, sparsity: float, seed: int, epochs: floa
         model = base
     elif kind.startswith("dense-params:"):
         ref_kind = kind.split(":", 1)[1]
-        ref = sparse_ift(base, ref_kind, sparsity, example_input=x1, **opts(ref_kind))
+        ref = sparse_ift(base, ref_kind, sparsity, example_inputs=x1, **opts(ref_kind)).model
         width = param_matched_width(data, len(hidden), _params(ref), norm)
         torch.manual_seed(seed)
         model = mlp_for(data, [width] * len(hidden), norm)
         info = {"width": width, "target_params": _params(ref)}
     else:
-        model = sparse_ift(base, kind, sparsity, example_input=x1, **opts(kind))
+        model = sparse_ift(base, kind, sparsity, example_inputs=x1, **opts(kind)).model
         if method == "rigl":
             mparams: dict[str, Any] = {"total_steps": steps}
         elif method == "set":  # official SET: one topology update per epoch
@@ -200,7 +200,7 @@ def run_search(*, dataset: str, sparsity: float, seed: int, samples: int, epochs
         candidates = {"dense": parent}
     else:
         search = random_search(parent, xs, ys, sparsity=sparsity, samples=samples, seed=seed)
-        candidates = {"searched": search.model(parent, "best"), "random": search.model(parent, "random")}
+        candidates = {"searched": search.model, "random": search.random_model}
     for name, model in candidates.items():
         hist = train_classifier(model, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size,
                                 seed=seed, schedule="cosine", eval_data=(data.x_test, data.y_test),

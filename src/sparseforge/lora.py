@@ -34,6 +34,7 @@ keeps its classes, ``state_dict`` keys follow torch's parametrization layout, an
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,9 +43,10 @@ from torch.nn.utils import parametrize
 
 from .errors import ConfigError, LayerError, check_number
 from .masking import MASK_SUFFIX, MaskedLayer, Targets
+from .results import LegacyMapping, Result
 from .transaction import transaction
 
-__all__ = ["MaskedLoRA", "add_lora", "lora_parameters", "lora_layers", "merge_lora"]
+__all__ = ["MaskedLoRA", "LoRALayer", "LoRAResult", "add_lora", "lora_parameters", "lora_layers", "merge_lora"]
 
 
 class MaskedLoRA(nn.Module):
@@ -96,8 +98,45 @@ def lora_layers(model: nn.Module) -> dict[str, MaskedLoRA]:
     return out
 
 
+@dataclass(frozen=True)
+class LoRALayer:
+    """One adapted layer: its module name and its adapter (``adapter.A``, ``adapter.B``, ``adapter.mask``)."""
+
+    name: str
+    adapter: MaskedLoRA
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRAResult(LegacyMapping, Result):
+    """What :func:`add_lora` returns.
+
+    Attributes:
+        model: the model, adapters registered in place.
+        layers: one :class:`LoRALayer` per adapted layer, in module order; :attr:`adapters` the
+            adapters by module name.
+        rank, alpha: the settings used.
+
+    Reading it as the dict of old (``result["fc1"]``) still works for one release, with a
+    ``DeprecationWarning``.
+    """
+
+    rank: int
+    alpha: float
+
+    _legacy_mapping = "adapters"
+
+    @property
+    def adapters(self) -> dict[str, MaskedLoRA]:
+        """The adapters by module name (as in ``named_modules()``)."""
+        return {layer.name: layer.adapter for layer in self.layers}
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The ``A`` and ``B`` parameters of the adapters (what the optimizer trains)."""
+        return [t for layer in self.layers for t in (layer.adapter.A, layer.adapter.B)]
+
+
 def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: Targets | dict | None = None,
-             freeze_base: bool = True) -> dict[str, MaskedLoRA]:
+             freeze_base: bool = True) -> LoRAResult:
     """Add a sparsity-preserving LoRA adapter to every target layer of ``model`` (in place).
 
     Args:
@@ -111,7 +150,8 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
             :func:`lora_parameters`.
 
     Returns:
-        The adapters by module name (as in ``named_modules()``).
+        a :class:`LoRAResult`: ``.model``, ``.layers`` (one :class:`LoRALayer` per adapted
+        layer) and ``.adapters`` (the adapters by module name).
 
     Raises:
         ConfigError: bad ``rank``/``alpha``, a model that already has adapters, or targets
@@ -126,7 +166,8 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
     existing = lora_layers(model)
     if existing:
         raise ConfigError(f"model already has LoRA adapters on {sorted(existing)[:5]}; merge_lora() first")
-    layers = Targets.from_spec(targets).select(model)
+    selection = Targets.from_spec(targets)
+    layers = selection.select(model)
     plans: list[tuple[MaskedLayer, torch.Tensor]] = []
     for layer in layers:
         shape = layer.canonical_shape
@@ -156,7 +197,8 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
             p = MaskedLoRA(layer.canonical_shape, mask, rank, alpha, layer.transposed, dtype=w.dtype, device=w.device)
             parametrize.register_parametrization(layer.module, layer.param_name, p)
             adapters[layer.name] = p
-    return adapters
+    return LoRAResult(model=model, layers=[LoRALayer(n, a) for n, a in adapters.items()],
+                      skipped=list(selection.skipped), rank=rank, alpha=float(alpha))
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -16,6 +16,7 @@ from .compressed import (
     FORMAT_VERSION,
     FORMATS,
     CompressedInfo,
+    LoadCompressedResult,
     compressed_size_report,
     load_compressed,
     load_compressed_state_dict,
@@ -23,24 +24,27 @@ from .compressed import (
 )
 from .materialize import (
     MaterializeDecision,
+    MaterializeResult,
     SparseConv2d,
     SparseLinear,
     format_materialize_decisions,
     materialize,
 )
 from .materialized_io import MATERIALIZED_FORMAT, load_materialized, read_materialized_description, save_materialized
-from .quantize import QuantizedWeight, quantize_tensor, quantize_weights
+from .quantize import QuantizedWeight, QuantizeResult, quantize_tensor, quantize_weights
 
 __all__ = [
     "FORMAT_VERSION",
     "FORMATS",
     "CompressedInfo",
+    "LoadCompressedResult",
     "save_compressed",
     "load_compressed",
     "load_compressed_state_dict",
     "compressed_size_report",
     "materialize",
     "MaterializeDecision",
+    "MaterializeResult",
     "SparseLinear",
     "SparseConv2d",
     "format_materialize_decisions",
@@ -49,6 +53,7 @@ __all__ = [
     "load_materialized",
     "read_materialized_description",
     "QuantizedWeight",
+    "QuantizeResult",
     "quantize_tensor",
     "quantize_weights",
 ]

@@ -66,6 +66,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, first_sentence, require_file
 from ..masking import MASK_SUFFIX, load_masked_state_dict
+from ..results import Result
 
 __all__ = [
     "FORMAT_VERSION",
@@ -73,6 +74,7 @@ __all__ = [
     "AUTO_MIN_NUMEL",
     "AUTO_MIN_SPARSITY",
     "CompressedInfo",
+    "LoadCompressedResult",
     "save_compressed",
     "load_compressed",
     "load_compressed_state_dict",
@@ -140,6 +142,24 @@ class CompressedInfo:
     ratio: float
     encodings: dict[str, str] = field(default_factory=dict)
     masked: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadCompressedResult(Result):
+    """What :func:`load_compressed` returns.
+
+    Attributes:
+        model: the model the file was loaded into (in place).
+        layers: the masked parameters whose masks the file restored
+            (:class:`~sparseforge.masking.MaskedLayer`, with ``name`` = module name), in module order.
+        skipped: with ``strict=False``, ``(key, reason)`` of the file's tensors the model lacks.
+        path: the file read.
+        encodings: ``state_dict`` key -> how the file stored it (``"dense"``, ``"bitmask"``,
+            ``"csr"`` or ``"alias"``).
+    """
+
+    path: Path
+    encodings: dict[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -686,7 +706,7 @@ def load_compressed_state_dict(path: str | os.PathLike) -> dict[str, torch.Tenso
     return _decode(_read_header(path))
 
 
-def load_compressed(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> None:
+def load_compressed(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> LoadCompressedResult:
     """Load a file written by :func:`save_compressed` into ``model``, bit-exactly.
 
     Weights and masks are restored; a model without masks gets ``<param>_mask`` buffers for
@@ -703,6 +723,10 @@ def load_compressed(model: nn.Module, path: str | os.PathLike, *, strict: bool =
             skipped (their tensors and masks are left as they are) and dtypes are cast; shapes
             must still match.
 
+    Returns:
+        a :class:`LoadCompressedResult`: ``.model`` (the same ``model``), ``.layers`` the
+        parameters whose masks were restored, ``.skipped`` the file's keys left out (``strict=False``).
+
     Raises:
         CheckpointError: missing file; not a safetensors file, truncated or corrupted; another
             format version; a checkpoint for another architecture (names the first mismatching
@@ -716,12 +740,17 @@ def load_compressed(model: nn.Module, path: str | os.PathLike, *, strict: bool =
     h = _read_header(path)
     _check_model(h, model, strict)
     state = _decode(h)
+    skipped: list[tuple[str, str]] = []
     if not strict:
         # keep what the model has: its own keys, and the masks of parameters it has
         own = model.state_dict()
         mask_param = {p + MASK_SUFFIX: p for p in h.masked}
-        state = {k: v for k, v in state.items() if k in own or (k in mask_param and mask_param[k] in own)}
-    load_masked_state_dict(model, state, strict=strict)
+        kept = {k: v for k, v in state.items() if k in own or (k in mask_param and mask_param[k] in own)}
+        skipped = [(k, "not in the model (strict=False)") for k in state if k not in kept]
+        state = kept
+    layers = load_masked_state_dict(model, state, strict=strict)
+    return LoadCompressedResult(model=model, layers=list(layers), skipped=skipped, path=Path(path),
+                                encodings={e.key: e.encoding for e in h.entries})
 
 
 def compressed_size_report(model: nn.Module | None, path: str | os.PathLike) -> dict[str, Any]:

@@ -53,6 +53,8 @@ from torch import nn
 
 from ..utils import probe
 from ..errors import ConfigError, LayerError, check_int, check_number
+from ..masking import Targets
+from ..results import Result, renamed_keywords
 from ..kernels import cpu_sparse
 from ..kernels.ops import _bsr_linear_op, _csr_linear_op, _csr_spmm_t_op  # noqa: F401 (registered ops, old import path)
 from ..kernels.ops import bsr_linear as _custom_bsr_linear
@@ -70,6 +72,7 @@ __all__ = [
     "materialize",
     "format_materialize_decisions",
     "layer_candidates",
+    "MaterializeResult",
 ]
 
 #: kernel names, in the order they are tried
@@ -616,8 +619,8 @@ def _check_dtype(dtype: Any) -> torch.dtype | None:
     return dtype
 
 
-def _record_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], example_input: Any) -> dict[str, tuple[int, ...]]:
-    """Per-sample input shape of every layer in one forward pass of ``example_input`` (batch = dim 0)."""
+def _record_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], example_inputs: Any) -> dict[str, tuple[int, ...]]:
+    """Per-sample input shape of every layer in one forward pass of ``example_inputs`` (batch = dim 0)."""
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for name, m in layers:
@@ -625,18 +628,62 @@ def _record_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], exampl
             if args and torch.is_tensor(args[0]) and name not in shapes:
                 shapes[name] = tuple(args[0].shape[1:])
         handles.append(m.register_forward_pre_hook(hook))
-    probe(model, example_input, handles)
+    probe(model, example_inputs, handles, param="example_inputs")
     return shapes
 
 
+@dataclass(frozen=True, kw_only=True)
+class MaterializeResult(Result):
+    """What :func:`materialize` returns.
+
+    Attributes:
+        model: the materialized model (a copy unless ``inplace=True``), in eval mode.
+        layers: one :class:`MaterializeDecision` per considered layer, in module order (its
+            ``status`` says whether the layer was materialized, its ``reason`` why or why not).
+        skipped: ``(name, reason)`` of every sparse layer left dense because no kernel can run it.
+    """
+
+    _legacy_tuple = ("model", "layers")
+
+    @property
+    def materialized(self) -> list[str]:
+        """Names of the layers now executed by a sparse kernel."""
+        return [d.name for d in self.layers if d.status == "materialized"]
+
+    def table(self) -> str:
+        """The decisions as a plain-text table (:func:`format_materialize_decisions`)."""
+        return format_materialize_decisions(self.layers)
+
+
+def _select_layers(model: nn.Module, targets: Any, layers: Iterable[str] | None) -> list[tuple[str, nn.Module]]:
+    """The Linear/Conv2d modules ``targets`` (or the deprecated exact-name list ``layers``) selects."""
+    # a bare Linear/Conv2d is its own (only) layer, named ""
+    all_layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if layers is not None:
+        if targets is not None:
+            raise ConfigError("materialize: pass targets= only (layers= is its deprecated old form); got both")
+        warnings.warn("materialize(layers=[...]) is deprecated; use targets={'include': [...]} "
+                      "(names or regular expressions, as everywhere else)", DeprecationWarning, stacklevel=3)
+        wanted = set(layers)
+        unknown = wanted - {n for n, _ in all_layers}
+        if unknown:
+            raise ConfigError(f"layers {sorted(unknown)} are not Linear/Conv2d modules of the model")
+        return [(n, m) for n, m in all_layers if n in wanted]
+    if targets is None:
+        return all_layers
+    chosen = {id(layer.module) for layer in Targets.from_spec(targets).select(model)}
+    return [(n, m) for n, m in all_layers if id(m) in chosen]
+
+
 @torch.no_grad()
+@renamed_keywords(example_input="example_inputs")
 def materialize(
     model: nn.Module,
     *,
     kernel: str = "auto",
     dtype: torch.dtype | str | None = None,
     batch_sizes: Iterable[int] = (1, 64),
-    example_input: Any = None,
+    example_inputs: Any = None,
     min_speedup: float = 1.0,
     strict: bool = False,
     inplace: bool = False,
@@ -645,8 +692,9 @@ def materialize(
     rtol: float | None = None,
     block_sizes: Sequence[tuple[int, int]] = ((32, 32), (16, 16), (8, 8), (4, 4)),
     max_block_fill: float = 1.5,
+    targets: Targets | dict | None = None,
     layers: Iterable[str] | None = None,
-) -> tuple[nn.Module, list[MaterializeDecision]]:
+) -> MaterializeResult:
     """Swap every eligible masked or zero-containing layer of ``model`` for one that executes its sparsity.
 
     Args:
@@ -660,7 +708,7 @@ def materialize(
             converted to it; the benchmark compares against the dense layer in the same dtype.
         batch_sizes: batch sizes the benchmark measures; a layer is converted only if its chosen
             kernel is at least ``min_speedup`` faster than dense at *every* one of them.
-        example_input: one input for ``model`` (tensor, tuple or dict; dim 0 = batch); its forward
+        example_inputs: one input for ``model`` (tensor, tuple or dict; dim 0 = batch); its forward
             pass records each layer's per-sample input shape (tokens of a sequence model,
             spatial size of a conv). Needed for convolutions in ``"auto"`` mode; Linear layers
             default to one feature vector per sample.
@@ -674,11 +722,16 @@ def materialize(
         block_sizes: BSR block sizes tried, largest first.
         max_block_fill: BSR is a candidate only if its blocks store at most this many elements per
             kept weight (1.0 = perfectly block-sparse).
-        layers: module names to consider (default: every Linear and Conv2d).
+        targets: which layers to consider (:class:`~sparseforge.masking.Targets` or a dict of
+            its fields, e.g. ``{"exclude": ["head"]}``); only its Linear and Conv2d layers are
+            materialized. Default: every Linear and Conv2d.
+        layers: deprecated (warns): exact module names; use ``targets={"include": [...]}``.
 
     Returns:
-        ``(model, decisions)``: the materialized model (a copy unless ``inplace``) in eval mode
-        and one :class:`MaterializeDecision` per considered layer, in module order.
+        a :class:`MaterializeResult`: ``.model`` the materialized model (a copy unless
+        ``inplace``) in eval mode, ``.layers`` one :class:`MaterializeDecision` per considered
+        layer in module order. (Unpacking it as ``model, decisions`` still works for one release,
+        with a ``DeprecationWarning``.)
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -697,28 +750,26 @@ def materialize(
         if not (isinstance(bs, (tuple, list)) and len(bs) == 2 and all(isinstance(v, int) and v >= 1 for v in bs)):
             raise ConfigError(f"block_sizes entries must be (rows, cols) pairs of positive ints; got {bs!r}")
 
+    # selected before the copy so a bad selection fails before any work
+    names = [n for n, _ in _select_layers(model, targets, layers)]
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
-    wanted = None if layers is None else set(layers)
-    # a bare Linear/Conv2d is its own (only) layer, named ""
-    all_layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    if wanted is not None:
-        unknown = wanted - {n for n, _ in all_layers}
-        if unknown:
-            raise ConfigError(f"layers {sorted(unknown)} are not Linear/Conv2d modules of the model")
-        all_layers = [(n, m) for n, m in all_layers if n in wanted]
-    in_shapes = _record_inputs(model, all_layers, example_input) if example_input is not None else {}
+    all_layers = [(n, model.get_submodule(n) if n else model) for n in names]
+    in_shapes = _record_inputs(model, all_layers, example_inputs) if example_inputs is not None else {}
 
     decisions: list[MaterializeDecision] = []
+    skipped: list[tuple[str, str]] = []
     replacements: list[tuple[str, nn.Module]] = []
     for name, module in all_layers:
         d, new = _decide(name, module, kernel=kernel, dtype=want_dtype or module.weight.dtype, batches=batches,
                          in_shape=in_shapes.get(name), min_speedup=float(min_speedup), rounds=rounds,
                          budget_s=float(budget_s), rtol=rtol, block_sizes=block_sizes,
                          max_block_fill=max_block_fill)
-        if strict and new is None and d.sparsity and d.rejected.get("_layer"):
-            raise LayerError(f"layer {name!r} cannot be materialized: {d.reason} (strict=True)")
+        if new is None and d.sparsity and d.rejected.get("_layer"):
+            if strict:
+                raise LayerError(f"layer {name!r} cannot be materialized: {d.reason} (strict=True)")
+            skipped.append((name, d.reason))
         d.rejected.pop("_layer", None)
         decisions.append(d)
         if new is not None:
@@ -740,7 +791,7 @@ def materialize(
                 for b_name, b in list(m.named_buffers(recurse=False)):
                     if b is not None and b.is_floating_point() and b.dtype != want_dtype:
                         setattr(m, b_name, b.to(want_dtype))
-    return model, decisions
+    return MaterializeResult(model=model, layers=decisions, skipped=skipped)
 
 
 def _decide(name: str, module: nn.Module, *, kernel: str, dtype: torch.dtype, batches: list[int],
@@ -783,7 +834,7 @@ def _decide(name: str, module: nn.Module, *, kernel: str, dtype: torch.dtype, ba
         dec.reason = "no zeros to exploit (sparsity 0)"
         return dec, None
     if isinstance(module, nn.Conv2d) and in_shape is None:
-        dec.reason = "needs example_input to know the convolution's input size for the benchmark"
+        dec.reason = "needs example_inputs to know the convolution's input size for the benchmark"
         dec.rejected["_layer"] = dec.reason
         return dec, None
     per_sample = in_shape if in_shape is not None else (module.in_features,)

@@ -32,7 +32,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, LayerError
 from ..fileio import atomic_dir, atomic_save_safetensors, load_safetensors, read_json
 from ..masking import MASK_SUFFIX
-from .materialize import KERNELS, MaterializeDecision, SparseConv2d, SparseLinear, _SparseWeight
+from .materialize import KERNELS, MaterializeDecision, MaterializeResult, SparseConv2d, SparseLinear, _SparseWeight
 
 __all__ = ["MATERIALIZED_FORMAT", "save_materialized", "load_materialized", "read_materialized_description"]
 
@@ -82,7 +82,7 @@ def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_materialized(
-    model: nn.Module,
+    model: nn.Module | MaterializeResult,
     path: str | Path,
     *,
     decisions: Sequence[MaterializeDecision] | None = None,
@@ -93,10 +93,12 @@ def save_materialized(
     """Write a materialized model into the folder ``path`` (``model.safetensors`` + ``materialized.json``).
 
     Args:
-        model: the model returned by :func:`~sparseforge.export.materialize` (it may also have no
-            sparse layer at all, e.g. when none was faster).
+        model: what :func:`~sparseforge.export.materialize` returned (its result, whose model and
+            decisions are saved), or its ``.model`` (it may also have no sparse layer at all,
+            e.g. when none was faster).
         path: the output folder; it must not exist or be empty, unless ``overwrite``.
-        decisions: the decisions :func:`materialize` returned; stored with each replaced layer and in full.
+        decisions: the decisions (``result.layers``) of :func:`materialize`; stored with each replaced
+            layer and in full. Taken from ``model`` when it is a :class:`MaterializeResult`.
         base_model: ``{"name": registered model name, "kwargs": {...}}`` so that
             :func:`load_materialized` can rebuild the architecture without the caller's class
             (``sparseforge materialize`` records it from the run's recipe).
@@ -109,6 +111,10 @@ def save_materialized(
     """
     from .. import __version__
 
+    if isinstance(model, MaterializeResult):
+        if decisions is None:
+            decisions = model.layers
+        model = model.model
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if base_model is not None and not (isinstance(base_model, dict) and isinstance(base_model.get("name"), str)

@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
                      "dsnot_prune", "magnitude_prune", "method_from_spec", "oneshot_target", "resolve_target",
                      "sparsegpt_prune", "sparsegpt_scores", "wanda_prune", "wanda_scores"], "methods"),
     **dict.fromkeys(["LoadedModel", "load_model", "save_pruned"], "io"),
-    **dict.fromkeys(["prune_nm"], "nm"),
+    **dict.fromkeys(["NMPruneResult", "prune_nm"], "nm"),
     **dict.fromkeys(["PretrainedLM", "cached_austen_gpt"], "pretrained"),
     **dict.fromkeys(["LayerResult", "OneShotResult", "find_blocks", "peak_memory", "prune_oneshot"], "sequential"),
     **dict.fromkeys(["LayerStats", "reconstruction_error"], "stats"),
@@ -75,13 +75,13 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         wanda_scores,
     )
     from .io import LoadedModel, load_model, save_pruned
-    from .nm import prune_nm
+    from .nm import NMPruneResult, prune_nm
     from .pretrained import PretrainedLM, cached_austen_gpt
     from .sequential import LayerResult, OneShotResult, find_blocks, peak_memory, prune_oneshot
     from .stats import LayerStats, reconstruction_error
 
 __all__ = [
-    "prune_nm", "cached_austen_gpt", "PretrainedLM", "load_model", "save_pruned", "LoadedModel",
+    "prune_nm", "NMPruneResult", "cached_austen_gpt", "PretrainedLM", "load_model", "save_pruned", "LoadedModel",
     "prune_oneshot", "find_blocks", "OneShotResult", "LayerResult", "peak_memory",
     "LayerStats", "reconstruction_error",
     "OneShotMethod", "Magnitude", "Wanda", "SparseGPT", "DSnoT", "method_from_spec", "METHOD_NAMES", "MLP_LAYERS",

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..errors import ConfigError, LayerError, check_int
 from ..masking import MASK_SUFFIX, MaskedLayer, Masking, Targets, find_masked_layers, is_hf_conv1d
+from ..results import Result
 from ..tables import text_table
 from ..transaction import transaction
 from .calibration import load_calibration
@@ -203,17 +204,18 @@ class LayerResult:
                 "reconstruction_error": self.reconstruction_error, "seconds": self.seconds}
 
 
-@dataclass
-class OneShotResult:
+@dataclass(frozen=True, kw_only=True)
+class OneShotResult(Result):
     """What :func:`prune_oneshot` did.
 
     Attributes:
+        model: the model, pruned in place.
         method: method label (``"wanda"``, ``"magnitude-row"``, ``"dsnot+wanda"``...); ``method_spec`` its full repr.
         pattern: ``"unstructured"`` or ``"N:M"`` (N kept of M); ``target_sparsity`` the requested sparsity.
         layers: one :class:`LayerResult` per pruned layer, in order.
         skipped: ``(name, reason)`` for every prunable layer left dense.
         masking: the :class:`~sparseforge.masking.Masking` holding the installed masks
-            (``masking.finalize()`` folds them; ``sparsity_report(model, skipped=result.skipped)``).
+            (``result.masking.finalize()`` folds them; ``sparsity_report(result)`` measures them).
         blocks_path: where the blocks were found (``""``: the whole model was one block).
         nsamples, seqlen: calibration windows used (0 / None without calibration).
         wall_seconds: total time of the call; ``prune_seconds`` the sum of the rules' own times;
@@ -228,8 +230,6 @@ class OneShotResult:
     method_spec: str
     pattern: str
     target_sparsity: float
-    layers: list[LayerResult]
-    skipped: list[tuple[str, str]]
     masking: Masking | None
     blocks_path: str
     nsamples: int
@@ -755,7 +755,7 @@ def prune_oneshot(
             raise LayerError(f"no layer was pruned: {masking.skipped[:3]}")
     pattern_name = f"{pattern.n}:{pattern.m}" if isinstance(pattern, NM) else "unstructured"
     return OneShotResult(
-        method=meth.label, method_spec=repr(meth), pattern=pattern_name, target_sparsity=target.sparsity, layers=results,
+        model=model, method=meth.label, method_spec=repr(meth), pattern=pattern_name, target_sparsity=target.sparsity, layers=results,
         skipped=list(masking.skipped), masking=masking, blocks_path=blocks_path,
         nsamples=0 if calib is None else int(calib.shape[0]),
         seqlen=None if calib is None or calib.is_floating_point() else int(calib.shape[1]),

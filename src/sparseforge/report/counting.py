@@ -6,7 +6,7 @@ values are only used for a health check: ``mask_violations`` counts pruned posit
 weight is nonzero, which must be 0 for a model whose masks are enforced.
 
 FLOPs are ``2 x`` the multiply-adds of the weight products only (no bias, activation, norm or
-attention score products), per sample. They come from one forward pass on ``example_input``
+attention score products), per sample. They come from one forward pass on ``example_inputs``
 that records how many output positions each layer produced:
 
 * ``nn.Linear`` and Hugging Face ``Conv1D``: positions = output elements / out features (the
@@ -39,6 +39,7 @@ from torch import nn
 from ..core.layout import is_hf_conv1d
 from ..errors import CheckpointError, ConfigError, LayerError
 from ..masking import MASK_SUFFIX, MaskedLayer, find_masked_layers, full_tensor
+from ..results import Result, renamed_keywords
 from ..utils import probe
 from .model import LayerReport, Report, _check_mode
 
@@ -122,16 +123,16 @@ def _first_tensor(x: Any) -> torch.Tensor | None:
     return None
 
 
-def _count_positions(model: nn.Module, modules: list[nn.Module], example_input: Any) -> tuple[dict[int, int], int]:
+def _count_positions(model: nn.Module, modules: list[nn.Module], example_inputs: Any) -> tuple[dict[int, int], int]:
     """Run one forward pass; return output positions per module id (summed over calls) and the batch size."""
-    first = _first_tensor(example_input)
+    first = _first_tensor(example_inputs)
     if first is None:
-        raise ConfigError(f"example_input must be a tensor, a tuple/list of tensors or a dict of tensors; got {type(example_input).__name__}")
+        raise ConfigError(f"example_inputs must be a tensor, a tuple/list of tensors or a dict of tensors; got {type(example_inputs).__name__}")
     batch = int(first.shape[0]) if first.dim() >= 1 else 1
     if batch < 1:
-        raise ConfigError(f"example_input has batch size {batch} (dim 0 of its first tensor); need at least 1")
+        raise ConfigError(f"example_inputs has batch size {batch} (dim 0 of its first tensor); need at least 1")
     param = next(model.parameters(), None)
-    example_input = _to_device(example_input, param.device if param is not None else None)
+    example_inputs = _to_device(example_inputs, param.device if param is not None else None)
 
     positions: dict[int, int] = {}
     unsupported: set[int] = set()
@@ -145,7 +146,7 @@ def _count_positions(model: nn.Module, modules: list[nn.Module], example_input: 
 
     # the report must not change the model: eval() keeps BatchNorm statistics and dropout
     # untouched, and each submodule gets its own mode back (models can mix train/eval parts)
-    probe(model, example_input, [m.register_forward_hook(hook) for m in modules])
+    probe(model, example_inputs, [m.register_forward_hook(hook) for m in modules])
     for key in unsupported:
         positions.pop(key, None)
     return positions, batch
@@ -179,7 +180,8 @@ def _totals(rows: list[LayerReport], total_params: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- public API
-def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = "simulated",
+@renamed_keywords(example_input="example_inputs")
+def sparsity_report(model: nn.Module | Result, example_inputs: Any = None, *, mode: str = "simulated",
                     skipped: Sequence[tuple[str, str]] = (), notes: Sequence[str] = (),
                     forward_masked: bool = False) -> Report:
     """Per-layer sparsity, parameters and FLOPs of ``model``, computed from its masks.
@@ -187,8 +189,10 @@ def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = 
     Args:
         model: any ``nn.Module``; masked parameters are found by their ``<param>_mask`` buffers.
             Unmasked ``Linear``, ``Conv1d/2d/3d`` and HF ``Conv1D`` weights get dense rows so
-            that the FLOP totals cover the whole model.
-        example_input: a tensor, a tuple/list of tensors (positional arguments) or a dict
+            that the FLOP totals cover the whole model. Or a verb's :class:`~sparseforge.Result`
+            (``sparsity_report(sf.prune_nm(model))``): its ``.model`` is measured and its
+            ``.skipped`` layers are listed (after any ``skipped`` given).
+        example_inputs: a tensor, a tuple/list of tensors (positional arguments) or a dict
             (keyword arguments) for one forward pass that measures FLOPs; dim 0 of the first
             tensor is the batch. The pass runs in eval mode under ``no_grad``; every module's
             training flag is restored afterwards and the hooks are removed, even on error.
@@ -204,8 +208,11 @@ def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = 
     Returns:
         a :class:`Report`; ``report.table()`` renders it, ``report.to_json(path)`` saves it.
     """
+    if isinstance(model, Result):
+        skipped = [*skipped, *model.skipped]
+        model = model.model
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        raise ConfigError(f"model must be a torch.nn.Module or a sparseforge Result; got {type(model).__name__}")
     mode = _check_mode(mode)
     masked_by_module: dict[int, list[MaskedLayer]] = {}
     for ml in find_masked_layers(model):
@@ -226,9 +233,9 @@ def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = 
 
     positions: dict[int, int] | None = None
     batch = 1
-    if example_input is not None:
+    if example_inputs is not None:
         flop_modules = list({id(m): m for _, m, p, _, _ in entries if _flop_module(m, p)}.values())
-        positions, batch = _count_positions(model, flop_modules, example_input)
+        positions, batch = _count_positions(model, flop_modules, example_inputs)
 
     rows = []
     materialized_params = 0

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..results import Result, renamed_keywords
 from ..tables import text_table
 from ..transforms.sparse_ift import ift_budgets, ift_layers
 from .counting import sparsity_report
@@ -60,7 +61,8 @@ class IsoFlopReport:
         return self.table()
 
 
-def iso_flop_report(dense_model: nn.Module, ift_model: nn.Module, example_input: Any) -> IsoFlopReport:
+@renamed_keywords(example_input="example_inputs")
+def iso_flop_report(dense_model: nn.Module, ift_model: nn.Module | Result, example_inputs: Any) -> IsoFlopReport:
     """Per-layer FLOPs of ``dense_model`` next to its Sparse-IFT version ``ift_model``.
 
     FLOPs of the transformed model are counted from the masks of its sparse parts (after
@@ -69,8 +71,10 @@ def iso_flop_report(dense_model: nn.Module, ift_model: nn.Module, example_input:
     are the dense model's Linear/Conv2d layers; a transformed layer's row sums its parts.
     BatchNorm and activation costs are not counted (the convention of :mod:`sparseforge.report`).
     """
-    dense = sparsity_report(dense_model, example_input)
-    ift = sparsity_report(ift_model, example_input)
+    if isinstance(ift_model, Result):
+        ift_model = ift_model.model
+    dense = sparsity_report(dense_model, example_inputs)
+    ift = sparsity_report(ift_model, example_inputs)
     layers = ift_layers(ift_model)
     budgets = ift_budgets(ift_model)
     masked = {r.name for r in ift if r.masked}
@@ -83,7 +87,7 @@ def iso_flop_report(dense_model: nn.Module, ift_model: nn.Module, example_input:
     rows = []
     for d in dense:
         if d.dense_flops is None:
-            raise ConfigError(f"FLOPs of {d.name} are unknown; pass an example_input that runs the model")
+            raise ConfigError(f"FLOPs of {d.name} are unknown; pass example_inputs that run the model")
         name = d.name.removesuffix(".weight")
         if name in layers:
             parts = [(n, r) for n, r in ift_rows.items() if n.startswith(name + ".")]
@@ -91,7 +95,7 @@ def iso_flop_report(dense_model: nn.Module, ift_model: nn.Module, example_input:
             nonzeros = 0
             for n, r in parts:
                 if r.dense_flops is None:
-                    raise ConfigError(f"FLOPs of {n} are unknown; pass an example_input that runs the model")
+                    raise ConfigError(f"FLOPs of {n} are unknown; pass example_inputs that run the model")
                 if missing and n in budgets:
                     kept = budgets[n]
                     flops += r.dense_flops * kept / r.params

@@ -195,7 +195,7 @@ class Report:
         elif unknown:
             shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
             lines.append(
-                f"FLOPs unknown for {shown} (no example_input for a conv, or the module's forward never ran: "
+                f"FLOPs unknown for {shown} (no example_inputs for a conv, or the module's forward never ran: "
                 "e.g. MultiheadAttention calls out_proj through F.linear)"
             )
         for item in t.get("skipped") or []:

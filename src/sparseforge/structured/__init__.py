@@ -22,7 +22,8 @@ fine-tuning, group lasso, WGSEF) is a runner: :func:`sparseforge.structured_trai
 from . import hf as _hf  # noqa: F401  (imported for its side effect: registers the Hugging Face attention rule)
 from .graph import Cluster, DependencyGraph, Group, trace_groups
 from .importance import IMPORTANCES, group_importance
-from .pruner import LayerRow, StructuredPruner, StructuredReport, count_params_macs, prune_structured, select_groups
+from .pruner import (LayerRow, StructuredPruner, StructuredReport, StructuredResult, count_params_macs,
+                     prune_structured, select_groups)
 from .rules import Rule, find_rule, register_rule, unregister_rule
 from .hesso import DEFAULT_CRITERIA, HESSO
 from .hf import is_hf_attention, update_hf_config
@@ -32,7 +33,7 @@ from .shrink import kept_indices, load_structured, read_structure, save_structur
 __all__ = [
     "trace_groups", "DependencyGraph", "Group", "Cluster",
     "group_importance", "IMPORTANCES", "select_groups",
-    "StructuredPruner", "StructuredReport", "LayerRow", "prune_structured", "count_params_macs",
+    "StructuredPruner", "StructuredReport", "StructuredResult", "LayerRow", "prune_structured", "count_params_macs",
     "Rule", "register_rule", "unregister_rule", "find_rule",
     "is_hf_attention", "update_hf_config", "HESSO", "DEFAULT_CRITERIA",
     "GroupProx", "sef", "sef_prox", "group_lasso_prox",

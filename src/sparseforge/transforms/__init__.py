@@ -8,7 +8,9 @@ from .sparse_ift import (
     PerLayer,
     SparseDoped,
     SparseFactorized,
+    IFTLayer,
     SparseIFTLayer,
+    SparseIFTResult,
     SparseParallel,
     SparseWide,
     ift_budgets,
@@ -20,4 +22,4 @@ from .sparse_ift import (
 )
 
 __all__ = ["KINDS", "SparseIFTLayer", "SparseWide", "SparseParallel", "SparseFactorized", "SparseDoped",
-           "transform_layer", "sparse_ift", "ift_layers", "ift_targets", "ift_budgets", "ift_method", "PerLayer"]
+           "transform_layer", "sparse_ift", "SparseIFTResult", "IFTLayer", "ift_layers", "ift_targets", "ift_budgets", "ift_method", "PerLayer"]

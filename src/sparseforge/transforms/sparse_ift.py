@@ -57,23 +57,27 @@ each part's exact budget (:class:`PerLayer` allocation).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
+import warnings
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ..core.allocation import PerLayer
-from ..utils import preserved_modes
+from ..utils import call_model, preserved_modes
 from ..errors import ConfigError, LayerError, check_sparsity
 from ..masking import Targets
+from ..results import Result, renamed_keywords
 from ..transaction import transaction
 
 __all__ = [
     "KINDS", "base_scaling", "wide_width", "parallel_branches", "factorized_rank", "doped_rank",
     "SparseIFTLayer", "SparseWide", "SparseParallel", "SparseFactorized", "SparseDoped", "transform_layer",
-    "sparse_ift", "ift_layers", "ift_targets", "ift_budgets", "PerLayer", "ift_method",
+    "sparse_ift", "SparseIFTResult", "IFTLayer", "ift_layers", "ift_targets", "ift_budgets", "PerLayer", "ift_method",
 ]
 
 KINDS: tuple[str, ...] = ("wide", "parallel", "factorized", "doped")
@@ -383,74 +387,124 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def _select(model: nn.Module, include: Sequence[str], exclude: Sequence[str], first_layer: str,
-            last_layer: str) -> list[str]:
-    """Names of the layers to transform; an include entry naming an unsupported layer is an error."""
+#: sparse_ift's own defaults for the fields a dict ``targets`` leaves out: the stem and the head
+#: stay dense, as in the paper and the official code
+_TARGET_DEFAULTS = {"first_layer": "dense", "last_layer": "dense"}
+_OLD_TARGET_KEYWORDS = ("include", "exclude", "first_layer", "last_layer")
+
+
+def _targets(targets: Any, old: dict[str, Any]) -> Targets:
+    """One :class:`Targets` over Linear/Conv2d from ``targets`` or the deprecated include/exclude keywords."""
+    if old:
+        if targets is not None:
+            raise ConfigError(f"sparse_ift: pass targets= only; got targets= and the deprecated {sorted(old)}")
+        warnings.warn(f"sparse_ift({', '.join(f'{k}=' for k in old)}...) is deprecated; use "
+                      f"targets={{{', '.join(repr(k) + ': ...' for k in old)}}}", DeprecationWarning, stacklevel=4)
+        targets = {k: v for k, v in old.items() if v is not None}
+    if targets is None or isinstance(targets, dict):
+        spec = {**_TARGET_DEFAULTS, **(targets or {})}
+        for key in ("include", "exclude"):
+            if isinstance(spec.get(key), str):
+                spec[key] = (spec[key],)
+        t = Targets.from_spec(spec)
+    else:
+        t = Targets.from_spec(targets)
+    return t if t.types is not None else dataclasses.replace(t, types=_SUPPORTED)
+
+
+def _select(model: nn.Module, targets: Targets) -> tuple[list[str], list[tuple[str, str]]]:
+    """Names of the layers to transform and the skipped ones; an include entry naming an unsupported layer is an error."""
     names = dict(model.named_modules())
-    for p in include:
+    for p in targets.include:
         for n, m in names.items():
             if n and (n == p or re.fullmatch(p, n)) and not isinstance(m, _SUPPORTED) \
                     and isinstance(getattr(m, "weight", None), nn.Parameter):
-                raise LayerError(f"include entry {p!r} matches {n} ({type(m).__name__}); Sparse-IFT transforms "
-                                 "nn.Linear and nn.Conv2d only")
-    targets = Targets(types=_SUPPORTED, include=tuple(include), exclude=tuple(exclude), first_layer=first_layer,
-                      last_layer=last_layer)
+                raise LayerError(f"targets.include entry {p!r} matches {n} ({type(m).__name__}); Sparse-IFT "
+                                 "transforms nn.Linear and nn.Conv2d only")
     chosen = [l.name for l in targets.select(model)]
     for n in chosen:
         _check_layer(names[n], n)
-    return chosen
+    return chosen, list(targets.skipped)
 
 
-def sparse_ift(model: nn.Module, kind: str, sparsity: float, *, include: Sequence[str] = (),
-               exclude: Sequence[str] = (), first_layer: str = "dense", last_layer: str = "dense",
-               example_input: Any = None, inplace: bool = False, **options: Any) -> nn.Module:
+@dataclass(frozen=True)
+class IFTLayer:
+    """One transformed layer: its module name and the :class:`SparseIFTLayer` now in its place."""
+
+    name: str
+    module: SparseIFTLayer
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparseIFTResult(Result):
+    """What :func:`sparse_ift` returns.
+
+    Attributes:
+        model: the transformed model (a copy unless ``inplace=True``).
+        layers: one :class:`IFTLayer` per transformed layer, in module order.
+        skipped: ``(name, reason)`` of selected layers left dense (a weight tied to another module).
+        kind, sparsity: the transformation and its ``s``.
+    """
+
+    kind: str
+    sparsity: float
+
+
+@renamed_keywords(example_input="example_inputs")
+def sparse_ift(model: nn.Module, kind: str, sparsity: float, *, targets: Targets | dict | None = None,
+               example_inputs: Any = None, inplace: bool = False, **options: Any) -> SparseIFTResult:
     """Replace the model's ``nn.Linear`` / ``nn.Conv2d`` layers by a Sparse-IFT transformation.
 
     Args:
         model: the dense model.
         kind: ``"wide"``, ``"parallel"``, ``"factorized"`` or ``"doped"``.
         sparsity: ``s`` in ``[0, 1)``.
-        include / exclude: module names or regular expressions (full match), as in
-            :class:`~sparseforge.masking.Targets`.
-        first_layer / last_layer: the stem and the head stay ``"dense"`` (default, as in the
-            paper and the official code) or are transformed (``"sparse"``).
-        example_input: for ``"wide"``, a forward pass on it checks that the rewired widths fit.
+        targets: which layers (:class:`~sparseforge.masking.Targets` or a dict of its fields, as
+            everywhere: ``include``, ``exclude``, ``first_layer``, ``last_layer``); only Linear and
+            Conv2d layers are transformed. A dict's ``first_layer`` / ``last_layer`` default to
+            ``"dense"`` (the stem and the head stay dense, as in the paper and the official code);
+            a :class:`Targets` object is used as given.
+        example_inputs: for ``"wide"``, a forward pass on it checks that the rewired widths fit.
         inplace: modify ``model`` itself (default: a transformed deep copy).
-        options: passed to the layer class (``branch_norm``, ``uv_layer``).
+        options: passed to the layer class (``branch_norm``, ``uv_layer``). The old keywords
+            ``include``, ``exclude``, ``first_layer``, ``last_layer`` are deprecated aliases of
+            ``targets`` (they warn).
 
     Returns:
-        the transformed model; :func:`ift_layers` lists its transformed layers.
+        a :class:`SparseIFTResult`: ``.model`` the transformed model, ``.layers`` one
+        :class:`IFTLayer` per transformed layer.
     """
     _check_kind(kind)
     s = check_sparsity(sparsity)
-    if isinstance(include, str):
-        include = (include,)
-    if isinstance(exclude, str):
-        exclude = (exclude,)
+    old = {k: options.pop(k) for k in _OLD_TARGET_KEYWORDS if k in options}
+    selection = _targets(targets, old)
     if options and kind == "wide":
         raise ConfigError(f"Sparse Wide takes no options; got {sorted(options)}")
-    chosen = _select(model, include, exclude, first_layer, last_layer)
+    chosen, skipped = _select(model, selection)
     if not inplace:
-        return _transform(copy.deepcopy(model), kind, s, chosen, example_input, options)
-    # all or nothing in place: a layer refused at the end (or an example input the widened
-    # model cannot run) puts every replaced module back
-    with transaction(model, tensors="journal"):
-        return _transform(model, kind, s, chosen, example_input, options)
+        out = _transform(copy.deepcopy(model), kind, s, chosen, example_inputs, options)
+    else:
+        # all or nothing in place: a layer refused at the end (or an example input the widened
+        # model cannot run) puts every replaced module back
+        with transaction(model, tensors="journal"):
+            out = _transform(model, kind, s, chosen, example_inputs, options)
+    return SparseIFTResult(model=out, layers=[IFTLayer(n, out.get_submodule(n)) for n in chosen], skipped=skipped,
+                           kind=kind, sparsity=s)
 
 
-def _transform(out: nn.Module, kind: str, s: float, chosen: list[str], example_input: Any,
+def _transform(out: nn.Module, kind: str, s: float, chosen: list[str], example_inputs: Any,
                options: dict[str, Any]) -> nn.Module:
     if kind != "wide":
         for name in chosen:
             _set_module(out, name, transform_layer(out.get_submodule(name), kind, s, **options))
         return out
     _widen(out, chosen, s)
-    if example_input is not None:
+    if example_inputs is not None:
         try:
             with preserved_modes(out), torch.no_grad():
-                out(example_input)
+                call_model(out, example_inputs)
         except RuntimeError as e:
-            raise LayerError(f"Sparse Wide: the widened model does not run on example_input ({e}); the width rule "
+            raise LayerError(f"Sparse Wide: the widened model does not run on example_inputs ({e}); the width rule "
                              "supports chains of Linear/Conv2d layers (MLPs, plain CNNs), not residual networks") from None
     return out
 
