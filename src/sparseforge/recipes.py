@@ -9,7 +9,7 @@ Example (every key shown; only ``method`` is required)::
     data: {name: auto, batch_size: 128}          # auto = Fashion-MNIST if installed, else MNIST-1D;
                                   # also n_train, n_test, n_val (validation held out of train), root
     method:
-      name: rigl                  # dense | static | snip | gmp | imp | set | rigl
+      name: rigl                  # any registered method: sparseforge methods lists them
       sparsity: 0.9
       update_interval: 100        # step-valued keys accept ints, "25%" of training or "2ep"
       end: 75%
@@ -17,6 +17,7 @@ Example (every key shown; only ``method`` is required)::
     optimizer: {name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 5.0e-4}
     lr_schedule: {name: cosine, warmup_steps: 0}   # constant | cosine | step
     checkpoint_every_steps: 0     # 0 = at the end of every epoch only
+    imports: []                   # modules to import first; they may register more methods
 
 IMP (``epochs`` is the length of one round): ``method: {name: imp, sparsity: 0.99, schedule: linear,
 fraction: 0.01, score: magnitude, reinit: null, rewind_step: 0}``, or ``schedule: [0.5, 0.8, 0.9]``
@@ -30,21 +31,18 @@ from __future__ import annotations
 
 import inspect
 import math
-import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from .core.steps import STEP_KEYS, resolve_steps
 from .errors import ConfigError, check_int
 from .masking import Targets
-from .methods import METHODS
+from .methods import import_method_modules, method_entry
 
 __all__ = ["Recipe", "load_recipe", "method_parameters", "resolve_steps", "STEP_KEYS"]
-
-#: method parameters measured in optimizer steps; recipes may write them as "25%" or "2ep"
-STEP_KEYS = frozenset({"begin", "end", "total_steps", "update_interval", "steps_per_round", "rewind_step", "frequency"})
 
 _OPTIMIZERS = {"sgd": {"lr", "momentum", "weight_decay", "nesterov", "dampening"},
                "adam": {"lr", "betas", "weight_decay", "eps", "amsgrad"},
@@ -73,39 +71,22 @@ def _named(value: Any, where: str) -> dict:
 
 
 def method_parameters(name: str) -> set[str]:
-    """Keyword parameters accepted by method ``name`` (across its class hierarchy)."""
-    if name == "snip":
-        name = "static"
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; available: {sorted([*METHODS, 'snip'])}")
+    """Keyword parameters a recipe may set for method ``name`` (across its class hierarchy).
+
+    The runtime objects a runner supplies (the method's ``runner_args``) and ``targets`` (a
+    recipe section of its own) are left out.
+    """
+    method_cls = method_entry(name).cls
     params: set[str] = set()
-    for cls in METHODS[name].__mro__:
+    for cls in method_cls.__mro__:
         init = cls.__dict__.get("__init__")
         if init is None:
             continue
         for p in inspect.signature(init).parameters.values():
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("self", "model", "optimizer"):
                 params.add(p.name)
-    # runtime-only arguments supplied by the trainer, never by a recipe
-    return params - {"data", "loss_fn", "lr_scheduler", "targets"}
-
-
-_STEP_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(%|ep)\s*$")
-
-
-def resolve_steps(key: str, value: Any, *, total_steps: int, steps_per_epoch: int) -> int:
-    """Turn a step-valued recipe entry (int, ``"25%"`` of training, ``"2ep"``) into optimizer steps."""
-    if isinstance(value, bool):
-        raise ConfigError(f"method.{key} must be a step count, 'N%' or 'Nep'; got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _STEP_RE.match(value)
-        if m:
-            x, unit = float(m.group(1)), m.group(2)
-            return int(round(x / 100.0 * total_steps)) if unit == "%" else int(round(x * steps_per_epoch))
-    raise ConfigError(f"method.{key} must be an integer step count, a percentage of training like '75%' "
-                      f"or epochs like '2ep'; got {value!r}")
+    # runtime-only arguments supplied by the runner, never by a recipe
+    return params - method_cls.runner_args - {"targets"}
 
 
 def _check_optimizer_values(spec: dict[str, Any]) -> None:
@@ -144,8 +125,13 @@ class Recipe:
     optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4})
     lr_schedule: dict[str, Any] = field(default_factory=lambda: {"name": "cosine"})
     checkpoint_every_steps: int = 0
+    imports: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # plugin modules first: importing them registers the methods the recipe names
+        if not isinstance(self.imports, list):
+            raise ConfigError(f"imports must be a list of module names; got {self.imports!r}")
+        import_method_modules(self.imports)
         self.method = _named(self.method, "method")
         mname = self.method["name"]
         allowed = method_parameters(mname) | {"name"}
@@ -191,8 +177,15 @@ class Recipe:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain mapping (round-trips through :meth:`from_dict`)."""
-        return asdict(self)
+        """Plain mapping (round-trips through :meth:`from_dict`); ``imports`` only when there are some.
+
+        Leaving an empty ``imports`` out keeps the mapping of a recipe without plugins as it was
+        before the key existed, so run folders and checkpoints written then still resume.
+        """
+        d = asdict(self)
+        if not d["imports"]:
+            del d["imports"]
+        return d
 
 
 def yaml_error_line(e: yaml.YAMLError) -> str:
