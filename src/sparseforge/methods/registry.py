@@ -75,12 +75,12 @@ def register_method(name: str, cls: type[SparsityMethod], *, aliases: Mapping[st
     _check_name(name, "method name")
     if not (isinstance(cls, type) and issubclass(cls, SparsityMethod)):
         raise ConfigError(f"register_method({name!r}, ...): cls must be a SparsityMethod subclass; got {cls!r}")
-    alias_map = ({a: dict(p) for a, p in aliases.items()} if isinstance(aliases, Mapping)
-                 else {a: {} for a in aliases})
+    alias_map = dict(aliases) if isinstance(aliases, Mapping) else {a: {} for a in aliases}
     for a, presets in alias_map.items():
         _check_name(a, "method alias")
-        if not isinstance(presets, dict):
+        if not isinstance(presets, Mapping):
             raise ConfigError(f"register_method({name!r}, ...): presets of alias {a!r} must be a mapping; got {presets!r}")
+        alias_map[a] = dict(presets)
     for n in (name, *alias_map):
         taken = METHODS.get(n) or (METHODS.get(_ALIASES[n][0]) if n in _ALIASES else None)
         if taken is not None and taken is not cls and not replace:

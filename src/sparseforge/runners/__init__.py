@@ -23,17 +23,20 @@ _EXPORTS: dict[str, str] = {
     "method_arguments": "setup", "runtime_arguments": "setup",
     **dict.fromkeys(["Trainer", "RunResult", "iterate_batches", "evaluate", "process_group", "check_run_folder",
                      "clear_run_folder", "RUN_FILES", "lr_schedule_from_spec"], "trainer"),
-    **dict.fromkeys(["LMRecipe", "train_lm", "evaluate_lm", "lm_loss", "lm_lr_factor", "nm_violations",
+    **dict.fromkeys(["LMRecipe", "LMTrainer", "train_lm", "evaluate_lm", "lm_loss", "lm_lr_factor", "nm_violations",
                      "DEFAULT_LM_TARGETS", "LM_CHECKPOINT_FORMAT"], "lm"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), frozenset({"loop", "setup", "trainer", "lm"}))
 
 if TYPE_CHECKING:
-    from .lm import (DEFAULT_LM_TARGETS, LM_CHECKPOINT_FORMAT, LMRecipe, evaluate_lm, lm_loss, lm_lr_factor,
+    from .lm import (DEFAULT_LM_TARGETS, LM_CHECKPOINT_FORMAT, LMRecipe, LMTrainer, evaluate_lm, lm_loss, lm_lr_factor,
                      nm_violations, train_lm)
     from .loop import TrainLoop, progress_bar
     from .setup import method_arguments, runtime_arguments
     from .trainer import (RUN_FILES, RunResult, Trainer, check_run_folder, clear_run_folder, evaluate, iterate_batches,
                           lr_schedule_from_spec, process_group)
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["DEFAULT_LM_TARGETS", "LM_CHECKPOINT_FORMAT", "LMRecipe", "LMTrainer", "RUN_FILES", "RunResult", "TrainLoop", "Trainer",
+           "check_run_folder", "clear_run_folder", "evaluate", "evaluate_lm", "iterate_batches", "lm_loss",
+           "lm_lr_factor", "lr_schedule_from_spec", "method_arguments", "nm_violations", "process_group",
+           "progress_bar", "runtime_arguments", "train_lm"]

@@ -468,7 +468,7 @@ class Trainer:
 
     def report(self) -> Any:
         """Sparsity report of the current model with FLOPs per sample."""
-        from .report import sparsity_report
+        from ..report import sparsity_report
 
         return sparsity_report(self.model, example_input(self.recipe.model["name"], self.dataset, batch=1),
                                **self.method.report_kwargs())
