@@ -27,7 +27,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["add_lora", "lora_parameters", "merge_lora"], "lora"),
     **dict.fromkeys(["Masking", "Targets", "finalize", "load_masked_state_dict"], "masking"),
     **dict.fromkeys(["BDWP", "GMP", "IMP", "MDGF", "SDGF", "SET", "SRSTE", "STE", "Dense", "RigL", "SparsityMethod",
-                     "StaticSparse", "build_method"], "methods"),
+                     "StaticSparse", "build_method", "register_method"], "methods"),
+    "Trainer": "train", "load_recipe": "recipes", **dict.fromkeys(["LMRecipe", "train_lm"], "lm"),
     **dict.fromkeys(["prune_nm", "prune_oneshot"], "oneshot"),
     **dict.fromkeys(["Report", "sparsity_report"], "report"),
     "random_search": "search",
@@ -37,7 +38,7 @@ _EXPORTS: dict[str, str] = {
 }
 _SUBMODULES = frozenset({
     "bench", "cli", "core", "data", "demo", "errors", "experiments", "export", "kernels", "lm", "lora", "masking",
-    "methods", "models", "oneshot", "recipes", "report", "search", "soups", "structured", "text", "train",
+    "methods", "models", "oneshot", "recipes", "report", "runners", "search", "soups", "structured", "text", "train",
     "transforms", "utils",
 })
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), _SUBMODULES)
@@ -49,8 +50,11 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
                          save_compressed, save_materialized)
     from .lora import add_lora, lora_parameters, merge_lora
     from .masking import Masking, Targets, finalize, load_masked_state_dict
+    from .lm import LMRecipe, train_lm
     from .methods import (BDWP, GMP, IMP, MDGF, SDGF, SET, SRSTE, STE, Dense, RigL, SparsityMethod, StaticSparse,
-                          build_method)
+                          build_method, register_method)
+    from .recipes import load_recipe
+    from .train import Trainer
     from .oneshot import prune_nm, prune_oneshot
     from .report import Report, sparsity_report
     from .search import random_search
@@ -63,7 +67,8 @@ __all__ = [
     "Unstructured", "NM", "Block", "Channel", "Uniform", "ER", "ERK", "Global",
     "SparseforgeError", "ConfigError", "LayerError", "CheckpointError",
     "Masking", "Targets", "finalize", "load_masked_state_dict",
-    "SparsityMethod", "Dense", "StaticSparse", "GMP", "IMP", "SET", "RigL", "build_method",
+    "SparsityMethod", "Dense", "StaticSparse", "GMP", "IMP", "SET", "RigL", "build_method", "register_method",
+    "Trainer", "load_recipe", "LMRecipe", "train_lm",
     "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "prune_nm", "prune_oneshot",
     "Report", "sparsity_report",
     "save_compressed", "load_compressed", "compressed_size_report", "materialize", "quantize_weights",
