@@ -273,10 +273,10 @@ def test_loop_ctrl_c_saves_only_between_steps(where: str, saved: list[int]) -> N
     c = _Counter(raise_at=4, where=where)
     interrupted = []
     loop = TrainLoop(c.opt, None, loss=c.loss, after_step=c.after, save=lambda: c.saves.append(c.step),
-                     on_interrupt=interrupted.append)
+                     on_interrupt=lambda step, did: interrupted.append((step, did)))
     with pytest.raises(KeyboardInterrupt):
         loop.run(c.batches(), step=0, stop_at=8)
-    assert c.saves == saved and interrupted == [3]
+    assert c.saves == saved and interrupted == [(3, bool(saved))]
 
 
 def test_loop_clips_gradients() -> None:

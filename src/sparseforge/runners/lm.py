@@ -607,7 +607,8 @@ def train_lm(corpus: Any, method: str = "dense", **kwargs: Any) -> dict[str, Any
     Args:
         corpus: a :class:`~sparseforge.text.TextCorpus` or a corpus name for
             :func:`~sparseforge.text.load_text_corpus` (``"austen"``, ``"text:PATH"``; char tokenizer).
-        method: a registry name (:data:`sparseforge.methods.METHODS` or ``"snip"``); not ``"imp"``.
+        method: a registered method name or alias (:func:`sparseforge.methods.method_names`),
+            not one that trains in rounds (IMP).
         method_params: the method's keyword arguments, e.g. ``{"pattern": "2:4"}`` or
             ``{"pattern": "1:8", "decay": "exp", "decay_coef": 1e-3}``. ``total_steps``
             (N:M methods, RigL, SET) defaults to ``steps``; GMP's ``begin``/``end`` to 0 and 75 %;

@@ -51,7 +51,8 @@ class TrainLoop:
         grad_clip: clip the gradients of ``clip_params`` to this global L2 norm (None = no clipping).
         clip_params: the parameters to clip (a model's ``parameters()``).
         bar: a progress bar (:func:`progress_bar`) or None.
-        on_interrupt: called after the checkpoint of an interrupted run (e.g. to log it).
+        on_interrupt: ``on_interrupt(step, saved)`` after Ctrl-C: the steps done and whether a
+            checkpoint was written (e.g. to log it).
     """
 
     optimizer: torch.optim.Optimizer
@@ -63,7 +64,7 @@ class TrainLoop:
     grad_clip: float | None = None
     clip_params: Callable[[], Iterable[nn.Parameter]] | None = None
     bar: Any = None
-    on_interrupt: Callable[[int], None] | None = None
+    on_interrupt: Callable[[int, bool], None] | None = None
 
     def run(self, batches: Iterable[Any], *, step: int, stop_at: int) -> int:
         """Train on ``batches`` from ``step`` (steps already done) until ``stop_at``; return the steps done.
@@ -96,11 +97,12 @@ class TrainLoop:
                 if self.bar is not None:
                     self.bar.update(1)
         except KeyboardInterrupt:
-            if self.save is not None and not in_step:
+            saved = self.save is not None and not in_step
+            if saved:
                 self.save()
             self.close()
             if self.on_interrupt is not None:
-                self.on_interrupt(step)
+                self.on_interrupt(step, saved)
             raise
         return step
 

@@ -15,7 +15,8 @@ A run folder holds::
     result.json      final summary
 
 Checkpoints are written atomically (temp file + rename) at the end of every epoch, every
-``checkpoint_every_steps`` steps if set, and when the run is interrupted (Ctrl-C). Running the
+``checkpoint_every_steps`` steps if set, and when the run is interrupted (Ctrl-C between steps;
+one inside a step keeps the last checkpoint, as a half-applied step cannot be saved). Running the
 same recipe into the same folder resumes from the last checkpoint: the data order of every
 epoch depends only on ``(seed, epoch)``, so a resumed run follows the same trajectory.
 
@@ -369,8 +370,7 @@ class Trainer:
                          checkpoint_every=self.recipe.checkpoint_every_steps,
                          bar=progress_bar(self.progress and self.rank == 0, total=self.total_steps, initial=self.step,
                                           desc=self.recipe.name),
-                         on_interrupt=lambda step: self.log(f"interrupted at step {step}; checkpoint saved, "
-                                                            "run again to resume"))
+                         on_interrupt=self._log_interrupt)
         self._bar = loop.bar
         self.step = loop.run(self._batches(), step=self.step, stop_at=stop_at)
         loop.close()
@@ -378,6 +378,10 @@ class Trainer:
         if self.step >= self.total_steps:
             self._write_results(final)
         return RunResult(self.history, final, model, self.method, self.run_dir)
+
+    def _log_interrupt(self, step: int, saved: bool) -> None:
+        where = "checkpoint saved" if saved else "inside a step, so the last checkpoint stands"
+        self.log(f"interrupted at step {step}; {where}, run again to resume")
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The training batches from the current step on, epoch after epoch.
