@@ -329,8 +329,8 @@ SRC = ROOT / "src" / "sparseforge"
 
 #: places whose literal blocks are prose: formulas, pseudo-code, file layouts
 TEXT_BLOCKS = {
-    "export/materialized_io.py", "export/quantize.py", "lm.py", "lora.py", "methods/imp.py", "models.py:TinyGPT", "oneshot/io.py",
-    "soups.py", "train.py",
+    "core/lr.py", "export/materialized_io.py", "export/quantize.py", "lora.py", "methods/imp.py", "models.py:TinyGPT",
+    "oneshot/io.py", "runners/lm.py", "runners/trainer.py", "soups.py",
 }
 
 
@@ -485,7 +485,7 @@ def test_docstring_yaml_is_valid(place: str, body: str, tmp_path: Path, monkeypa
             recipe.epochs = 1
             recipe.data.update(n_train=512, n_test=256)
             Trainer(recipe, run, progress=False).fit()
-            listing = next(b for p, _, b in DOC_BLOCKS if p == "train.py")
+            listing = next(b for p, _, b in DOC_BLOCKS if p == "runners/trainer.py")
             names = re.findall(r"^(\S+\.\w+)\s", listing, re.M) + re.findall(r"\(and (\S+\.\w+)\)", listing)
             assert len(names) >= 5 and all((run / n).is_file() for n in names), (names, sorted(p.name for p in run.iterdir()))
 

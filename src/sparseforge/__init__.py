@@ -29,7 +29,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["add_lora", "lora_parameters", "merge_lora"], "lora"),
     **dict.fromkeys(["Masking", "Targets", "finalize", "load_masked_state_dict"], "masking"),
     **dict.fromkeys(["BDWP", "GMP", "IMP", "MDGF", "SDGF", "SET", "SRSTE", "STE", "Dense", "RigL", "SparsityMethod",
-                     "StaticSparse", "build_method"], "methods"),
+                     "StaticSparse", "build_method", "register_method"], "methods"),
+    "Trainer": "train", **dict.fromkeys(["LMRecipe", "train_lm"], "lm"),
     **dict.fromkeys(["prune_nm", "prune_oneshot"], "oneshot"),
     **dict.fromkeys(["Report", "iso_flop_report", "sparsity_report"], "report"),
     **dict.fromkeys(["Recipe", "load_recipe"], "recipes"),
@@ -38,11 +39,10 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["greedy_soup", "recalibrate_bn", "sparse_model_soups", "uniform_soup"], "soups"),
     **dict.fromkeys(["ift_method", "sparse_ift"], "transforms"),
     **dict.fromkeys(["StructuredPruner", "prune_structured"], "structured"),
-    "Trainer": "train",
 }
 _SUBMODULES = frozenset({
     "bench", "cli", "core", "data", "demo", "errors", "experiments", "export", "kernels", "lm", "lora", "masking",
-    "methods", "models", "oneshot", "recipes", "report", "search", "soups", "structured", "text", "train",
+    "methods", "models", "oneshot", "recipes", "report", "runners", "search", "soups", "structured", "text", "train",
     "transforms", "utils", "parallel", "structured_train", "pretrained", "commands", "tables", "results",
 })
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), _SUBMODULES)
@@ -54,8 +54,9 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
                          save_compressed, save_materialized)
     from .lora import add_lora, lora_parameters, merge_lora
     from .masking import Masking, Targets, finalize, load_masked_state_dict
+    from .lm import LMRecipe, train_lm
     from .methods import (BDWP, GMP, IMP, MDGF, SDGF, SET, SRSTE, STE, Dense, RigL, SparsityMethod, StaticSparse,
-                          build_method)
+                          build_method, register_method)
     from .oneshot import prune_nm, prune_oneshot
     from .recipes import Recipe, load_recipe
     from .report import Report, iso_flop_report, sparsity_report
@@ -71,7 +72,8 @@ __all__ = [
     "Unstructured", "NM", "Block", "Channel", "Uniform", "ER", "ERK", "Global",
     "SparseforgeError", "ConfigError", "LayerError", "CheckpointError",
     "Masking", "Targets", "finalize", "load_masked_state_dict",
-    "SparsityMethod", "Dense", "StaticSparse", "GMP", "IMP", "SET", "RigL", "build_method",
+    "SparsityMethod", "Dense", "StaticSparse", "GMP", "IMP", "SET", "RigL", "build_method", "register_method",
+    "Trainer", "Recipe", "load_recipe", "LMRecipe", "train_lm",
     "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "prune_nm", "prune_oneshot",
     "Report", "sparsity_report",
     "save_compressed", "load_compressed", "compressed_size_report", "materialize", "quantize_weights",
@@ -81,5 +83,5 @@ __all__ = [
     "sparse_ift", "ift_method", "iso_flop_report",
     "sparse_model_soups", "uniform_soup", "greedy_soup", "recalibrate_bn",
     "random_search",
-    "Result", "Trainer", "Recipe", "load_recipe",
+    "Result",
 ]

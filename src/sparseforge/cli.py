@@ -89,14 +89,19 @@ def _cmd_data_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from .methods import METHODS
+    from .methods import method_entry, method_names
     from .recipes import method_parameters
 
-    for name, cls in sorted(METHODS.items()):
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+    for name in method_names():  # registered names, aliases and entry-point plugins
+        entry = method_entry(name)
+        if entry.presets:
+            target = next(n for n in method_names() if method_entry(n).cls is entry.cls and not method_entry(n).presets)
+            presets = ", ".join(f"{k}={v!r}" for k, v in entry.presets.items())
+            print(f"{name:8s} alias of {target} with {presets}")
+            continue
+        doc = (entry.cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name:8s} {doc}")
         print(f"{'':8s} parameters: {', '.join(sorted(method_parameters(name)))}")
-    print("snip     StaticSparse with score='snip' (SNIP, Lee et al. 2019)")
     return 0
 
 

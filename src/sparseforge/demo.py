@@ -133,7 +133,7 @@ def run_recipe(recipe: dict[str, Any], *, dataset: Any = None) -> dict[str, Any]
     """
     from .core.patterns import NM
     from .lm import nm_violations
-    from .methods import NM_METHODS
+    from .methods import method_entry
     from .recipes import Recipe
     from .train import Trainer, evaluate
 
@@ -162,7 +162,7 @@ def run_recipe(recipe: dict[str, Any], *, dataset: Any = None) -> dict[str, Any]
             "masked_layers": [l.qualname for l in layers], "skipped": list(t.get("skipped", [])),
             "notes": list(t.get("notes", [])), "nm_violations": violations if is_nm else None,
             # metrics() reports flips since its previous call, i.e. per epoch here
-            "sad": sum(h.get("sad", 0) for h in result.history) if recipe["method"]["name"] in NM_METHODS else None,
+            "sad": sum(h.get("sad", 0) for h in result.history) if method_entry(recipe["method"]["name"]).cls.logs_mask_flips else None,
             "history": result.history, "seconds": time.perf_counter() - t0}
 
 

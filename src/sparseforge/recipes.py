@@ -9,7 +9,7 @@ Example (every key shown; only ``method`` is required)::
     data: {name: auto, batch_size: 128}          # auto = Fashion-MNIST if installed, else MNIST-1D;
                                   # also n_train, n_test, n_val (validation held out of train), root
     method:
-      name: rigl                  # dense | static | snip | gmp | imp | set | rigl | ste | srste | ...
+      name: rigl                  # any registered method: sparseforge methods lists them
       sparsity: 0.9               # a fraction of zeros, or N:M quoted: "2:4" (N:M methods)
       overrides: {fc3: 0.5}       # per-layer sparsities (module name or regex); the rest share 0.9
       update_interval: 100        # step-valued keys accept ints, "25%" of training or "2ep"
@@ -18,6 +18,7 @@ Example (every key shown; only ``method`` is required)::
     optimizer: {name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 5.0e-4}
     lr_schedule: {name: cosine, warmup_steps: 0}   # constant | cosine | step
     checkpoint_every_steps: 0     # 0 = at the end of every epoch only
+    imports: []                   # modules to import first; they may register more methods
 
 IMP (``epochs`` is the length of one round): ``method: {name: imp, sparsity: 0.99, schedule: linear,
 fraction: 0.01, score: magnitude, reinit: null, rewind_step: 0}``, or ``schedule: [0.5, 0.8, 0.9]``
@@ -31,21 +32,18 @@ before any data or model is built.
 from __future__ import annotations
 
 import inspect
-import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .core.steps import STEP_KEYS, resolve_steps
 from .errors import ConfigError, check_int, check_number
 from .masking import Targets
-from .methods import METHODS
+from .methods import import_method_modules, method_entry
 
 __all__ = ["Recipe", "load_recipe", "method_class", "method_parameters", "resolve_steps", "STEP_KEYS"]
-
-#: method parameters measured in optimizer steps; recipes may write them as "25%" or "2ep"
-STEP_KEYS = frozenset({"begin", "end", "total_steps", "update_interval", "steps_per_round", "rewind_step", "frequency"})
 
 _OPTIMIZERS = {"sgd": {"lr", "momentum", "weight_decay", "nesterov", "dampening"},
                "adam": {"lr", "betas", "weight_decay", "eps", "amsgrad"},
@@ -74,28 +72,13 @@ def _named(value: Any, where: str) -> dict:
 
 
 def method_parameters(name: str) -> set[str]:
-    """Keyword parameters accepted by method ``name`` (across its class hierarchy)."""
+    """Keyword parameters a recipe may set for method ``name`` (across its class hierarchy).
+
+    The runtime objects a runner supplies (the method's ``runner_args``) and ``targets`` (a
+    recipe section of its own) are left out.
+    """
     cls, _ = method_class(name)
-    # runtime-only arguments supplied by the trainer, never by a recipe
-    return set(cls.parameter_defaults()) - {"data", "loss_fn", "lr_scheduler", "targets"}
-
-
-_STEP_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(%|ep)\s*$")
-
-
-def resolve_steps(key: str, value: Any, *, total_steps: int, steps_per_epoch: int, where: str = "method") -> int:
-    """Turn a step-valued recipe entry (int, ``"25%"`` of training, ``"2ep"``) into optimizer steps."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}.{key} must be a step count, 'N%' or 'Nep'; got {value!r}")
-    if isinstance(value, int):
-        return check_int(value, f"{where}.{key}", minimum=0)
-    if isinstance(value, str):
-        m = _STEP_RE.match(value)
-        if m:
-            x, unit = float(m.group(1)), m.group(2)
-            return int(round(x / 100.0 * total_steps)) if unit == "%" else int(round(x * steps_per_epoch))
-    raise ConfigError(f"{where}.{key} must be an integer step count, a percentage of training like '75%' "
-                      f"or epochs like '2ep'; got {value!r}")
+    return set(cls.parameter_defaults()) - set(cls.runner_args) - {"targets"}
 
 
 def _check_optimizer_values(spec: dict[str, Any]) -> None:
@@ -155,12 +138,9 @@ def _check_model_values(spec: dict[str, Any]) -> None:
 
 
 def method_class(name: str) -> tuple[type, dict[str, Any]]:
-    """The method class of recipe name ``name`` and the parameters its alias implies (``snip``)."""
-    if name == "snip":
-        return METHODS["static"], {"score": "snip"}
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; available: {sorted([*METHODS, 'snip'])}")
-    return METHODS[name], {}
+    """The method class of recipe name ``name`` and the preset parameters of an alias (``snip``), from the registry."""
+    entry = method_entry(name)
+    return entry.cls, dict(entry.presets)
 
 
 def _check_method(spec: dict[str, Any]) -> None:
@@ -200,8 +180,13 @@ class Recipe:
     optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4})
     lr_schedule: dict[str, Any] = field(default_factory=lambda: {"name": "cosine"})
     checkpoint_every_steps: int = 0
+    imports: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # plugin modules first: importing them registers the methods the recipe names
+        if not isinstance(self.imports, list):
+            raise ConfigError(f"imports must be a list of module names; got {self.imports!r}")
+        import_method_modules(self.imports)
         self.method = _named(self.method, "method")
         _check_method(self.method)
         if not isinstance(self.name, str) or not self.name:
@@ -243,8 +228,15 @@ class Recipe:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain mapping (round-trips through :meth:`from_dict`)."""
-        return asdict(self)
+        """Plain mapping (round-trips through :meth:`from_dict`); ``imports`` only when there are some.
+
+        Leaving an empty ``imports`` out keeps the mapping of a recipe without plugins as it was
+        before the key existed, so run folders and checkpoints written then still resume.
+        """
+        d = asdict(self)
+        if not d["imports"]:
+            del d["imports"]
+        return d
 
 
 def yaml_error_line(e: yaml.YAMLError) -> str:

@@ -46,7 +46,7 @@ import math
 from dataclasses import dataclass, field
 import inspect
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -55,6 +55,7 @@ from ..core.allocation import Allocation, allocation_from_spec, global_sparsitie
 from ..core.init import init_scale_factors
 from ..core.patterns import NM, Pattern, Unstructured, num_pruned, topk_mask
 from ..core.rng import stream_generator
+from ..core.steps import STEP_KEYS
 from ..core.targets import Target, parse_target, target_from_args
 from ..errors import CheckpointError, ConfigError, LayerError, check_int, check_sparsity
 from ..masking import MaskedLayer, Masking, Targets, is_default_target, is_sharded, shard_like
@@ -210,6 +211,47 @@ class SparsityMethod:
     default_target: Any = None
     #: the events (keys of :data:`EVENTS`) this method emits
     emits: tuple[str, ...] = ()
+
+    # ---- run knowledge: what a runner (recipe trainer, LM trainer) asks a method class before
+    # ---- building it. A runner never branches on a method's name; it asks these instead.
+    #: constructor arguments counted in optimizer steps: a recipe may write them as ``"25%"``
+    #: of the run or ``"2ep"``, and the runner resolves them before construction
+    step_params: ClassVar[frozenset[str]] = STEP_KEYS
+    #: runtime objects the runner passes to the constructor (never set in a recipe): ``"data"``
+    #: (one calibration batch, see :meth:`needs_calibration_batch`), ``"loss_fn"``,
+    #: ``"lr_scheduler"`` (the run's scheduler, e.g. to rewind it)
+    runner_args: ClassVar[frozenset[str]] = frozenset()
+    #: True for methods that train several rounds over the run's length (IMP): the runner then
+    #: takes the run's length from :meth:`run_steps` and the learning-rate horizon from
+    #: :meth:`lr_horizon`; a runner with a single fixed budget (the LM trainer) refuses them
+    trains_in_rounds: ClassVar[bool] = False
+    #: True for methods that keep a per-step log of mask flips (``sad_history``, N:M methods)
+    logs_mask_flips: ClassVar[bool] = False
+
+    @classmethod
+    def run_defaults(cls, total_steps: int, steps_per_epoch: int | None) -> dict[str, Any]:
+        """Constructor arguments that depend on the run's length; explicit values always win.
+
+        ``total_steps`` is the number of optimizer steps the runner trains for (one round for
+        a method that :attr:`trains_in_rounds`), ``steps_per_epoch`` the steps of one pass over
+        the data, or None for a run without epochs (the LM trainer). Values may be step specs
+        (``"75%"``), resolved like the recipe's own.
+        """
+        return {}
+
+    @classmethod
+    def needs_calibration_batch(cls, params: dict[str, Any]) -> bool:
+        """True if the method built with ``params`` needs one batch of training data (``data=``)."""
+        return False
+
+    @classmethod
+    def lr_horizon(cls, params: dict[str, Any], total_steps: int) -> int:
+        """The steps a decaying learning-rate schedule spans (one round for round-based methods)."""
+        return total_steps
+
+    def run_steps(self, total_steps: int) -> int:
+        """Optimizer steps of the whole run, given the runner's ``total_steps`` (IMP: all rounds)."""
+        return total_steps
 
     def __init__(
         self,

@@ -126,6 +126,11 @@ class DynamicSparse(SparsityMethod):
     drop_noise = 0.0
     emits = ("before_topology_update", "after_topology_update")
 
+    @classmethod
+    def run_defaults(cls, total_steps: int, steps_per_epoch: int | None) -> dict[str, Any]:
+        """Topology updates stop at ``end_fraction`` of the run's ``total_steps``."""
+        return {"total_steps": total_steps}
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
                  drop_fraction: float = 0.3, decay: str | None = None, update_interval: int = 100,
                  end: int | None = None, total_steps: int | None = None, begin: int = 0,
@@ -406,6 +411,14 @@ class SET(DynamicSparse):
     """SET: drop the ``zeta`` fraction of negative and of positive weights closest to zero, regrow at random."""
 
     name = "set"
+
+    @classmethod
+    def run_defaults(cls, total_steps: int, steps_per_epoch: int | None) -> dict[str, Any]:
+        """Official SET updates once per epoch and never after the last one."""
+        out = super().run_defaults(total_steps, steps_per_epoch)
+        if steps_per_epoch is not None:
+            out["update_interval"] = steps_per_epoch
+        return out
     default_allocation = "er"
     default_decay = "constant"
     default_end_fraction = 1.0

@@ -50,6 +50,13 @@ class GMP(SparsityMethod):
 
     name = "gmp"
 
+    @classmethod
+    def run_defaults(cls, total_steps: int, steps_per_epoch: int | None) -> dict[str, Any]:
+        """Prune from step 0 to 75 % of the run (Zhu & Gupta 2017 stop early, then fine-tune)."""
+        # a run without epochs (the LM trainer) has always floored 75 % of its steps where the
+        # recipe trainer rounds the "75%" spec; both are kept so no trajectory moves
+        return {"begin": 0, "end": "75%" if steps_per_epoch is not None else int(0.75 * total_steps)}
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
                  begin: int, end: int, frequency: int = 10, initial_sparsity: float = 0.0, exponent: float = 3.0,
                  score: str = "magnitude", **kwargs: Any) -> None:

@@ -90,6 +90,22 @@ class IMP(SparsityMethod):
     """
 
     name = "imp"
+    runner_args = frozenset({"lr_scheduler"})
+    trains_in_rounds = True
+
+    @classmethod
+    def run_defaults(cls, total_steps: int, steps_per_epoch: int | None) -> dict[str, Any]:
+        """A round is the runner's whole training length unless ``steps_per_round`` says otherwise."""
+        return {"steps_per_round": total_steps}
+
+    @classmethod
+    def lr_horizon(cls, params: dict[str, Any], total_steps: int) -> int:
+        """The learning-rate schedule spans one round (it is rewound with the weights)."""
+        return params.get("steps_per_round", total_steps)
+
+    def run_steps(self, total_steps: int) -> int:
+        """All rounds: :attr:`total_steps`."""
+        return self.total_steps
     default_allocation = "global"
     emits = ("round_end",)
 

@@ -168,6 +168,12 @@ class NMTraining(SparsityMethod):
     """
 
     name = "ste"
+    logs_mask_flips = True
+
+    @classmethod
+    def run_defaults(cls, total_steps: int, steps_per_epoch: int | None) -> dict[str, Any]:
+        """The phases (dense, method, fine-tune) and SDGF's frames split the run's length."""
+        return {"total_steps": total_steps}
     supported_patterns = (NM,)
     default_target = "2:4"
     #: SR-STE's decay of pruned weights (0 = plain STE)

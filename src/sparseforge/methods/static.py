@@ -67,6 +67,12 @@ class StaticSparse(SparsityMethod):
     """
 
     name = "static"
+    runner_args = frozenset({"data", "loss_fn"})
+
+    @classmethod
+    def needs_calibration_batch(cls, params: dict[str, Any]) -> bool:
+        """Gradient scores (SNIP, Taylor) need one training batch."""
+        return params.get("score", "random") in GRADIENT_SCORES
     default_allocation = "erk"
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
