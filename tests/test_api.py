@@ -74,6 +74,8 @@ NOT_VERBS = {
     "constructor": {"load_materialized", "build_method", "ift_method", "load_recipe"},
     "fold": {"finalize", "merge_lora"},
     "plain value": {"load_masked_state_dict", "lora_parameters", "recalibrate_bn"},
+    "registration": {"register_method"},
+    "runner": {"train_lm"},  # returns its run's metrics (a dict), as Trainer.fit returns a RunResult
 }
 
 

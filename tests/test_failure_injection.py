@@ -152,9 +152,6 @@ def test_sparseforge_train_killed_at_random_steps_resumes_to_the_same_run(refere
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="runner defects (reported): a resumed epoch's train_loss averages only the "
-                                       "steps after the resume; and the in-loop checkpoint of an epoch's last step "
-                                       "is written before the epoch's record, so a kill right then loses the record")
 def test_resumed_runs_keep_the_same_metrics_at_epoch_boundaries(reference_run, tmp_path: Path) -> None:
     recipe, ref = reference_run
     run = tmp_path / "run"

@@ -190,14 +190,14 @@ def test_nm_violations_counts_groups_by_hand() -> None:
 @pytest.mark.parametrize("kwargs, needle", [
     ({"steps": 0}, "steps must be >= 1; got 0"),
     ({"batch_size": 0}, "batch_size must be >= 1"),
-    ({"lr": -1.0}, r"lr must be in \(0.0, inf\); got -1.0"),
-    ({"lr": "fast"}, "lr must be a finite number; got 'fast'"),
-    ({"min_lr_ratio": 1.5}, r"min_lr_ratio must be in \[0.0, 1.0\]; got 1.5"),
-    ({"weight_decay": -0.1}, "weight_decay must be in"),
+    ({"lr": -1.0}, r"lr must be > 0; got -1.0"),
+    ({"lr": "fast"}, "lr must be a number > 0; got 'fast'"),
+    ({"min_lr_ratio": 1.5}, r"min_lr_ratio must be in \[0, 1\]; got 1.5"),
+    ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
     ({"betas": (0.9, 1.0)}, r"betas\[1\] must be in \[0, 1\)"),
     ({"betas": 0.9}, "betas must be a pair"),
-    ({"grad_clip": -1.0}, "grad_clip must be in"),
-    ({"warmup_steps": 7}, r"warmup_steps must be in \[0, steps=6\]; got 7"),
+    ({"grad_clip": -1.0}, "grad_clip must be > 0"),
+    ({"warmup_steps": 7}, r"warmup_steps must be in \[0, 6\]; got 7"),
     ({"val_windows": 0}, "val_windows must be >= 1"),
     ({"eval_every": -1}, "eval_every must be >= 0"),
     ({"block_size": 17}, "block_size must be <= the model's block_size 16; got 17"),
@@ -350,7 +350,7 @@ def test_lm_recipe_is_validated_when_built_and_fills_its_defaults() -> None:
     # the method's arguments for this run: its run defaults (GMP floors 75 % without epochs) and the seed
     assert r.method_arguments() == {"sparsity": 0.5, "seed": 0, "begin": 0, "end": 150}
     assert LMRecipe(grad_clip=0).grad_clip is None
-    with pytest.raises(ConfigError, match=r"lr must be in \(0.0, inf\); got -1.0"):
+    with pytest.raises(ConfigError, match=r"lr must be > 0; got -1.0"):
         LMRecipe(lr=-1.0)  # no corpus, no model: refused before anything is built
     with pytest.raises(ConfigError, match="method 'imp' trains several rounds"):
         LMRecipe("imp", method_params={"sparsity": 0.5})

@@ -1099,7 +1099,8 @@ def test_build_method_errors() -> None:
         build_method("gmp", mlp(), sparsity=0.5, end=10)
     with pytest.raises(ConfigError, match="score"):
         build_method("static", mlp(), sparsity=0.5, score="nope")
-    assert set(METHODS) == {"dense", "static", "gmp", "imp", "set", "rigl", "ste", "srste", "mdgf", "sdgf", "bdwp"}
+    # the built-in names (other tests and the README register plugins of their own)
+    assert set(METHODS) >= {"dense", "static", "gmp", "imp", "set", "rigl", "ste", "srste", "mdgf", "sdgf", "bdwp"}
     assert isinstance(build_method("rigl", mlp(), sparsity=0.5, total_steps=10), RigL)
 
 

@@ -11,7 +11,7 @@ import yaml
 from torch import nn
 
 import sparseforge.data
-import sparseforge.train
+import sparseforge.runners.trainer
 from sparseforge.core import NM, Block, Target, Unstructured, num_pruned, parse_target, parse_target_text
 from sparseforge.errors import ConfigError, LayerError, check_fraction, check_int, check_number, check_sparsity
 from sparseforge.methods import GMP, IMP, SET, STE, RigL, StaticSparse
@@ -168,7 +168,7 @@ def no_data(monkeypatch):
         raise AssertionError("a dataset was loaded before the recipe was validated")
 
     monkeypatch.setattr(sparseforge.data, "load_dataset", refuse)
-    monkeypatch.setattr(sparseforge.train, "load_dataset", refuse)
+    monkeypatch.setattr(sparseforge.runners.trainer, "load_dataset", refuse)
 
 
 M = {"name": "rigl", "sparsity": 0.9}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_int
 
 __all__ = ["STEP_KEYS", "resolve_steps"]
 
@@ -39,12 +39,13 @@ def resolve_steps(key: str, value: Any, *, total_steps: int, steps_per_epoch: in
         where: the section the setting belongs to, for messages (``"method"``, ``"lr_schedule"``).
 
     Raises:
-        ConfigError: anything else (booleans, floats, other strings), or epochs without epochs.
+        ConfigError: a negative count, anything else (booleans, floats, other strings), or epochs
+            without epochs.
     """
     if isinstance(value, bool):
         raise ConfigError(f"{where}.{key} must be a step count, 'N%' or 'Nep'; got {value!r}")
     if isinstance(value, int):
-        return value
+        return check_int(value, f"{where}.{key}", minimum=0)
     if isinstance(value, str):
         m = _STEP_RE.match(value)
         if m:

@@ -49,7 +49,7 @@ from torch import nn
 
 from ..core.lr import LRSchedule, build_lr_scheduler
 from ..core.patterns import NM, nm_groups_view
-from ..errors import CheckpointError, ConfigError, check_fraction, check_int
+from ..errors import CheckpointError, ConfigError, check_fraction, check_int, check_number
 from ..masking import MaskedLayer, Targets, load_masked_state_dict
 from ..methods import build_method, method_entry, method_names
 from .loop import TrainLoop, progress_bar
@@ -160,17 +160,6 @@ def nm_violations(weight: torch.Tensor, n: int, m: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_number(value: Any, name: str, *, low: float, high: float | None = None, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number; got {value!r}")
-    v = float(value)
-    bad_low = v <= low if low_open else v < low
-    if bad_low or (high is not None and v > high):
-        rng = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
-        raise ConfigError(f"{name} must be in {rng}; got {v}")
-    return v
-
-
 @dataclass(frozen=True, eq=False)
 class LMRecipe:
     """What an LM run trains: the method, the model, the budget and the optimisation; validated when built.
@@ -184,7 +173,7 @@ class LMRecipe:
 
     Example::
 
-        recipe = LMRecipe("srste", method_params={"pattern": "2:4"}, steps=600, batch_size=16,
+        recipe = LMRecipe("srste", method_params={"sparsity": "2:4"}, steps=600, batch_size=16,
                           model_params={"d_model": 256})
         result = LMTrainer("austen", recipe).fit()
 
@@ -225,19 +214,17 @@ class LMRecipe:
         steps = check_int(self.steps, "steps", minimum=1)
         check_int(self.batch_size, "batch_size", minimum=1)
         check_int(self.seed, "seed", minimum=0)
-        put("lr", _check_number(self.lr, "lr", low=0.0, low_open=True))
-        put("min_lr_ratio", _check_number(self.min_lr_ratio, "min_lr_ratio", low=0.0, high=1.0))
-        put("weight_decay", _check_number(self.weight_decay, "weight_decay", low=0.0))
+        put("lr", float(check_number(self.lr, "lr", minimum=0.0, min_open=True)))
+        put("min_lr_ratio", float(check_number(self.min_lr_ratio, "min_lr_ratio", minimum=0.0, maximum=1.0)))
+        put("weight_decay", float(check_number(self.weight_decay, "weight_decay", minimum=0.0)))
         if self.warmup_steps is None:
             put("warmup_steps", max(1, steps // 20))
-        check_int(self.warmup_steps, "warmup_steps", minimum=0)
-        if self.warmup_steps > steps:
-            raise ConfigError(f"warmup_steps must be in [0, steps={steps}]; got {self.warmup_steps}")
+        check_int(self.warmup_steps, "warmup_steps", minimum=0, maximum=steps)
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
             raise ConfigError(f"betas must be a pair (beta1, beta2), each in [0, 1); got {self.betas!r}")
         put("betas", tuple(check_fraction(b, f"betas[{i}]", allow_one=False) for i, b in enumerate(self.betas)))
         if self.grad_clip is not None and self.grad_clip != 0:
-            put("grad_clip", _check_number(self.grad_clip, "grad_clip", low=0.0, low_open=True))
+            put("grad_clip", float(check_number(self.grad_clip, "grad_clip", minimum=0.0, min_open=True)))
         else:
             put("grad_clip", None)
         for value, name in ((self.val_windows, "val_windows"), (self.curve_val_windows, "curve_val_windows")):
@@ -609,7 +596,7 @@ def train_lm(corpus: Any, method: str = "dense", **kwargs: Any) -> dict[str, Any
             :func:`~sparseforge.text.load_text_corpus` (``"austen"``, ``"text:PATH"``; char tokenizer).
         method: a registered method name or alias (:func:`sparseforge.methods.method_names`),
             not one that trains in rounds (IMP).
-        method_params: the method's keyword arguments, e.g. ``{"pattern": "2:4"}`` or
+        method_params: the method's keyword arguments, e.g. ``{"sparsity": "2:4"}`` or
             ``{"pattern": "1:8", "decay": "exp", "decay_coef": 1e-3}``. ``total_steps``
             (N:M methods, RigL, SET) defaults to ``steps``; GMP's ``begin``/``end`` to 0 and 75 %;
             step-valued entries may be ``"N%"`` of ``steps``.

@@ -304,6 +304,8 @@ class Trainer:
             _DDP_TRAINERS.add(self)
         self.total_steps = self.method.run_steps(train_steps)
         self.step = 0
+        # the running loss sums of the epoch in progress (restored on resume)
+        self._loss_sum, self._seen, self._resumed_epoch_loss = 0.0, 0, (0.0, 0)
         self.history: list[dict[str, Any]] = []
         #: (step, evaluation) of the network just before the method changed it in an epoch's last step
         self._before_change: tuple[int, dict[str, Any]] | None = None
@@ -329,6 +331,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "method": self.method.state_dict(),
             "history": self.history,
+            # the running sums of the epoch in progress, so a resumed epoch's train_loss still
+            # averages all of its steps
+            "epoch_loss": [self._loss_sum, self._seen],
             "torch_rng": torch.get_rng_state(),
         }, self.checkpoint_path)
 
@@ -349,6 +354,8 @@ class Trainer:
         self.method.load_state_dict(ck["method"])
         self.step = int(ck["step"])
         self.history = list(ck["history"])
+        loss_sum, seen = ck.get("epoch_loss", (0.0, 0))  # older checkpoints lack it
+        self._resumed_epoch_loss = (float(loss_sum), int(seen))
         torch.set_rng_state(ck["torch_rng"])
         self.log(f"resuming {self.run_dir} from step {self.step}/{self.total_steps}")
         return True
@@ -393,7 +400,10 @@ class Trainer:
         """
         while True:
             epoch, start = divmod(self.step, self.steps_per_epoch)
-            self._epoch, self._epoch_t0, self._loss_sum, self._seen = epoch, time.perf_counter(), 0.0, 0
+            # mid-epoch (a resume): carry on the epoch's sums from the checkpoint
+            carried, self._resumed_epoch_loss = (self._resumed_epoch_loss if start else (0.0, 0)), (0.0, 0)
+            self._epoch, self._epoch_t0 = epoch, time.perf_counter()
+            self._loss_sum, self._seen = carried
             yield from iterate_batches(self.x_train, self.y_train, self.batch_size,
                                        seed=self.recipe.seed * 100_003 + epoch, start=start)
 
