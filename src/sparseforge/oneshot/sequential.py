@@ -43,8 +43,10 @@ from ..results import Result
 from ..tables import text_table
 from ..transaction import transaction
 from .calibration import load_calibration
+from ..core.patterns import NM
 from ..core.targets import INDIVISIBLE
-from .methods import NM, OneShotMethod, _few_threads, method_from_spec, oneshot_target
+from .base import OneShotMethod, _few_threads, oneshot_target
+from .registry import method_from_spec
 from .stats import LayerStats, reconstruction_error
 
 __all__ = ["find_blocks", "prune_oneshot", "OneShotResult", "LayerResult", "peak_memory"]
