@@ -21,6 +21,13 @@ MOVED: dict[str, dict[str, str]] = {
         **dict.fromkeys(["DSnoT", "dsnot_prune", "MLP_LAYERS"], "sparseforge.oneshot.dsnot"),
         **dict.fromkeys(["METHOD_NAMES", "method_from_spec"], "sparseforge.oneshot.registry"),
     },
+    "sparseforge.export.materialize": {
+        **dict.fromkeys(["KERNELS", "DTYPES", "SparseLinear", "SparseConv2d", "_SparseWeight"],
+                        "sparseforge.export.sparse_layers"),
+        **dict.fromkeys(["MaterializeDecision", "format_materialize_decisions", "layer_candidates"],
+                        "sparseforge.export.autotune"),
+        **dict.fromkeys(["materialize", "MaterializeResult"], "sparseforge.export.materialize"),
+    },
 }
 
 
@@ -47,3 +54,12 @@ def test_package_exports_resolve_to_the_defining_modules() -> None:
     for name, new in MOVED["sparseforge.oneshot.methods"].items():
         if not name.startswith("_"):
             assert getattr(pkg, name) is getattr(importlib.import_module(new), name), name
+
+
+def test_export_package_names_are_the_defining_modules_objects() -> None:
+    import sparseforge.export as pkg
+
+    for name, new in MOVED["sparseforge.export.materialize"].items():
+        if hasattr(pkg, name) and not name.startswith("_") and name != "materialize":
+            assert getattr(pkg, name) is getattr(importlib.import_module(new), name), name
+    assert pkg.materialize is importlib.import_module("sparseforge.export.materialize").materialize
