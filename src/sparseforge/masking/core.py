@@ -49,9 +49,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .core.layout import is_hf_conv1d  # re-exported: a public name of this module since 0.1
-from .errors import CheckpointError, ConfigError, LayerError
-from .transaction import transaction
+from ..core.layout import is_hf_conv1d  # re-exported: a public name of this module since 0.1
+from ..errors import CheckpointError, ConfigError, LayerError
+from ..transaction import transaction
 
 
 __all__ = [
