@@ -10,6 +10,8 @@
   :func:`load_masked_state_dict`;
 * :mod:`~sparseforge.masking.distributed` -- FSDP2 ``DTensor`` helpers (:func:`is_sharded`,
   :func:`full_tensor`, :func:`shard_like`);
+* :mod:`~sparseforge.masking.cache` -- :class:`~sparseforge.masking.cache.FloatMaskCache`, the float
+  copies of the masks that every optimizer step multiplies by.
 
 Every name imports from ``sparseforge.masking`` as it did when this package was one module.
 """

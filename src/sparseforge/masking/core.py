@@ -49,6 +49,7 @@ from torch import nn
 from ..errors import ConfigError, LayerError
 from ..transaction import transaction
 from .distributed import _reject_fsdp1, is_sharded, shard_like
+from .cache import FloatMaskCache
 from .layers import MASK_SUFFIX, MaskedLayer, find_masked_layers, mask_to
 from .state import finalize
 from .targets import Targets, check_targets_match
@@ -102,6 +103,7 @@ class Masking:
     def __init__(self, model: nn.Module, targets: Targets | None = None, optimizer: torch.optim.Optimizer | None = None):
         _reject_fsdp1(model)
         self.model = model
+        self._cache = FloatMaskCache()  # before _shard_masks, which clears it
         existing = find_masked_layers(model)
         #: True if this object registered the mask buffers (False: reused from the model)
         self.registered_masks = not existing
@@ -133,7 +135,6 @@ class Masking:
         self._stale = True
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
-        self._cache: tuple | None = None
         self._grad_handles: list[Any] = []
         #: per layer index: (weak reference to the gradient masked in backward, its version then)
         self._masked: dict[int, tuple[weakref.ref, int]] = {}
@@ -181,12 +182,7 @@ class Masking:
         # weights and state now follow the new mask: refresh this layer's cached float mask
         # instead of dropping the cache, which would make the next step redo both for every layer
         i = next((j for j, l in enumerate(self.layers) if l is layer), None)
-        if self._cache is not None and i is not None:
-            key, masks = self._cache
-            key[4 * i: 4 * i + 4] = [w.dtype, w.device, id(buf), buf._version]
-            masks[i] = keep
-        else:
-            self._cache = None
+        self._cache.replace(i, w, buf, keep)
         # a gradient masked in backward with the old mask must be masked again before the next
         # step (a mask set between backward and step would otherwise let the step move, and
         # revive, the newly pruned weights)
@@ -253,14 +249,7 @@ class Masking:
                     hit[pos.to(v.device)] = True
                     v.masked_fill_(hit.view(w.shape), 0)
         i = next((j for j, l in enumerate(self.layers) if l is layer), None)
-        if self._cache is not None and i is not None:
-            key, masks = self._cache
-            # update the cached float mask in place only if it was current before this change
-            if key[4 * i + 2: 4 * i + 4] == [id(buf), version] and masks[i].is_contiguous():
-                masks[i].view(-1)[pos] = float(keep)
-                key[4 * i + 3] = buf._version
-            else:
-                self._cache = None
+        self._cache.set_positions(i, buf, version, pos, keep)
         # a gradient masked in backward with the old mask must be masked again (see set_mask)
         self._masked.pop(i, None)
 
@@ -293,11 +282,11 @@ class Masking:
                 v.masked_fill_(positions, 0)
 
     def _tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        # float copies of the masks, cached until a mask changes or the weights change dtype/device.
-        # This runs on every optimizer step, so it reads the parameter and buffer dicts directly
-        # (nn.Module.__getattr__ costs about a microsecond per lookup) and builds one flat key.
+        # the weights and the float copies of their masks (self._cache: FloatMaskCache says when
+        # a copy is out of date). This runs on every optimizer step, so it reads the parameter and
+        # buffer dicts directly (nn.Module.__getattr__ costs about a microsecond per lookup).
         weights: list[torch.Tensor] = []
-        key: list[Any] = []
+        bufs: list[torch.Tensor] = []
         for l in self.layers:
             mod = l.module
             w = mod._parameters.get(l.param_name)
@@ -307,14 +296,12 @@ class Masking:
             if m is None:
                 m = l.mask
             weights.append(w)
-            # a mask changed in place behind our back (model.load_state_dict, a copy_ by the
-            # user) bumps its version counter: the cached copy must follow it
-            key += (w.dtype, w.device, id(m), m._version)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, [mask_to(l.mask, w.dtype) for l, w in zip(self.layers, weights)])
+            bufs.append(m)
+        masks, rebuilt = self._cache.get(weights, bufs)
+        if rebuilt:
             self._stale = True
             self._masked.clear()  # masked with the old masks: redo
-        return weights, self._cache[1]
+        return weights, masks
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -384,7 +371,7 @@ class Masking:
             w, m = layer.weight, layer.mask
             if is_sharded(w) and not is_sharded(m):
                 setattr(layer.module, layer.param_name + MASK_SUFFIX, shard_like(m, w))
-                self._cache = None
+                self._cache.clear()
 
     # ----------------------------------------------------------------------------- optimizer
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -510,7 +497,7 @@ class Masking:
                 layer.mask.copy_(m.bool())
                 layer.weight.mul_(layer.mask)
                 self._zero_state(layer)
-        self._cache = None
+        self._cache.clear()
 
     def unregister(self) -> None:
         """Remove the mask buffers this object registered (used when a method's construction fails)."""
@@ -520,7 +507,7 @@ class Masking:
                 name = layer.param_name + MASK_SUFFIX
                 if name in layer.module._buffers:
                     delattr(layer.module, name)
-        self._cache = None
+        self._cache.clear()
 
     def finalize(self) -> nn.Module:
         """Detach from the optimizer, fold masks into weights and remove them (all or nothing)."""
@@ -541,5 +528,5 @@ class Masking:
         state["_masked"] = {}
         state["_hooked"], state["_queued_task"] = [], None
         state["optimizer"] = None
-        state["_cache"] = None
+        state["_cache"] = FloatMaskCache()
         return state
