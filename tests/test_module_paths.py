@@ -28,7 +28,21 @@ MOVED: dict[str, dict[str, str]] = {
                         "sparseforge.export.autotune"),
         **dict.fromkeys(["materialize", "MaterializeResult"], "sparseforge.export.materialize"),
     },
+    "sparseforge.masking": {
+        **dict.fromkeys(["Masking", "EXACT_OPTIMIZERS", "_ENGINE", "_check_optimizer_holds"], "sparseforge.masking.core"),
+        **dict.fromkeys(["MASK_SUFFIX", "MaskedLayer", "mask_to", "find_masked_layers"], "sparseforge.masking.layers"),
+        **dict.fromkeys(["Targets", "DEFAULT_TYPES", "is_default_target", "check_targets_match", "_matches"],
+                        "sparseforge.masking.targets"),
+        **dict.fromkeys(["apply_masks", "finalize", "load_masked_state_dict", "iter_parameters_with_masks"],
+                        "sparseforge.masking.state"),
+        **dict.fromkeys(["is_sharded", "full_tensor", "shard_like", "_reject_fsdp1"], "sparseforge.masking.distributed"),
+        "is_hf_conv1d": "sparseforge.core.layout",
+    },
 }
+
+
+#: public names an old module exported without listing them in ``__all__``
+_NOT_IN_ALL = {"sparseforge.masking": ("EXACT_OPTIMIZERS", "DEFAULT_TYPES", "iter_parameters_with_masks")}
 
 
 def _cases() -> list:
@@ -43,7 +57,7 @@ def test_old_path_still_imports_the_same_object(old: str, name: str, new: str) -
 @pytest.mark.parametrize("old", sorted(MOVED))
 def test_old_module_all_is_unchanged(old: str) -> None:
     """The old module's ``__all__`` still lists every public name it listed before the split."""
-    public = {n for n in MOVED[old] if not n.startswith("_")}
+    public = {n for n in MOVED[old] if not n.startswith("_") and n not in _NOT_IN_ALL.get(old, ())}
     assert public <= set(importlib.import_module(old).__all__)
 
 
