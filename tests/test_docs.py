@@ -472,7 +472,7 @@ def test_docstring_yaml_is_valid(place: str, body: str, tmp_path: Path, monkeypa
 
     monkeypatch.setenv("SPARSEFORGE_NO_CPP", "1")
     for i, doc in enumerate(_yaml_documents(body)):
-        if place == "oneshot/methods.py:method_from_spec":
+        if place == "oneshot/registry.py:method_from_spec":
             from sparseforge.oneshot import method_from_spec
 
             method_from_spec(yaml.safe_load(doc)["method"])

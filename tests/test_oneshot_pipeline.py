@@ -199,9 +199,10 @@ def test_blocks_that_are_not_chained_fall_back_to_one_block() -> None:
 
     torch.manual_seed(0)
     model = Model()
-    with pytest.warns(RuntimeWarning, match="does not receive the output of block 0"):
+    with pytest.warns(RuntimeWarning, match="does not receive the output of block 0") as caught:
         result = prune_oneshot(model, "wanda", 0.5, calibration=torch.randn(64, 16))
     assert result.blocks_path == "" and result.notes and len(result.layers) == 2
+    assert caught[0].filename == __file__  # the warning names the caller's line
 
 
 def test_magnitude_without_calibration() -> None:

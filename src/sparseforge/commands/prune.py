@@ -161,7 +161,9 @@ def run_prune(
     from ..core.targets import parse_target_text
     from ..oneshot.calibration import load_calibration
     from ..oneshot.io import load_model, save_pruned
-    from ..oneshot.methods import SparseGPT, method_from_spec, oneshot_target
+    from ..oneshot.base import oneshot_target
+    from ..oneshot.registry import method_from_spec
+    from ..oneshot.sparsegpt import SparseGPT
     from ..oneshot.sequential import _context_length, prune_oneshot
 
     t0 = time.perf_counter()

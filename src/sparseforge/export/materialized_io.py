@@ -32,7 +32,9 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, LayerError
 from ..fileio import atomic_dir, atomic_save_safetensors, load_safetensors, read_json
 from ..masking import MASK_SUFFIX
-from .materialize import KERNELS, MaterializeDecision, MaterializeResult, SparseConv2d, SparseLinear, _SparseWeight
+from .autotune import MaterializeDecision
+from .materialize import MaterializeResult
+from .sparse_layers import KERNELS, SparseConv2d, SparseLinear, _SparseWeight
 
 __all__ = ["MATERIALIZED_FORMAT", "save_materialized", "load_materialized", "read_materialized_description"]
 

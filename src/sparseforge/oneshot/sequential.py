@@ -31,20 +31,23 @@ import resource
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from ..core.patterns import NM
+from ..core.targets import INDIVISIBLE, Target
 from ..errors import ConfigError, LayerError, check_int
 from ..masking import MASK_SUFFIX, MaskedLayer, Masking, Targets, find_masked_layers, is_hf_conv1d
 from ..results import Result
 from ..tables import text_table
 from ..transaction import transaction
 from .calibration import load_calibration
-from ..core.targets import INDIVISIBLE
-from .methods import NM, OneShotMethod, _few_threads, method_from_spec, oneshot_target
+from .base import OneShotMethod, _few_threads, oneshot_target
+from .registry import method_from_spec
 from .stats import LayerStats, reconstruction_error
 
 __all__ = ["find_blocks", "prune_oneshot", "OneShotResult", "LayerResult", "peak_memory"]
@@ -525,6 +528,235 @@ def _drop_layer(masking: Masking, layer: MaskedLayer, reason: str) -> None:
     masking.skipped.append((layer.qualname, reason))
 
 
+@dataclass
+class _Plan:
+    """What :func:`prune_oneshot` will do, decided (and validated) before the model is touched.
+
+    ``blocks_path``/``blocks`` may still fall back to the whole model as one block once the
+    calibration inputs show that the blocks do not feed each other (with a line in ``notes``).
+    """
+
+    method: OneShotMethod
+    target: Target
+    blocks_path: str
+    blocks: list[nn.Module]
+    layers: list[MaskedLayer]  # the layers to prune: the masks are installed on exactly these
+    skipped: list[tuple[str, str]]
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_options(nsamples: Any, batch_size: Any, seed: Any, seqlen: Any, indivisible: Any) -> None:
+    check_int(nsamples, "nsamples", minimum=1)
+    if batch_size is not None:
+        check_int(batch_size, "batch_size", minimum=1)
+    check_int(seed, "seed")
+    if seqlen is not None:
+        check_int(seqlen, "seqlen", minimum=1)
+    if indivisible not in INDIVISIBLE:
+        raise ConfigError(f"indivisible must be one of {list(INDIVISIBLE)}; got {indivisible!r}")
+    if indivisible == "pad":
+        raise ConfigError("indivisible='pad' is not supported by one-shot methods (SparseGPT and DSnoT update whole "
+                          "N:M groups); use 'skip' (leave such layers dense) or 'error'")
+
+
+def _select_layers(model: nn.Module, targets: Targets | dict | None, blocks_path: str, block_list: list[nn.Module],
+                   target: Target, indivisible: str, strict: bool) -> tuple[list[MaskedLayer], list[tuple[str, str]]]:
+    """``(layers, skipped)``: the prunable layers inside the blocks, intersected with the user's targets."""
+    pattern = target.pattern
+    user = Targets.from_spec(targets)
+    try:
+        candidates = user.select(model)
+    except ConfigError as e:
+        raise ConfigError(f"no prunable layer: one-shot methods prune nn.Linear and Hugging Face Conv1D layers ({e})") from None
+    skipped: list[tuple[str, str]] = list(user.skipped)
+    for l in candidates:
+        if not _is_prunable(l.module):
+            skipped.append((l.qualname, f"{type(l.module).__name__} is not pruned by one-shot methods "
+                                        f"(nn.Linear and Hugging Face Conv1D only)"))
+    candidates = [l for l in candidates if _is_prunable(l.module)]
+    names_in_blocks = {id(m): i for i, b in enumerate(block_list) for m in b.modules()}
+    chosen = []
+    for l in candidates:
+        if id(l.module) in names_in_blocks:
+            chosen.append(l)
+        else:
+            skipped.append((l.qualname, f"outside the repeated blocks ({blocks_path or 'model'}); embeddings, heads "
+                                        f"and other layers outside the blocks are not pruned by one-shot methods"))
+    if not chosen:
+        raise ConfigError(f"no prunable Linear layer inside the blocks of {type(model).__name__} "
+                          f"(blocks: {blocks_path or 'the whole model'})")
+    kept_layers = []
+    for l in chosen:
+        shape = l.canonical_shape
+        if len(shape) != 2:
+            skipped.append((l.qualname, f"weight shape {shape} is not 2-D"))
+            continue
+        if isinstance(pattern, NM) and shape[1] % pattern.m:
+            if indivisible == "error":
+                raise LayerError(f"{l.qualname}: input dimension {shape[1]} (shape {shape}) is not divisible by "
+                                 f"M={pattern.m} for N:M {pattern.n}:{pattern.m}; pass indivisible='skip' or exclude it")
+            skipped.append((l.qualname, f"input dimension {shape[1]} not divisible by M={pattern.m}; left dense"))
+            continue
+        kept_layers.append(l)
+    if strict and skipped:
+        raise LayerError(f"strict=True but {len(skipped)} layer(s) would be left dense: {skipped[:3]}")
+    if not kept_layers:
+        raise LayerError(f"every prunable layer was skipped: {skipped[:3]}")
+    return kept_layers, skipped
+
+
+def _plan(model: nn.Module, method: Any, sparsity: Any, *, nsamples: Any, batch_size: Any, seed: Any, seqlen: Any,
+          blocks: str | nn.Module | None, targets: Targets | dict | None, indivisible: Any, strict: bool) -> _Plan:
+    """Validate every argument that needs no data and choose the blocks and layers (step 1 of :func:`prune_oneshot`)."""
+    meth: OneShotMethod = method_from_spec(method)
+    target = oneshot_target(sparsity)  # parsed once; every layer's rule gets this object
+    _check_options(nsamples, batch_size, seed, seqlen, indivisible)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    existing = find_masked_layers(model)
+    if existing:
+        raise ConfigError(f"model already carries masks ({existing[0].qualname}{MASK_SUFFIX}, ...); "
+                          f"fold them with sparseforge.finalize(model) before one-shot pruning")
+    blocks_path, block_list = find_blocks(model, blocks)
+    layers, skipped = _select_layers(model, targets, blocks_path, block_list, target, indivisible, strict)
+    return _Plan(meth, target, blocks_path, block_list, layers, skipped)
+
+
+def _calibration_data(model: nn.Module, meth: OneShotMethod, calibration: Any, *, tokenizer: Any, nsamples: int,
+                      seqlen: int | None, seed: int, measure_error: bool) -> torch.Tensor | None:
+    """The calibration windows (or None: magnitude without error measurement), loaded before the model is touched."""
+    needs_data = meth.needs_data or (measure_error and calibration is not None)
+    if meth.needs_data and calibration is None:
+        raise ConfigError(f"method {meth.name} needs calibration data; got calibration=None")
+    if not needs_data:
+        return None
+    if seqlen is None and not (isinstance(calibration, torch.Tensor) and (calibration.dim() == 2 or calibration.is_floating_point())):
+        ctx = _context_length(model)
+        if ctx is None:
+            raise ConfigError("seqlen is required: the model does not state a context length")
+        seqlen = min(ctx, _MAX_DEFAULT_SEQLEN)
+    return load_calibration(calibration, tokenizer=tokenizer, nsamples=nsamples, seqlen=seqlen, seed=seed)
+
+
+@contextmanager
+def _calibration_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no key/value cache while the calibration data runs; both restored after, whatever happens."""
+    was_training = model.training
+    config = getattr(model, "config", None)
+    old_cache = getattr(config, "use_cache", None)
+    try:
+        model.eval()
+        if old_cache is not None:
+            config.use_cache = False
+        yield
+    finally:
+        model.train(was_training)
+        if old_cache is not None:
+            config.use_cache = old_cache
+
+
+def _calibration_batches(calib: torch.Tensor, batch_size: int | None, device: torch.device) -> list[torch.Tensor]:
+    if batch_size is None:
+        tokens_per_row = math.prod(calib.shape[1:]) if not calib.is_floating_point() else 1
+        batch_size = max(1, 4096 // max(1, tokens_per_row)) if not calib.is_floating_point() else 1024
+    return [calib[i : i + batch_size].to(device) for i in range(0, calib.shape[0], batch_size)]
+
+
+def _first_block_inputs(model: nn.Module, plan: _Plan, batches: list[torch.Tensor]) -> list[_BlockInput]:
+    """The inputs of the first block, one per batch (step 2); falls back to one block if the blocks do not chain."""
+    if plan.blocks == [model]:
+        return [_BlockInput(b, (), {}, False) for b in batches]
+    if len(plan.blocks) > 1 and not _sequential_ok(model, plan.blocks, batches[0][:1]):
+        msg = (f"block 1 of {plan.blocks_path} does not receive the output of block 0; pruned the model "
+               f"as one block instead (all statistics held at once)")
+        # attributed to the caller of prune_oneshot (through _prune_blocks and torch.no_grad's wrapper)
+        warnings.warn(msg, RuntimeWarning, stacklevel=5)
+        plan.notes.append(msg)
+        plan.blocks_path, plan.blocks = "", [model]
+        return [_BlockInput(b, (), {}, False) for b in batches]
+    return _capture_inputs(model, plan.blocks[0], batches)
+
+
+def _next_inputs(block: nn.Module, inputs: list[_BlockInput]) -> list[_BlockInput]:
+    """The next block's inputs: this (already pruned) block's outputs, with the same extra arguments."""
+    return [_BlockInput(_run_block(block, i), i.rest, i.kwargs, i.hidden_in_kwargs) for i in inputs]
+
+
+class _LayerPruner:
+    """Prunes the layers of one block after another inside :func:`prune_oneshot`'s transaction (steps 3 and 4).
+
+    Holds what the run accumulates: the per-layer results and the time spent in the rules. Every
+    weight is saved to the transaction's journal just before it is overwritten.
+    """
+
+    def __init__(self, plan: _Plan, masking: Masking, txn: Any, *, measure_error: bool, share_inputs: bool,
+                 strict: bool) -> None:
+        self.method = plan.method
+        self.target = plan.target
+        self.masking = masking
+        self.txn = txn
+        self.track_gram = plan.method.needs_gram or measure_error
+        self.share_inputs = share_inputs
+        self.strict = strict
+        self.by_module = {id(l.module): l for l in masking.layers}
+        self.results: list[LayerResult] = []
+        self.prune_seconds = 0.0
+
+    def prune_block(self, index: int, block: nn.Module, inputs: list[_BlockInput] | None) -> None:
+        """Gather the statistics of the block's layers on the dense block, then prune each layer."""
+        layers = [(n, self.by_module[id(m)]) for n, m in block.named_modules() if id(m) in self.by_module]
+        if not layers:
+            return
+        collector = None
+        if inputs is not None:
+            collector = _Collector(layers, self.track_gram, self.share_inputs)
+            try:
+                for inp in inputs:
+                    collector.run(block, inp)
+            finally:
+                collector.remove()
+        for rel, layer in layers:
+            stats = collector.get(layer.qualname) if collector is not None else None
+            if stats is not None and stats.n_tokens == 0:
+                if self.method.needs_data:
+                    reason = "received no calibration input (not called in the block's forward pass)"
+                    if self.strict:
+                        raise LayerError(f"{layer.qualname}: {reason}")
+                    _drop_layer(self.masking, layer, reason)
+                    continue
+                stats = None
+            self.prune_layer(index, rel, layer, stats)
+
+    def prune_layer(self, index: int, rel: str, layer: MaskedLayer, stats: LayerStats | None) -> None:
+        """Run the rule on one layer, write its new weight and mask, and measure it."""
+        weight = layer.weight
+        w = layer.canonical(weight.detach()).float()
+        with _few_threads(w.numel(), w.device):
+            t0 = time.perf_counter()
+            mask, new_w = self.method.prune(w, stats, self.target, name=layer.qualname, layer_name=rel)
+            dt = time.perf_counter() - t0
+            err = reconstruction_error(w, new_w, stats.gram) if stats is not None and stats.gram is not None else None
+        self.prune_seconds += dt
+        self.txn.save(weight)
+        weight.copy_(layer.from_canonical(new_w).to(weight.dtype))
+        self.masking.set_mask(layer, mask, canonical=True)
+        self.results.append(LayerResult(layer.qualname, index, tuple(w.shape), 1.0 - float(mask.sum()) / mask.numel(), err, dt))
+
+
+def _prune_blocks(model: nn.Module, plan: _Plan, pruner: _LayerPruner, calib: torch.Tensor | None,
+                  batch_size: int | None, device: torch.device, progress: bool | None) -> None:
+    """Capture the first block's inputs, then prune block by block, feeding each pruned block's outputs on."""
+    inputs: list[_BlockInput] | None = None
+    if calib is not None:
+        batches = _calibration_batches(calib, batch_size, device)
+        inputs = _first_block_inputs(model, plan, batches)
+        del batches
+    for bi, block in _progress(enumerate(plan.blocks), len(plan.blocks), progress, f"{plan.method.label} blocks"):
+        pruner.prune_block(bi, block, inputs)
+        if inputs is not None and bi + 1 < len(plan.blocks):
+            inputs = _next_inputs(block, inputs)
+
+
 @torch.no_grad()
 def prune_oneshot(
     model: nn.Module,
@@ -589,177 +821,33 @@ def prune_oneshot(
             (with ``indivisible="error"``), a layer the method cannot prune.
     """
     t_start = time.perf_counter()
-    meth: OneShotMethod = method_from_spec(method)
-    target = oneshot_target(sparsity)  # parsed once; every layer's rule gets this object
-    pattern = target.pattern
-    check_int(nsamples, "nsamples", minimum=1)
-    if batch_size is not None:
-        check_int(batch_size, "batch_size", minimum=1)
-    check_int(seed, "seed")
-    if seqlen is not None:
-        check_int(seqlen, "seqlen", minimum=1)
-    if indivisible not in INDIVISIBLE:
-        raise ConfigError(f"indivisible must be one of {list(INDIVISIBLE)}; got {indivisible!r}")
-    if indivisible == "pad":
-        raise ConfigError("indivisible='pad' is not supported by one-shot methods (SparseGPT and DSnoT update whole "
-                          "N:M groups); use 'skip' (leave such layers dense) or 'error'")
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    existing = find_masked_layers(model)
-    if existing:
-        raise ConfigError(f"model already carries masks ({existing[0].qualname}{MASK_SUFFIX}, ...); "
-                          f"fold them with sparseforge.finalize(model) before one-shot pruning")
-    blocks_path, block_list = find_blocks(model, blocks)
-    notes: list[str] = []
-
-    # which layers: prunable ones inside the blocks, intersected with the user's targets
-    user = Targets.from_spec(targets)
-    try:
-        candidates = user.select(model)
-    except ConfigError as e:
-        raise ConfigError(f"no prunable layer: one-shot methods prune nn.Linear and Hugging Face Conv1D layers ({e})") from None
-    skipped: list[tuple[str, str]] = list(user.skipped)
-    for l in candidates:
-        if not _is_prunable(l.module):
-            skipped.append((l.qualname, f"{type(l.module).__name__} is not pruned by one-shot methods "
-                                        f"(nn.Linear and Hugging Face Conv1D only)"))
-    candidates = [l for l in candidates if _is_prunable(l.module)]
-    names_in_blocks = {id(m): i for i, b in enumerate(block_list) for m in b.modules()}
-    chosen = []
-    for l in candidates:
-        if id(l.module) in names_in_blocks:
-            chosen.append(l)
-        else:
-            skipped.append((l.qualname, f"outside the repeated blocks ({blocks_path or 'model'}); embeddings, heads "
-                                        f"and other layers outside the blocks are not pruned by one-shot methods"))
-    if not chosen:
-        raise ConfigError(f"no prunable Linear layer inside the blocks of {type(model).__name__} "
-                          f"(blocks: {blocks_path or 'the whole model'})")
-    kept_layers = []
-    for l in chosen:
-        shape = l.canonical_shape
-        if len(shape) != 2:
-            skipped.append((l.qualname, f"weight shape {shape} is not 2-D"))
-            continue
-        if isinstance(pattern, NM) and shape[1] % pattern.m:
-            if indivisible == "error":
-                raise LayerError(f"{l.qualname}: input dimension {shape[1]} (shape {shape}) is not divisible by "
-                                 f"M={pattern.m} for N:M {pattern.n}:{pattern.m}; pass indivisible='skip' or exclude it")
-            skipped.append((l.qualname, f"input dimension {shape[1]} not divisible by M={pattern.m}; left dense"))
-            continue
-        kept_layers.append(l)
-    if strict and skipped:
-        raise LayerError(f"strict=True but {len(skipped)} layer(s) would be left dense: {skipped[:3]}")
-    if not kept_layers:
-        raise LayerError(f"every prunable layer was skipped: {skipped[:3]}")
-
-    # calibration data (validated before the model is touched)
+    plan = _plan(model, method, sparsity, nsamples=nsamples, batch_size=batch_size, seed=seed, seqlen=seqlen,
+                 blocks=blocks, targets=targets, indivisible=indivisible, strict=strict)
     device = _device_of(model)
-    needs_data = meth.needs_data or (measure_error and calibration is not None)
     t_cal = time.perf_counter()
-    calib = None
-    if meth.needs_data and calibration is None:
-        raise ConfigError(f"method {meth.name} needs calibration data; got calibration=None")
-    if needs_data:
-        if seqlen is None and not (isinstance(calibration, torch.Tensor) and (calibration.dim() == 2 or calibration.is_floating_point())):
-            ctx = _context_length(model)
-            if ctx is None:
-                raise ConfigError("seqlen is required: the model does not state a context length")
-            seqlen = min(ctx, _MAX_DEFAULT_SEQLEN)
-        calib = load_calibration(calibration, tokenizer=tokenizer, nsamples=nsamples, seqlen=seqlen, seed=seed)
+    calib = _calibration_data(model, plan.method, calibration, tokenizer=tokenizer, nsamples=nsamples, seqlen=seqlen,
+                              seed=seed, measure_error=measure_error)
     calibration_seconds = time.perf_counter() - t_cal
 
-    was_training = model.training
-    config = getattr(model, "config", None)
-    old_cache = getattr(config, "use_cache", None)
     # all or nothing: a layer the method refuses (the last one, say) leaves every weight and
     # buffer as it was; only the weights about to change are copied (saved per layer)
     with transaction(model, tensors="journal") as txn:
-        masking = Masking(model, Targets(include=[re.escape(l.name) for l in kept_layers], types=None))
-        masking.skipped = skipped
-        by_module = {id(l.module): l for l in masking.layers}
-        results: list[LayerResult] = []
-        prune_seconds = 0.0
+        masking = Masking(model, Targets(include=[re.escape(l.name) for l in plan.layers], types=None))
+        masking.skipped = plan.skipped
+        pruner = _LayerPruner(plan, masking, txn, measure_error=measure_error, share_inputs=share_inputs, strict=strict)
         meter = peak_memory(device)
-        try:
-            model.eval()
-            if old_cache is not None:
-                config.use_cache = False
-            with meter:
-                inputs: list[_BlockInput] | None = None
-                if calib is not None:
-                    if batch_size is None:
-                        tokens_per_row = math.prod(calib.shape[1:]) if not calib.is_floating_point() else 1
-                        batch_size = max(1, 4096 // max(1, tokens_per_row)) if not calib.is_floating_point() else 1024
-                    batches = [calib[i : i + batch_size].to(device) for i in range(0, calib.shape[0], batch_size)]
-                    if block_list == [model]:
-                        inputs = [_BlockInput(b, (), {}, False) for b in batches]
-                    else:
-                        if len(block_list) > 1 and not _sequential_ok(model, block_list, batches[0][:1]):
-                            msg = (f"block 1 of {blocks_path} does not receive the output of block 0; pruned the model "
-                                   f"as one block instead (all statistics held at once)")
-                            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                            notes.append(msg)
-                            blocks_path, block_list = "", [model]
-                            inputs = [_BlockInput(b, (), {}, False) for b in batches]
-                        else:
-                            inputs = _capture_inputs(model, block_list[0], batches)
-                    del batches
-                for bi, block in _progress(enumerate(block_list), len(block_list), progress, f"{meth.label} blocks"):
-                    layers = [(n, by_module[id(m)]) for n, m in block.named_modules() if id(m) in by_module]
-                    if not layers:
-                        if inputs is not None and bi + 1 < len(block_list):
-                            inputs = [_BlockInput(_run_block(block, i), i.rest, i.kwargs, i.hidden_in_kwargs) for i in inputs]
-                        continue
-                    collector = None
-                    if inputs is not None:
-                        collector = _Collector(layers, meth.needs_gram or measure_error, share_inputs)
-                        try:
-                            for inp in inputs:
-                                collector.run(block, inp)
-                        finally:
-                            collector.remove()
-                    for rel, layer in layers:
-                        stats = collector.get(layer.qualname) if collector is not None else None
-                        if stats is not None and stats.n_tokens == 0:
-                            if meth.needs_data:
-                                reason = "received no calibration input (not called in the block's forward pass)"
-                                if strict:
-                                    raise LayerError(f"{layer.qualname}: {reason}")
-                                _drop_layer(masking, layer, reason)
-                                continue
-                            stats = None
-                        weight = layer.weight
-                        w = layer.canonical(weight.detach()).float()
-                        with _few_threads(w.numel(), w.device):
-                            t0 = time.perf_counter()
-                            mask, new_w = meth.prune(w, stats, target,
-                                                     name=layer.qualname, layer_name=rel)
-                            dt = time.perf_counter() - t0
-                            err = reconstruction_error(w, new_w, stats.gram) if stats is not None and stats.gram is not None else None
-                        prune_seconds += dt
-                        txn.save(weight)
-                        weight.copy_(layer.from_canonical(new_w).to(weight.dtype))
-                        masking.set_mask(layer, mask, canonical=True)
-                        results.append(LayerResult(layer.qualname, bi, tuple(w.shape),
-                                                   1.0 - float(mask.sum()) / mask.numel(), err, dt))
-                    del collector
-                    if inputs is not None and bi + 1 < len(block_list):
-                        inputs = [_BlockInput(_run_block(block, i), i.rest, i.kwargs, i.hidden_in_kwargs) for i in inputs]
-                inputs = None
-        finally:
-            model.train(was_training)
-            if old_cache is not None:
-                config.use_cache = old_cache
+        with _calibration_mode(model), meter:
+            _prune_blocks(model, plan, pruner, calib, batch_size, device, progress)
         if not masking.layers:
             raise LayerError(f"no layer was pruned: {masking.skipped[:3]}")
-    pattern_name = f"{pattern.n}:{pattern.m}" if isinstance(pattern, NM) else "unstructured"
+    pattern = plan.target.pattern
     return OneShotResult(
-        model=model, method=meth.label, method_spec=repr(meth), pattern=pattern_name, target_sparsity=target.sparsity, layers=results,
-        skipped=list(masking.skipped), masking=masking, blocks_path=blocks_path,
-        nsamples=0 if calib is None else int(calib.shape[0]),
+        model=model, method=plan.method.label, method_spec=repr(plan.method),
+        pattern=f"{pattern.n}:{pattern.m}" if isinstance(pattern, NM) else "unstructured",
+        target_sparsity=plan.target.sparsity, layers=pruner.results, skipped=list(masking.skipped), masking=masking,
+        blocks_path=plan.blocks_path, nsamples=0 if calib is None else int(calib.shape[0]),
         seqlen=None if calib is None or calib.is_floating_point() else int(calib.shape[1]),
-        wall_seconds=time.perf_counter() - t_start, prune_seconds=prune_seconds, calibration_seconds=calibration_seconds,
-        peak_memory_bytes=meter.bytes, peak_memory_source=meter.source, memory_at_start_bytes=meter.start_bytes,
-        notes=notes,
+        wall_seconds=time.perf_counter() - t_start, prune_seconds=pruner.prune_seconds,
+        calibration_seconds=calibration_seconds, peak_memory_bytes=meter.bytes, peak_memory_source=meter.source,
+        memory_at_start_bytes=meter.start_bytes, notes=plan.notes,
     )
