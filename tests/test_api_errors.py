@@ -109,3 +109,36 @@ class _NoLinear(nn.Module):
 ])
 def test_a_model_with_no_linear_layer_is_named(call) -> None:
     _refused(lambda: call(_NoLinear()), "_NoLinear")
+
+
+_X = torch.randn(4, 8)
+#: entry points that take a model (or a list of models) first: each refuses a non-module by name
+MORE_MODEL_CALLS = {
+    "Masking": (lambda m: sf.Masking(m), "model"),
+    "StaticSparse": (lambda m: sf.StaticSparse(m, sparsity=0.5), "model"),
+    "StructuredPruner": (lambda m: sf.StructuredPruner(m, _X, sparsity=0.5), "model"),
+    "prune_structured": (lambda m: sf.prune_structured(m, _X, 0.5), "model"),
+    "sparse_ift": (lambda m: sf.sparse_ift(m, "parallel", 0.5), "model"),
+    "ift_method": (lambda m: sf.ift_method(m), "model"),
+    "recalibrate_bn": (lambda m: sf.recalibrate_bn(m, _X), "model"),
+    "finalize": (lambda m: sf.finalize(m), "model"),
+    "load_masked_state_dict": (lambda m: sf.load_masked_state_dict(m, {}), "model"),
+    "uniform_soup": (lambda m: sf.uniform_soup([m, m]), "models"),
+    "greedy_soup": (lambda m: sf.greedy_soup([m], lambda x: 0.0), "models"),
+    "random_search": (lambda m: sf.random_search(m, _X, torch.zeros(4, dtype=torch.long), sparsity=0.5, samples=2),
+                      "parent"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MORE_MODEL_CALLS))
+@settings(max_examples=8, deadline=None)
+@given(bad=NOT_A_MODULE.filter(lambda b: b is not None))
+def test_more_entry_points_refuse_a_non_module(name: str, bad) -> None:
+    call, param = MORE_MODEL_CALLS[name]
+    _refused(lambda: call(bad), param)
+
+
+def test_a_state_dict_that_is_not_a_mapping_and_a_bad_materialized_path() -> None:
+    _refused(lambda: sf.load_masked_state_dict(_mlp(), "weights.pt"), "state_dict")
+    _refused(lambda: sf.load_materialized(None), "path")
+    _refused(lambda: sf.uniform_soup(_mlp()), "models")

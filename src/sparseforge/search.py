@@ -34,7 +34,7 @@ from torch import nn
 
 from .core.patterns import num_pruned
 from .core.rng import stream_generator
-from .utils import preserved_modes
+from .utils import check_module, preserved_modes
 from .errors import ConfigError, LayerError, check_int, check_sparsity
 from .masking import Masking, Targets, find_masked_layers
 from .results import Result
@@ -218,6 +218,7 @@ def random_search(parent: nn.Module, x: torch.Tensor, y: torch.Tensor, *, sparsi
         a :class:`SearchResult`: ``.model`` the parent's copy with the best configuration,
         ``.random_model`` the random baseline, the scores and the node masks.
     """
+    check_module(parent, "parent")
     s = check_sparsity(sparsity)
     check_int(samples, "samples", minimum=1)
     if metric not in ("loss", "accuracy"):

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core.patterns import num_pruned, topk_mask
-from .utils import preserved_modes
+from .utils import check_module, preserved_modes
 from .errors import ConfigError, LayerError, check_fraction, check_int, check_sparsity
 from .masking import MASK_SUFFIX, Masking, Targets, find_masked_layers
 from .results import Result
@@ -173,6 +173,13 @@ def _has_bn(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
+def _check_models(models: Any, name: str = "models") -> None:
+    if isinstance(models, nn.Module) or not isinstance(models, Sequence) or isinstance(models, (str, bytes)):
+        raise ConfigError(f"{name} must be a list of torch.nn.Module ingredients; got {type(models).__name__}")
+    for i, m in enumerate(models):
+        check_module(m, f"{name}[{i}]")
+
+
 def recalibrate_bn(model: nn.Module, x: torch.Tensor, *, batch_size: int = 128, fraction: float = 0.2) -> int:
     """Recompute every BatchNorm's running statistics from training data (after averaging).
 
@@ -181,6 +188,7 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, *, batch_size: int = 128, 
     the mean of the batch means and each running variance the mean of the (unbiased) batch
     variances. Returns the number of batches used (0 if the model has no BatchNorm).
     """
+    check_module(model)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         return 0
@@ -243,6 +251,7 @@ def uniform_soup(models: Sequence[nn.Module], *, bn_data: torch.Tensor | None = 
     ``zeros``: finalized ingredients with different zero patterns (see :func:`check_same_zeros`).
     Returns a :class:`Soup` (``.model`` the average).
     """
+    _check_models(models)
     soup = average_models(models, zeros=zeros)
     if bn_data is not None:
         recalibrate_bn(soup, bn_data, batch_size=batch_size)
@@ -260,6 +269,7 @@ def greedy_soup(models: Sequence[nn.Module], score: Callable[[nn.Module], float]
     (``.model``), the indices used (``.ingredients``) and its ``.score``.
     ``zeros``: finalized ingredients with different zero patterns (see :func:`check_same_zeros`).
     """
+    _check_models(models)
     if not models:
         raise ConfigError("a soup needs at least one ingredient (m >= 1); got none")
     states = [m.state_dict() for m in models]

@@ -11,7 +11,15 @@ from torch import nn
 
 from .errors import ConfigError, SparseforgeError
 
-__all__ = ["preserved_modes", "call_model", "probe"]
+__all__ = ["check_module", "preserved_modes", "call_model", "probe"]
+
+
+def check_module(value: Any, name: str = "model", *, allow_none: bool = False) -> Any:
+    """Return ``value`` if it is an ``nn.Module`` (or None with ``allow_none``); else a :class:`ConfigError` naming ``name``."""
+    if isinstance(value, nn.Module) or (allow_none and value is None):
+        return value
+    allowed = "a torch.nn.Module or None" if allow_none else "a torch.nn.Module"
+    raise ConfigError(f"{name} must be {allowed}; got {type(value).__name__}")
 
 
 @contextmanager

@@ -23,6 +23,7 @@ sparse indices are range-checked before any kernel reads them.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, LayerError
+from ..utils import check_module
 from ..fileio import atomic_dir, atomic_save_safetensors, load_safetensors, read_json
 from ..masking import MASK_SUFFIX
 from .autotune import MaterializeDecision
@@ -255,10 +257,11 @@ def load_materialized(path: str | Path, model: nn.Module | None = None) -> nn.Mo
     """
     from ..kernels import cpu_sparse
 
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ConfigError(f"path must be a folder path (str or os.PathLike); got {path!r}")
+    check_module(model, allow_none=True)
     folder = Path(path)
     desc = read_materialized_description(folder)
-    if model is not None and not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module or None; got {type(model).__name__}")
     tensor_path = folder / TENSORS_FILE
     tensors = load_safetensors(tensor_path, what="materialized model tensor file")
     layers: dict[str, dict[str, Any]] = desc["layers"]

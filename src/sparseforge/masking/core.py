@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, LayerError
+from ..utils import check_module
 from ..transaction import transaction
 from .distributed import _reject_fsdp1, is_sharded, shard_like
 from .cache import FloatMaskCache
@@ -101,6 +102,7 @@ class Masking:
     _init_step = False
 
     def __init__(self, model: nn.Module, targets: Targets | None = None, optimizer: torch.optim.Optimizer | None = None):
+        check_module(model)
         _reject_fsdp1(model)
         self.model = model
         self._cache = FloatMaskCache()  # before _shard_masks, which clears it

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+from ..utils import check_module
 from ..transaction import transaction
 from .layers import MASK_SUFFIX, MaskedLayer, find_masked_layers
 
@@ -28,6 +29,7 @@ def finalize(model: nn.Module) -> nn.Module:
     Returns ``model`` (modified in place). Any :class:`Masking` still attached to an
     optimizer should be detached first (``method.finalize()`` does both).
     """
+    check_module(model)
     layers = find_masked_layers(model)
     with transaction(model, tensors="journal") as txn:  # all or nothing
         for layer in layers:
@@ -44,6 +46,9 @@ def load_masked_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]
     an existing parameter of the same shape), then the whole dict is loaded. Nothing is
     modified if a check fails.
     """
+    check_module(model)
+    if not isinstance(state_dict, Mapping):
+        raise ConfigError(f"state_dict must be a mapping of names to tensors; got {type(state_dict).__name__}")
     modules = dict(model.named_modules())
     todo = []
     for key, value in state_dict.items():

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..utils import probe
+from ..utils import check_module, probe
 from ..errors import ConfigError, LayerError, check_int, check_sparsity
 from ..tables import text_table
 from ..core.layout import is_hf_conv1d
@@ -273,6 +273,7 @@ class StructuredPruner:
     def __init__(self, model: nn.Module, example_inputs: Any, *, sparsity: float, importance: str = "l2",
                  scope: str = "layer", round_to: int = 1, min_channels: int = 1, ignore: Sequence[Any] = (),
                  strict: bool = False, seed: int = 0) -> None:
+        check_module(model)
         self.sparsity = check_sparsity(sparsity)
         if importance not in IMPORTANCES:
             raise ConfigError(f"importance must be one of {list(IMPORTANCES)}; got {importance!r}")

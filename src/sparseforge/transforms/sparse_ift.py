@@ -68,7 +68,7 @@ import torch
 from torch import nn
 
 from ..core.allocation import PerLayer
-from ..utils import call_model, preserved_modes
+from ..utils import call_model, check_module, preserved_modes
 from ..errors import ConfigError, LayerError, check_sparsity
 from ..masking import Targets
 from ..results import Result, renamed_keywords
@@ -474,6 +474,7 @@ def sparse_ift(model: nn.Module, kind: str, sparsity: float, *, targets: Targets
         a :class:`SparseIFTResult`: ``.model`` the transformed model, ``.layers`` one
         :class:`IFTLayer` per transformed layer.
     """
+    check_module(model)
     _check_kind(kind)
     s = check_sparsity(sparsity)
     old = {k: options.pop(k) for k in _OLD_TARGET_KEYWORDS if k in options}
@@ -589,6 +590,7 @@ def ift_method(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
     method (``total_steps``, ``update_interval``, ``seed`` ...); ``sparsity``, ``allocation``
     and ``targets`` are set here: every sparse part keeps exactly its :func:`ift_budgets` count.
     """
+    check_module(model)
     from ..methods import build_method
 
     for k in ("sparsity", "allocation", "targets"):
