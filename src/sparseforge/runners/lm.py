@@ -173,9 +173,9 @@ class LMRecipe:
 
     Example::
 
-        recipe = LMRecipe("srste", method_params={"sparsity": "2:4"}, steps=600, batch_size=16,
-                          model_params={"d_model": 256})
-        result = LMTrainer("austen", recipe).fit()
+        recipe = LMRecipe("srste", method_params={"sparsity": "2:4"}, steps=4, batch_size=2, val_windows=2,
+                          model_params={"d_model": 16, "n_layer": 1, "n_head": 2, "block_size": 16})
+        result = LMTrainer("austen", recipe).fit()   # a real run: steps=600, batch_size=16, d_model=256
 
     Fields (see :func:`train_lm` for each one's meaning and range): ``method``,
     ``method_params``, ``model``, ``model_params``, ``targets``, ``steps``, ``batch_size``,
