@@ -49,7 +49,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..core.allocation import Allocation, allocation_from_spec, global_sparsities
+from ..core.allocation import Allocation, allocation_from_spec, global_sparsities, implied_sparsity
 from ..core.init import init_scale_factors
 from ..core.patterns import NM, Pattern, Unstructured, num_pruned, pattern_from_spec, topk_mask
 from ..core.rng import stream_generator
@@ -115,7 +115,9 @@ class SparsityMethod:
     Args:
         model: the model to sparsify (masks are registered on its modules).
         optimizer: optimizer over ``model.parameters()``; may be attached later with :meth:`attach`.
-        sparsity: global target sparsity (fraction of zeros) in [0, 1).
+        sparsity: global target sparsity (fraction of zeros) in [0, 1); None (and then derived
+            from the masked layers) when the allocation sets the densities itself (ER/ERK by
+            ``epsilon``).
         pattern: :class:`~sparseforge.core.patterns.Pattern` or spec (``"unstructured"``,
             ``"2:4"``, ``"block:1x4"``, ``"channel"``).
         allocation: ``"uniform"``, ``"er"``, ``"erk"``, ``"global"`` or an Allocation.
@@ -154,8 +156,13 @@ class SparsityMethod:
                     f"sparsity={sparsity} conflicts with N:M {self.pattern.n}:{self.pattern.m} (= {self.pattern.sparsity})"
                 )
             sparsity = self.pattern.sparsity
-        self.sparsity = check_sparsity(sparsity)
         self.allocation = allocation_from_spec(allocation if allocation is not None else self.default_allocation)
+        # an allocation by epsilon (ER/ERK) fixes every layer's density: the global sparsity is
+        # derived from the masked layers once they are known (in _allocate)
+        self.sparsity = None if self.allocation.defines_sparsity and sparsity is None else check_sparsity(sparsity)
+        if self.allocation.defines_sparsity and sparsity is not None:
+            raise ConfigError(f"allocation {self.allocation.name!r} with epsilon={self.allocation.epsilon} sets every "
+                              f"layer's density itself; give sparsity or epsilon, not both (got sparsity={sparsity!r})")
         if self.allocation.needs_scores and not isinstance(self.pattern, Unstructured):
             raise ConfigError(f"global allocation supports only the unstructured pattern; got {self.pattern.name!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -192,6 +199,8 @@ class SparsityMethod:
             # placeholder until scores exist; each mask computation re-derives the split
             return [self.sparsity] * len(shapes)
         out = self.allocation.sparsities(shapes, self.sparsity)
+        if self.allocation.defines_sparsity:
+            self.sparsity = implied_sparsity(shapes, out)
         for layer, s in zip(self.layers, out):
             n = self.pattern.units(layer.canonical_shape)
             if num_pruned(s, n) >= n:

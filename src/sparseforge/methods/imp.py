@@ -20,6 +20,12 @@ list of levels. Defaults follow ``open_lth`` LeNet: ``p = 0.2``, global ranking
 through ``targets``. If an ``lr_scheduler`` is passed, its state at step ``k`` is restored at
 every rewind, so each round replays the same learning-rate schedule.
 
+Per-layer rates: ``layer_rates={"fc3": 0.5}`` prunes the named modules at that multiple of
+the per-round fraction, each on its own (layer-wise): Frankle & Carbin 2019 prune LeNet's
+output layer at half the rate of the others (10 % per round against 20 %). The remaining
+layers follow the schedule (ranked globally or layer-wise, by ``allocation``) over their own
+count. Needs a geometric or linear schedule.
+
 Controls (Frankle & Carbin 2019, Sec. 2): ``score="random"`` prunes at random (seeded, exact
 counts, among the kept weights) to the same levels; ``reinit="random"`` trains each round's
 mask from a fresh random initialisation (each module's ``reset_parameters``, seeded) instead
@@ -44,11 +50,13 @@ loop that evaluates after that step sees the rewound, untrained network. Listen 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from ..core.allocation import global_sparsities
 from ..core.patterns import num_pruned
 from ..core.schedules import GeometricLevels, LevelSchedule, levels_from_spec
 from ..errors import CheckpointError, ConfigError, check_fraction, check_int, check_sparsity
@@ -81,6 +89,10 @@ class IMP(SparsityMethod):
             ``rewind_step=0``.
         lr_scheduler: optional scheduler whose state at ``rewind_step`` is restored at every rewind.
         allocation: ``"global"`` (default) or ``"uniform"`` (layer-wise, as in the 2019 LeNet runs).
+        layer_rates: optional ``{module name: multiplier}``; a named layer is pruned on its own
+            at ``multiplier * fraction`` per round (geometric: of its remaining weights,
+            linear: of its original count), e.g. ``{"fc3": 0.5}`` for Frankle & Carbin's
+            output layer at half rate.
     Round 0 runs ``steps_per_round`` steps; each later round restarts at step ``k`` and runs
     ``steps_per_round - k`` steps, so the run takes :attr:`total_steps`
     ``= steps_per_round + rounds * (steps_per_round - k)`` optimizer steps, with
@@ -96,7 +108,7 @@ class IMP(SparsityMethod):
                  sparsity: float | None = None, steps_per_round: int,
                  schedule: str | Sequence[float] | LevelSchedule = "geometric", fraction: float | None = None,
                  rewind_step: int = 0, score: str = "magnitude", reinit: str | Callable[[nn.Module], Any] | None = None,
-                 lr_scheduler: Any = None, **kwargs: Any) -> None:
+                 lr_scheduler: Any = None, layer_rates: dict[str, float] | None = None, **kwargs: Any) -> None:
         check_int(steps_per_round, "steps_per_round", minimum=1)
         if sparsity is not None:
             check_sparsity(sparsity)
@@ -128,6 +140,7 @@ class IMP(SparsityMethod):
                     raise ConfigError(
                         f"reinit='random': module {mname or '(model)'!r} ({type(module).__name__}) has parameters of "
                         "its own but no reset_parameters(); pass reinit=fn(model) that re-initialises the model")
+        self.layer_rates = self._check_layer_rates(layer_rates)
         self.steps_per_round = steps_per_round
         self.rewind_step = rewind_step
         self.score = score
@@ -139,6 +152,42 @@ class IMP(SparsityMethod):
         self._pending_sched_restore = False
         super().__init__(model, optimizer, sparsity=self.levels.final, **kwargs)
         self.rounds = self.levels.rounds
+        if self.layer_rates:
+            names = {l.name for l in self.layers}
+            unknown = sorted(set(self.layer_rates) - names)
+            if unknown:
+                self.masking.unregister()
+                raise ConfigError(f"layer_rates names {unknown}, which are not masked layers; masked layers: {sorted(names)}")
+
+    def _check_layer_rates(self, rates: dict[str, float] | None) -> dict[str, float]:
+        if rates is None:
+            return {}
+        if not isinstance(rates, dict):
+            raise ConfigError(f"layer_rates must be a mapping {{module name: multiplier}}; got {rates!r}")
+        kind = type(self.levels).__name__
+        if kind not in ("GeometricLevels", "LinearLevels"):
+            raise ConfigError("layer_rates scales the per-round fraction: it needs schedule='geometric' or 'linear', "
+                              f"not an explicit level list ({list(self.levels.values)})")
+        out = {}
+        for name, r in rates.items():
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
+                raise ConfigError(f"layer_rates[{name!r}] must be a number > 0; got {r!r}")
+            if self.levels.fraction * r >= 1.0:
+                raise ConfigError(f"layer_rates[{name!r}] = {r} times fraction {self.levels.fraction} prunes "
+                                  f"{self.levels.fraction * r:.3g} per round; it must stay below 1")
+            if kind == "LinearLevels" and self.levels.rounds * self.levels.fraction * r >= 1.0:
+                raise ConfigError(f"layer_rates[{name!r}] = {r}: {self.levels.rounds} linear rounds of "
+                                  f"{self.levels.fraction * r:.3g} would prune the whole layer")
+            out[str(name)] = float(r)
+        return out
+
+    def layer_level(self, name: str, r: int) -> float:
+        """Sparsity of layer ``name`` after the ``r``-th pruning (its own rate, or the schedule's level)."""
+        rate = self.layer_rates.get(name)
+        if rate is None or r == 0:
+            return self.round_sparsity(r)
+        f = self.levels.fraction * rate
+        return 1.0 - (1.0 - f) ** r if type(self.levels).__name__ == "GeometricLevels" else r * f
 
     @staticmethod
     def num_rounds(sparsity: float, fraction: float) -> int:
@@ -193,7 +242,9 @@ class IMP(SparsityMethod):
             scores = [torch.rand(l.canonical_shape, generator=self.generator) for l in self.layers]
         else:
             scores = [l.canonical(l.weight.detach().abs()) for l in self.layers]
-        if self.allocation.needs_scores:
+        if self.layer_rates:
+            masks = self._masks_with_rates(scores, target)
+        elif self.allocation.needs_scores:
             total = sum(l.weight.numel() for l in self.layers)
             saved, self.sparsity = self.sparsity, num_pruned(target, total) / total
             try:
@@ -204,6 +255,28 @@ class IMP(SparsityMethod):
             masks = self.masks_from_scores(scores, [target] * len(self.layers), eligible_only=True)
         self.set_masks(masks)
         self._restart()
+
+    def _masks_with_rates(self, scores: list[torch.Tensor], target: float) -> list[torch.Tensor]:
+        """Masks when some layers have their own rate: those on their own, the rest by the schedule."""
+        masks: list[torch.Tensor | None] = [None] * len(self.layers)
+        rest = []
+        for i, layer in enumerate(self.layers):
+            if layer.name in self.layer_rates:
+                masks[i] = self._shrink(layer, scores[i].float(), self.layer_level(layer.name, self.round))
+            else:
+                rest.append(i)
+        if rest and self.allocation.needs_scores:
+            kept = [torch.where(self.layers[i].canonical(self.layers[i].mask), scores[i].float(),
+                                torch.full_like(scores[i].float(), -math.inf)) for i in rest]
+            total = sum(k.numel() for k in kept)
+            sps = global_sparsities(kept, num_pruned(target, total) / total)
+            for i, k, sp in zip(rest, kept, sps):
+                masks[i] = self.pattern.mask(k, sp, self.layers[i].qualname)
+        else:
+            for i in rest:
+                masks[i] = self._shrink(self.layers[i], scores[i].float(), target)
+        self.layer_sparsity = [1.0 - float(m.sum()) / m.numel() for m in masks]
+        return masks
 
     @torch.no_grad()
     def _restart(self) -> None:
