@@ -495,6 +495,10 @@ def sparsity_report(model: nn.Module, example_input: Any = None, *, mode: str = 
                 pos = 1 if linear_like else None
             if pos is not None:
                 dense, sparse = _per_sample(numel * pos, batch), _per_sample(kept * pos, batch)
+        elif ml is not None and pname != "weight":
+            # a masked bias (or other parameter) is counted in params and nonzeros; FLOPs count the
+            # weights' multiply-adds only, as for every unmasked bias, so it adds none
+            dense = sparse = 0
         rows.append(
             LayerReport(
                 name=qualname,

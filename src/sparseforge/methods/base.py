@@ -191,7 +191,41 @@ class SparsityMethod:
         """The masked layers, in model order."""
         return self.masking.layers
 
+    def _joint_groups(self) -> list[list[int]]:
+        """Indices of the masked layers, grouped by module when parameters are scored jointly
+        (``Targets(joint=True)``); one layer per group otherwise. In model order."""
+        if not getattr(self.masking, "joint", False):
+            return [[i] for i in range(len(self.layers))]
+        groups: dict[int, list[int]] = {}
+        for i, l in enumerate(self.layers):
+            groups.setdefault(id(l.module), []).append(i)
+        return list(groups.values())
+
     def _allocate(self) -> list[float]:
+        groups = self._joint_groups()
+        if any(len(g) > 1 for g in groups):
+            if not isinstance(self.pattern, Unstructured):
+                raise ConfigError(f"targets.joint=True scores a layer's parameters together: unstructured pattern only; "
+                                  f"got {self.pattern.name!r}")
+            # the split is computed over each module's first parameter (its weight); the others
+            # share its sparsity, applied to the count over all of them (_joint_masks)
+            primary = [self.layers[g[0]] for g in groups]
+            shapes = [l.canonical_shape for l in primary]
+            if self.allocation.needs_scores or isinstance(self.pattern, NM):
+                return [self.sparsity] * len(self.layers)
+            per = self.allocation.sparsities(shapes, self.sparsity)
+            if self.allocation.defines_sparsity:
+                self.sparsity = implied_sparsity(shapes, per)
+            out = [0.0] * len(self.layers)
+            for g, sp in zip(groups, per):
+                n = sum(self.layers[i].weight.numel() for i in g)
+                if num_pruned(sp, n) >= n:
+                    raise LayerError(f"{self.layers[g[0]].qualname}: {self.allocation.name} allocation at sparsity "
+                                     f"{self.sparsity} gives this layer sparsity {sp:.6g}, which would remove all {n} "
+                                     "weights and biases")
+                for i in g:
+                    out[i] = sp
+            return out
         shapes = [l.canonical_shape for l in self.layers]
         if isinstance(self.pattern, NM):
             return [self.pattern.sparsity] * len(shapes)
@@ -218,6 +252,11 @@ class SparsityMethod:
         ``eligible_only``, positions pruned now get score ``-inf`` so they stay pruned.
         """
         scores = [s.float() for s in scores]
+        groups = self._joint_groups()
+        if (any(len(g) > 1 for g in groups) and not self.allocation.needs_scores
+                and isinstance(self.pattern, Unstructured)):
+            return self._joint_masks(groups, scores, self.layer_sparsity if sparsities is None else sparsities,
+                                     eligible_only)
         if eligible_only and sparsities is not None and isinstance(self.pattern, Unstructured):
             return [self._shrink(layer, s, sp) for layer, s, sp in zip(self.layers, scores, sparsities)]
         if eligible_only:
@@ -242,6 +281,32 @@ class SparsityMethod:
             else:
                 masks.append(self.pattern.mask(s, sp, layer.qualname))
         return masks
+
+    def _joint_masks(self, groups: list[list[int]], scores: list[torch.Tensor], sparsities: Sequence[float],
+                     eligible_only: bool) -> list[torch.Tensor]:
+        """Unstructured masks with one ranking and one exact count per group of parameters.
+
+        A group (a module's weight and bias under ``Targets(joint=True)``) keeps
+        ``n - round(s n)`` of its ``n`` pooled entries at its first member's sparsity ``s``
+        (ties: as :func:`~sparseforge.core.patterns.topk_mask` over the weight's entries,
+        then the bias's). With ``eligible_only`` only kept positions can be kept.
+        """
+        out: list[torch.Tensor | None] = [None] * len(self.layers)
+        for g in groups:
+            flat = torch.cat([scores[i].reshape(-1).cpu() for i in g])
+            n = flat.numel()
+            keep = n - num_pruned(sparsities[g[0]], n)
+            if eligible_only:
+                current = torch.cat([self.layers[i].canonical(self.layers[i].mask).reshape(-1).cpu() for i in g])
+                mask = current.clone() if keep >= int(current.sum()) else topk_mask(flat, keep, eligible=current)
+            else:
+                mask = topk_mask(flat, keep)
+            start = 0
+            for i in g:
+                k = scores[i].numel()
+                out[i] = mask[start:start + k].reshape(scores[i].shape).to(scores[i].device)
+                start += k
+        return out  # type: ignore[return-value]
 
     def _shrink(self, layer: MaskedLayer, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         """Unstructured mask at ``sparsity`` that only drops currently kept positions.
