@@ -244,7 +244,8 @@ def test_bias_in_report() -> None:
     rows = {r.name: r for r in rep.layers}
     assert rows["0.bias"].nonzeros == 5 and rows["0.bias"].params == 10 and rows["0.bias"].masked
     assert rep.totals["nonzeros"] == 100 + 5 + 20 + 2
-    assert rep.totals["dense_flops"] == 2 * (200 + 40)  # multiply-adds of the weights only: the total stays known
+    assert rows["0.bias"].dense_flops is None  # not applicable: FLOPs count the weights' multiply-adds
+    assert rep.totals["dense_flops"] == 2 * (200 + 40) and rep.totals["flops_unknown"] == []
 
 
 def test_bias_target_on_layer_without_bias() -> None:
