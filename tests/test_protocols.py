@@ -299,3 +299,17 @@ def test_imp_layer_rates_errors() -> None:
         IMP(_mlp(), None, schedule=[0.2, 0.5], steps_per_round=1, layer_rates={"2": 0.5})
     with pytest.raises(ConfigError, match="below 1"):
         IMP(_mlp(), None, sparsity=0.5, fraction=0.5, steps_per_round=1, layer_rates={"2": 2.0})
+
+
+# ============================================================================ recipes
+def test_recipe_set_by_epsilon_with_bias_targets() -> None:
+    from sparseforge.recipes import Recipe
+
+    r = Recipe.from_dict({"name": "set-eps", "model": {"name": "lenet300100"}, "data": {"name": "mnist1d"},
+                          "method": {"name": "set", "epsilon": 13, "update_interval": "1ep", "grow_init": "normal",
+                                     "sampling": "with_replacement"},
+                          "targets": {"params": ["weight", "bias"]}})
+    assert r.method["epsilon"] == 13
+    with pytest.raises(ConfigError, match="needs 'sparsity'"):
+        Recipe.from_dict({"name": "x", "model": {"name": "lenet300100"}, "data": {"name": "mnist1d"},
+                          "method": {"name": "set", "update_interval": "1ep"}})

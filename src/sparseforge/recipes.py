@@ -150,9 +150,12 @@ class Recipe:
         mname = self.method["name"]
         allowed = method_parameters(mname) | {"name"}
         _check_keys(self.method, allowed, f"method ({mname})")
-        # an explicit list of levels (IMP's schedule) fixes the final sparsity by itself
+        # an explicit list of levels (IMP's schedule) or an Erdős–Rényi epsilon (SET, RigL)
+        # fixes the final sparsity by itself
+        alloc = self.method.get("allocation")
+        by_epsilon = "epsilon" in self.method or (isinstance(alloc, dict) and "epsilon" in alloc)
         if (mname != "dense" and "sparsity" not in self.method and "pattern" not in self.method
-                and not isinstance(self.method.get("schedule"), list)):
+                and not isinstance(self.method.get("schedule"), list) and not by_epsilon):
             raise ConfigError(f"method ({mname}) needs 'sparsity' (fraction of zeros in [0, 1))")
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"name must be a non-empty string; got {self.name!r}")
