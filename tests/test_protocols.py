@@ -313,3 +313,16 @@ def test_recipe_set_by_epsilon_with_bias_targets() -> None:
     with pytest.raises(ConfigError, match="needs 'sparsity'"):
         Recipe.from_dict({"name": "x", "model": {"name": "lenet300100"}, "data": {"name": "mnist1d"},
                           "method": {"name": "set", "update_interval": "1ep"}})
+
+
+def test_joint_bias_with_epsilon_and_with_replacement() -> None:
+    model = _mlp((20, 10, 4))
+    method = SET(model, None, epsilon=1, update_interval=5, targets=Targets(params=("weight", "bias"), joint=True))
+    # ER densities from the weights' shapes, applied to weight + bias: 0.15 of 210 and 0.35 of 44
+    pruned = [int((~l.mask).sum()) for l in method.layers]
+    assert pruned[0] + pruned[1] == num_pruned(0.85, 210) and pruned[2] + pruned[3] == num_pruned(0.65, 44)
+    wr = SET(_mlp((20, 10, 4)), None, epsilon=1, update_interval=5, sampling="with_replacement",
+             targets=Targets(params=("weight", "bias"), joint=True))
+    kept = [int(l.mask.sum()) for l in wr.layers]
+    assert 0 < kept[0] + kept[1] <= round(0.15 * 210) and 0 < kept[2] + kept[3] <= round(0.35 * 44)
+    assert wr.sparsity == pytest.approx(1 - sum(kept) / 254)

@@ -253,20 +253,25 @@ class DynamicSparse(SparsityMethod):
         what the drawn masks hold.
         """
         shapes = [l.canonical_shape for l in self.layers]
+        groups = self._joint_groups()  # a weight and its bias share one draw under Targets(joint=True)
         if self.allocation.defines_sparsity:
-            densities = self.allocation.epsilon_densities(shapes)
+            densities = self.allocation.epsilon_densities([shapes[g[0]] for g in groups])
         else:
-            densities = [1.0 - s for s in self.layer_sparsity]
-        masks = []
-        for layer, shape, d in zip(self.layers, shapes, densities):
-            n = math.prod(shape)
+            densities = [1.0 - self.layer_sparsity[g[0]] for g in groups]
+        masks: list[torch.Tensor] = [torch.empty(0)] * len(self.layers)
+        for g, d in zip(groups, densities):
+            n = sum(math.prod(shapes[i]) for i in g)
             draws = int(math.floor(d * n + 0.5))
             if draws < 1:
-                raise ConfigError(f"{layer.qualname}: sampling='with_replacement' draws round({d:.4g} * {n}) = 0 "
-                                  "positions: the layer would be empty; raise epsilon or lower the sparsity")
+                raise ConfigError(f"{self.layers[g[0]].qualname}: sampling='with_replacement' draws round({d:.4g} * {n}) "
+                                  "= 0 positions: the layer would be empty; raise epsilon or lower the sparsity")
             flat = torch.zeros(n, dtype=torch.bool)
             flat[torch.randint(0, n, (draws,), generator=self.generator)] = True
-            masks.append(flat.view(shape))
+            start = 0
+            for i in g:
+                k = math.prod(shapes[i])
+                masks[i] = flat[start:start + k].view(shapes[i])
+                start += k
         self.set_masks(masks)
         self.layer_sparsity = [1.0 - float(m.sum()) / m.numel() for m in masks]
         self.sparsity = implied_sparsity(shapes, self.layer_sparsity)
