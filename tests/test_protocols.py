@@ -326,3 +326,19 @@ def test_joint_bias_with_epsilon_and_with_replacement() -> None:
     kept = [int(l.mask.sum()) for l in wr.layers]
     assert 0 < kept[0] + kept[1] <= round(0.15 * 210) and 0 < kept[2] + kept[3] <= round(0.35 * 44)
     assert wr.sparsity == pytest.approx(1 - sum(kept) / 254)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.sampled_from(list(GROW_INITS)), st.integers(0, 1000), st.sampled_from(["exact", "with_replacement"]),
+       st.floats(0.05, 0.9))
+def test_set_invariants_property(grow_init, seed, sampling, zeta) -> None:
+    """Per-layer counts are constant across updates, pruned weights stay zero, regrown state starts at zero."""
+    model = _mlp((20, 10, 4), seed=seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    method = SET(model, opt, epsilon=2, update_interval=2, zeta=zeta, grow_init=grow_init, sampling=sampling, seed=seed)
+    counts = [int(l.mask.sum()) for l in method.layers]
+    _steps(model, opt, 6, seed=seed)
+    assert [int(l.mask.sum()) for l in method.layers] == counts
+    for layer in method.layers:
+        assert torch.all(layer.weight.detach()[~layer.mask] == 0)
+        assert torch.all(opt.state[layer.weight]["momentum_buffer"][~layer.mask] == 0)
