@@ -342,3 +342,11 @@ def test_set_invariants_property(grow_init, seed, sampling, zeta) -> None:
     for layer in method.layers:
         assert torch.all(layer.weight.detach()[~layer.mask] == 0)
         assert torch.all(opt.state[layer.weight]["momentum_buffer"][~layer.mask] == 0)
+
+
+def test_static_er_by_epsilon_allocation() -> None:
+    method = StaticSparse(_mlp((20, 10, 4)), None, allocation={"type": "er", "epsilon": 1})
+    assert [int((~l.mask).sum()) for l in method.layers] == [170, 26]
+    assert method.sparsity == pytest.approx(196 / 240)
+    with pytest.raises(ConfigError, match="sparsity"):
+        StaticSparse(_mlp((20, 10, 4)), None, allocation="er")  # neither sparsity nor epsilon
