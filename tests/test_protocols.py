@@ -293,8 +293,12 @@ def test_imp_layer_rates_half_rate_output() -> None:
 
 
 def test_imp_layer_rates_errors() -> None:
+    model = _mlp()
+    with pytest.raises(ConfigError, match="not modules"):
+        IMP(model, None, sparsity=0.5, steps_per_round=1, layer_rates={"fc9": 0.5})
+    assert not [b for b, _ in model.named_buffers()]  # refused before any mask was registered
     with pytest.raises(ConfigError, match="not masked layers"):
-        IMP(_mlp(), None, sparsity=0.5, steps_per_round=1, layer_rates={"fc9": 0.5})
+        IMP(_mlp(), None, sparsity=0.5, steps_per_round=1, layer_rates={"1": 0.5})  # the ReLU
     with pytest.raises(ConfigError, match="geometric' or 'linear"):
         IMP(_mlp(), None, schedule=[0.2, 0.5], steps_per_round=1, layer_rates={"2": 0.5})
     with pytest.raises(ConfigError, match="below 1"):

@@ -141,6 +141,11 @@ class IMP(SparsityMethod):
                         f"reinit='random': module {mname or '(model)'!r} ({type(module).__name__}) has parameters of "
                         "its own but no reset_parameters(); pass reinit=fn(model) that re-initialises the model")
         self.layer_rates = self._check_layer_rates(layer_rates)
+        modules = {n for n, _ in model.named_modules()}
+        typos = sorted(set(self.layer_rates) - modules)
+        if typos:  # refused before any mask is registered
+            raise ConfigError(f"layer_rates names {typos}, which are not modules of {type(model).__name__}; "
+                              f"module names look like {sorted(modules - {''})[:6]}")
         self.steps_per_round = steps_per_round
         self.rewind_step = rewind_step
         self.score = score
