@@ -325,6 +325,7 @@ def test_joint_bias_with_epsilon_and_with_replacement() -> None:
     # ER densities from the weights' shapes, applied to weight + bias: 0.15 of 210 and 0.35 of 44
     pruned = [int((~l.mask).sum()) for l in method.layers]
     assert pruned[0] + pruned[1] == num_pruned(0.85, 210) and pruned[2] + pruned[3] == num_pruned(0.65, 44)
+    assert method.sparsity == pytest.approx(sum(pruned) / 254)
     wr = SET(_mlp((20, 10, 4)), None, epsilon=1, update_interval=5, sampling="with_replacement",
              targets=Targets(params=("weight", "bias"), joint=True))
     kept = [int(l.mask.sum()) for l in wr.layers]
@@ -354,3 +355,8 @@ def test_static_er_by_epsilon_allocation() -> None:
     assert method.sparsity == pytest.approx(196 / 240)
     with pytest.raises(ConfigError, match="sparsity"):
         StaticSparse(_mlp((20, 10, 4)), None, allocation="er")  # neither sparsity nor epsilon
+
+
+def test_bias_with_nm_pattern_refused() -> None:
+    with pytest.raises(LayerError, match=r"0.bias: pattern 2:4 needs a weight with >= 2 dims"):
+        StaticSparse(_mlp((16, 8, 4)), None, pattern="2:4", targets=Targets(params=("weight", "bias"), joint=True))

@@ -214,8 +214,9 @@ class SparsityMethod:
             if self.allocation.needs_scores or isinstance(self.pattern, NM):
                 return [self.sparsity] * len(self.layers)
             per = self.allocation.sparsities(shapes, self.sparsity)
-            if self.allocation.defines_sparsity:
-                self.sparsity = implied_sparsity(shapes, per)
+            if self.allocation.defines_sparsity:  # counted over every parameter of each group
+                sizes = [sum(self.layers[i].weight.numel() for i in g) for g in groups]
+                self.sparsity = sum(num_pruned(sp, n) for sp, n in zip(per, sizes)) / sum(sizes)
             out = [0.0] * len(self.layers)
             for g, sp in zip(groups, per):
                 n = sum(self.layers[i].weight.numel() for i in g)
