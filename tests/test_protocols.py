@@ -358,5 +358,5 @@ def test_static_er_by_epsilon_allocation() -> None:
 
 
 def test_bias_with_nm_pattern_refused() -> None:
-    with pytest.raises(LayerError, match=r"0.bias: pattern 2:4 needs a weight with >= 2 dims"):
+    with pytest.raises(LayerError, match=r"0.bias: pattern nm needs a weight with >= 2 dims"):
         StaticSparse(_mlp((16, 8, 4)), None, pattern="2:4", targets=Targets(params=("weight", "bias"), joint=True))
