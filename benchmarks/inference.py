@@ -212,10 +212,12 @@ def _bench_config(label: str, masked: nn.Module, make_inputs: Callable[[int], tu
     plain = _strip_masks(masked).eval()
     record: dict[str, Any] = {"label": label, "batches": {}, "decisions": {}}
     t0 = time.perf_counter()
-    mat32, dec32 = materialize(masked, batch_sizes=batches, example_input=example, rounds=a.decision_rounds,
-                               budget_s=a.decision_budget)
-    mat16, dec16 = materialize(masked, dtype="bf16", batch_sizes=batches, example_input=example,
-                               rounds=a.decision_rounds, budget_s=a.decision_budget)
+    result = materialize(masked, batch_sizes=batches, example_inputs=example, rounds=a.decision_rounds,
+                         budget_s=a.decision_budget)
+    mat32, dec32 = result.model, result.layers
+    result = materialize(masked, dtype="bf16", batch_sizes=batches, example_inputs=example,
+                         rounds=a.decision_rounds, budget_s=a.decision_budget)
+    mat16, dec16 = result.model, result.layers
     record["materialize_seconds"] = time.perf_counter() - t0
     record["decisions"] = {"fp32": [d.to_dict() for d in dec32], "bf16": [d.to_dict() for d in dec16]}
     slower = [d.name for d in dec32 + dec16 if d.status == "materialized" and d.speedup and min(d.speedup.values()) < 1]

@@ -1,7 +1,7 @@
 """lora_recovery: one-shot prune the Austen GPT, recover it with sparsity-preserving LoRA, quantize; masks checked at every stage.
 
 Run it as ``sparseforge bench lora_recovery``. The small pretrained Austen GPT
-(:func:`sparseforge.oneshot.pretrained.austen_gpt`; it must be trained already, or pass
+(:func:`sparseforge.pretrained.austen_gpt`; it must be trained already, or pass
 any sparseforge TinyGPT folder with ``--gpt PATH``) is pruned one-shot (``--method``, default
 Wanda, calibration ``--nsamples`` windows of the training text) at each ``--targets`` sparsity
 or N:M pattern; every Linear inside the transformer blocks is pruned, embeddings and head stay
@@ -127,10 +127,11 @@ def run_target(dense: torch.nn.Module, target: str, calib: Any, train_tokens: to
     from sparseforge.export import quantize_weights
     from sparseforge.lora import merge_lora
     from sparseforge.masking import finalize
-    from sparseforge.oneshot import parse_target, prune_oneshot
+    from sparseforge.core import parse_target_text
+    from sparseforge.oneshot import prune_oneshot
 
     net = copy.deepcopy(dense)
-    res = prune_oneshot(net, a.method, parse_target(target, "--targets"), calibration=calib, progress=False)
+    res = prune_oneshot(net, a.method, parse_target_text(target, "--targets"), calibration=calib, progress=False)
     finalize(net)
     names = [l.name.rsplit(".", 1)[0] for l in res.layers]
     pruned = {n: w == 0 for n, w in _layers(net, names).items()}
@@ -209,12 +210,13 @@ def main(argv: list[str]) -> None:
     p.add_argument("--name", default="lora_recovery", help="results file name")
     a = p.parse_args(argv)
     from sparseforge.lm import evaluate_lm
-    from sparseforge.oneshot import load_calibration, method_from_spec, parse_target, resolve_target
+    from sparseforge.core import parse_target_text
+    from sparseforge.oneshot import load_calibration, method_from_spec, oneshot_target
     from sparseforge.oneshot.calibration import calibration_text, heldout_text, tokenize_text
     from sparseforge.oneshot.io import load_model
 
     for t in a.targets:
-        resolve_target(parse_target(t, "--targets"), "--targets")
+        oneshot_target(parse_target_text(t, "--targets"), "--targets")
     method_from_spec(a.method)
     check_at_least(a, "nsamples", "steps", "batch", "rank", "group", "val_windows", "threads")
     if a.threads is not None:

@@ -2,8 +2,8 @@
 
 Run it as ``sparseforge bench oneshot``. Models:
 
-* ``gpt`` -- the small pretrained Austen GPT (:func:`sparseforge.oneshot.pretrained.austen_gpt`,
-  a character-level TinyGPT; it must be trained already: ``python -c "from sparseforge.oneshot.pretrained
+* ``gpt`` -- the small pretrained Austen GPT (:func:`sparseforge.pretrained.austen_gpt`,
+  a character-level TinyGPT; it must be trained already: ``python -c "from sparseforge.pretrained
   import austen_gpt; austen_gpt()"``), or any sparseforge TinyGPT folder with ``--gpt PATH``.
   Quality: validation perplexity on the held-out Austen text (the last 10 % of every novel;
   ``--val-windows`` windows of the context length, evenly spread over the stream).
@@ -114,10 +114,11 @@ class _Model:
 def run_one(m: _Model, method: str, target: str, a: argparse.Namespace) -> dict[str, Any]:
     """Prune a copy of ``m.model`` and score it."""
     from sparseforge.masking import finalize
-    from sparseforge.oneshot import parse_target, prune_oneshot
+    from sparseforge.core import parse_target_text
+    from sparseforge.oneshot import prune_oneshot
 
     net = copy.deepcopy(m.model)
-    res = prune_oneshot(net, method, parse_target(target, "--targets"), calibration=m.calib, progress=False)
+    res = prune_oneshot(net, method, parse_target_text(target, "--targets"), calibration=m.calib, progress=False)
     finalize(net)
     t0 = time.perf_counter()
     q = m.quality(net)
@@ -240,10 +241,11 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="oneshot", help="results file name")
     a = p.parse_args(argv)
-    from sparseforge.oneshot import method_from_spec, parse_target, resolve_target
+    from sparseforge.core import parse_target_text
+    from sparseforge.oneshot import method_from_spec, oneshot_target
 
     for t in a.targets:
-        resolve_target(parse_target(t, "--targets"), "--targets")
+        oneshot_target(parse_target_text(t, "--targets"), "--targets")
     for meth in a.methods:
         method_from_spec(meth)
     check_at_least(a, "nsamples", "val_windows", "sentences", "seqlen", "threads")

@@ -167,7 +167,7 @@ def _setup(model_name: str, kind: str, sparsity: float, batch: tuple[torch.Tenso
         keep = build_method("rigl", model, opt, sparsity=sparsity, update_interval=100, end=10**7)
     elif kind == "srste 2:4":
         # N:M training recomputes the mask from |W| in every forward pass (first conv: 1 input channel, dense)
-        keep = build_method("srste", model, opt, pattern="2:4", indivisible="skip")
+        keep = build_method("srste", model, opt, sparsity="2:4", indivisible="skip")
     elif kind == "torch.nn.utils.prune":
         import torch.nn.utils.prune as prune
 

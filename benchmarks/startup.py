@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sparseforge.bench import provenance, write_results
+from sparseforge.tables import markdown_table
 from sparseforge.errors import ConfigError, check_int
 from sparseforge.kernels.cpu_sparse import cpu_features
 
@@ -116,11 +117,12 @@ def main(argv: list[str]) -> None:
             "load_average_after": list(load_after), "results": rows}
     headline = " ".join(f for f in HEADLINE_FEATURES if f in features) or "none of " + " ".join(HEADLINE_FEATURES)
     lines = [f"CPU vector features: {headline}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
-             f"median of {a.repeats} wall times per command, interleaved, after one warm-up.", "",
-             "| command | median s | min s | x import torch | target |", "|---|---|---|---|---|"]
+             f"median of {a.repeats} wall times per command, interleaved, after one warm-up.", ""]
+    cells = []
     for r in rows:
         target = "-" if "meets_target" not in r else f"<= {r['target_vs_import_torch']}x: {'met' if r['meets_target'] else 'MISSED'}"
-        lines.append(f"| `{r['command']}` | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['vs_import_torch']:.2f} | {target} |")
+        cells.append([f"`{r['command']}`", f"{r['median_s']:.3f}", f"{r['min_s']:.3f}", f"{r['vs_import_torch']:.2f}", target])
+    lines.append(markdown_table(["command", "median s", "min s", "x import torch", "target"], cells))
     jp, mp = write_results(a.name, data, "\n".join(lines), Path(a.out) if a.out else None)
     print(mp.read_text())
     print(f"wrote {jp} and {mp}")

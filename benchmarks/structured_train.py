@@ -59,7 +59,7 @@ from sparseforge.errors import ConfigError
 from sparseforge.fileio import atomic_write_text
 from sparseforge.models import build_model
 from sparseforge.structured import load_structured
-from sparseforge.structured.train import run_structured
+from sparseforge.structured_train import run_structured
 
 METHODS = ["hesso", "oneshot", "group_lasso", "wgsef"]
 

@@ -246,7 +246,8 @@ def _latency(factory, make_x, sparsity: float, batch: int, rounds: int) -> dict[
     torch.manual_seed(0)
     model = factory().eval()
     x = make_x(batch)
-    small, rep = StructuredPruner(model, x, sparsity=sparsity, ignore=_classifier(model)).prune()
+    result = StructuredPruner(model, x, sparsity=sparsity, ignore=_classifier(model)).prune()
+    small, rep = result.model, result.report
     small.eval()
     with torch.no_grad():
         lat = interleaved_medians({"dense": lambda: _call(model, x), "pruned": lambda: _call(small, x)},
@@ -282,7 +283,8 @@ def _ours(name: str, factory, make_x, sparsity: float, batch: int, rounds: int, 
     row: dict[str, Any] = {}
     t0 = time.perf_counter()
     pruner = StructuredPruner(model, x, sparsity=sparsity, ignore=_classifier(model))
-    small, rep = pruner.prune()
+    result = pruner.prune()
+    small, rep = result.model, result.report
     small.eval()
     row["prune_s"] = round(time.perf_counter() - t0, 3)
     with torch.no_grad():

@@ -15,7 +15,7 @@ from sparseforge.bench import list_suites, run_suite
 from sparseforge.data import fashion_mnist_available
 from sparseforge.errors import ConfigError
 from sparseforge.structured import trace_groups
-from sparseforge.structured.train import _hold_zero_fn, run_structured, train_structured, zero_group_count
+from sparseforge.structured_train import _hold_zero_fn, run_structured, train_structured, zero_group_count
 from sparseforge.structured.shrink import kept_indices
 
 
@@ -97,12 +97,12 @@ def test_dense_changes_nothing_structurally():
 
 @pytest.mark.parametrize("kw,match", [
     ({"method": "magic"}, "method must be one of"),
-    ({"method": "hesso", "target_group_sparsity": 1.0}, r"target_group_sparsity must be a number in \[0, 1\)"),
+    ({"method": "hesso", "target_group_sparsity": 1.0}, r"target_group_sparsity must be in \[0, 1\); got 1.0"),
     ({"method": "hesso", "target_group_sparsity": 0.0}, "needs target_group_sparsity > 0"),
     ({"method": "wgsef", "target_group_sparsity": 0.5}, "needs lam > 0"),
     ({"method": "group_lasso", "target_group_sparsity": 0.5, "lam": -1.0}, "needs lam > 0"),
     ({"method": "hesso", "target_group_sparsity": 0.5, "hesso_warmup": 0.6, "hesso_pruning": 0.5}, "must be <= 1"),
-    ({"method": "hesso", "target_group_sparsity": 0.5, "hesso_pruning": 0.0}, r"hesso_pruning must be a number in \(0, 1\)"),
+    ({"method": "hesso", "target_group_sparsity": 0.5, "hesso_pruning": 0.0}, r"hesso_pruning must be in \(0, 1\); got 0.0"),
     ({"method": "hesso", "target_group_sparsity": 0.5, "hesso_periods": 0}, "hesso_periods"),
     ({"method": "dense", "epochs": 0}, "epochs"),
 ])

@@ -156,7 +156,7 @@ t.fit()
 # what runs at exit: the DDP wrapper (its reducer holds the gloo group) is dropped and collected
 # before the group is destroyed, else static destructors abort the process after the run
 import weakref, torch.distributed as dist
-from sparseforge.train import _destroy_process_group
+from sparseforge.runners.trainer import _destroy_process_group
 ddp, rank = weakref.ref(t.train_model), t.rank
 _destroy_process_group()
 exit_ok = [ddp() is None, t.train_model is t.model, not dist.is_initialized()]

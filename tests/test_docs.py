@@ -329,8 +329,8 @@ SRC = ROOT / "src" / "sparseforge"
 
 #: places whose literal blocks are prose: formulas, pseudo-code, file layouts
 TEXT_BLOCKS = {
-    "export/materialized_io.py", "export/quantize.py", "lm.py", "lora.py", "methods/imp.py", "models.py:TinyGPT", "oneshot/io.py",
-    "soups.py", "train.py",
+    "core/lr.py", "export/materialized_io.py", "export/quantize.py", "lora.py", "methods/imp.py", "models.py:TinyGPT",
+    "oneshot/io.py", "runners/lm.py", "runners/trainer.py", "soups.py",
 }
 
 
@@ -472,7 +472,7 @@ def test_docstring_yaml_is_valid(place: str, body: str, tmp_path: Path, monkeypa
 
     monkeypatch.setenv("SPARSEFORGE_NO_CPP", "1")
     for i, doc in enumerate(_yaml_documents(body)):
-        if place == "oneshot/methods.py:method_from_spec":
+        if place == "oneshot/registry.py:method_from_spec":
             from sparseforge.oneshot import method_from_spec
 
             method_from_spec(yaml.safe_load(doc)["method"])
@@ -485,7 +485,7 @@ def test_docstring_yaml_is_valid(place: str, body: str, tmp_path: Path, monkeypa
             recipe.epochs = 1
             recipe.data.update(n_train=512, n_test=256)
             Trainer(recipe, run, progress=False).fit()
-            listing = next(b for p, _, b in DOC_BLOCKS if p == "train.py")
+            listing = next(b for p, _, b in DOC_BLOCKS if p == "runners/trainer.py")
             names = re.findall(r"^(\S+\.\w+)\s", listing, re.M) + re.findall(r"\(and (\S+\.\w+)\)", listing)
             assert len(names) >= 5 and all((run / n).is_file() for n in names), (names, sorted(p.name for p in run.iterdir()))
 
@@ -529,7 +529,7 @@ def test_docstring_python_runs(place: str, body: str, tmp_path: Path, monkeypatc
         exec(compile(code, f"{place} (docstring)", "exec"), ns)
         if "register_rule(MyLinear" in code:  # the registered rule really prunes the user's layer
             model = nn.Sequential(MyLinear(32, 64), nn.ReLU(), nn.Linear(64, 8))
-            small, _ = sf.StructuredPruner(model, ns["x"][:8], sparsity=0.5).prune()
+            small = sf.StructuredPruner(model, ns["x"][:8], sparsity=0.5).prune().model
             assert small[0].weight.shape == (32, 32) and small[0].out_features == 32
             assert small(ns["x"]).shape == (64, 8)
     finally:

@@ -197,3 +197,72 @@ def test_a_checkpoint_of_another_format_is_refused(tmp_path: Path) -> None:
 def test_resource_module_is_available() -> None:
     # the quota test above relies on RLIMIT_FSIZE (POSIX); fail loudly rather than skip elsewhere
     assert hasattr(resource, "RLIMIT_FSIZE")
+
+
+# ------------------------------------------------------------------------------- folders
+def _write_version(folder: Path, v: int, n: int = 4) -> None:
+    for i in range(n):
+        (folder / f"part{i}.bin").write_bytes(bytes([v % 256]) * 10_000)
+
+
+def _version_of(folder: Path) -> set[int]:
+    return {b for p in folder.iterdir() for b in set(p.read_bytes())}
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path: Path, monkeypatch, exchange: bool) -> None:
+    from sparseforge import fileio
+
+    if not exchange:  # the two-rename fallback for systems without renameat2(RENAME_EXCHANGE)
+        monkeypatch.setattr(fileio, "_exchange", lambda a, b: False)
+    out = tmp_path / "out"
+    with fileio.atomic_dir(out) as tmp:
+        _write_version(tmp, 1)
+    assert _version_of(out) == {1} and len(list(out.iterdir())) == 4
+    with pytest.raises(RuntimeError, match="disk"):
+        with fileio.atomic_dir(out) as tmp:
+            _write_version(tmp, 2, n=2)
+            raise RuntimeError("disk gone")
+    assert _version_of(out) == {1} and len(list(out.iterdir())) == 4  # the old folder, untouched
+    with fileio.atomic_dir(out) as tmp:
+        _write_version(tmp, 3, n=1)
+    assert _version_of(out) == {3} and [p.name for p in out.iterdir()] == ["part0.bin"]  # no old file mixed in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old folder left
+    (tmp_path / "f").write_text("a file")
+    with fileio.atomic_dir(tmp_path / "f") as tmp:  # a file is replaced by the folder
+        _write_version(tmp, 4, n=1)
+    assert (tmp_path / "f").is_dir() and oct((tmp_path / "f").stat().st_mode & 0o777) == "0o755"
+
+
+_DIR_WRITER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from sparseforge.fileio import atomic_dir
+    i = 0
+    print("ready", flush=True)
+    while True:
+        i += 1
+        with atomic_dir(sys.argv[1]) as tmp:
+            for k in range(1 + i % 5):
+                (Path(tmp) / f"part{k}.bin").write_bytes(bytes([i % 256]) * 300_000)
+""")
+
+
+def test_a_folder_writer_killed_at_random_instants_leaves_the_old_folder_or_the_new_one(tmp_path: Path) -> None:
+    from sparseforge.fileio import atomic_dir
+
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "part0.bin").write_bytes(bytes([0]) * 300_000)
+    rng = random.Random(1)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", _DIR_WRITER, str(out)], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": SRC})
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        files = sorted(out.iterdir())
+        (version,) = _version_of(out)  # one version in every file ...
+        assert len(files) == (1 + version % 5 if version else 1)  # ... and all of that version's files
+        assert all(p.stat().st_size == 300_000 for p in files)

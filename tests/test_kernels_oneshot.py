@@ -16,7 +16,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def two_four(layer: nn.Linear) -> nn.Linear:
-    prune_nm(nn.Sequential(layer)).finalize()
+    prune_nm(nn.Sequential(layer)).masking.finalize()
     return layer
 
 
@@ -25,7 +25,7 @@ def test_prune_nm_by_hand_and_finalize() -> None:
     layer = nn.Linear(4, 2, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, -3.0, 2.0, 0.5], [0.1, 0.2, -0.3, 0.4]]))
-    masking = prune_nm(nn.Sequential(layer), "2:4")
+    masking = prune_nm(nn.Sequential(layer), "2:4").masking
     assert torch.equal(layer.weight_mask, torch.tensor([[0, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.bool))
     assert torch.equal(layer.weight, torch.tensor([[0.0, -3.0, 2.0, 0.0], [0.0, 0.0, -0.3, 0.4]]))
     masking.finalize()
@@ -38,7 +38,7 @@ def test_prune_nm_any_model_with_conv_and_policies() -> None:
     with pytest.raises(LayerError, match=r"0.weight: input dimension 3"):
         prune_nm(model, "1:4")
     assert not any(n.endswith("_mask") for n, _ in model.named_buffers())  # nothing left behind
-    masking = prune_nm(model, "1:4", indivisible="skip")
+    masking = prune_nm(model, "1:4", indivisible="skip").masking
     assert [l.qualname for l in masking.layers] == ["1.weight", "3.weight"]
     assert is_valid_nm(masking.layers[0].canonical(masking.layers[0].mask), 1, 4)
     assert int(model[1].weight_mask.sum()) == 16 * 9 * 2  # 8 inputs = 2 groups keep 1 each, per out x kernel pos
@@ -86,7 +86,7 @@ def test_bad_arguments() -> None:
 def test_gpu_conversion_matches_masked_dense(dtype) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 4096))
-    prune_nm(model, "2:4").finalize()
+    prune_nm(model, "2:4").masking.finalize()
     model = model.to("cuda", dtype)
     x = torch.randn(1024, 4096, device="cuda", dtype=dtype)
     with torch.no_grad():

@@ -24,7 +24,7 @@ def _mlp(seed: int = 0) -> nn.Module:
 
 def _pruned_24(seed: int = 0) -> nn.Module:
     model = _mlp(seed)
-    StaticSparse(model, sparsity=0.5, pattern="2:4", score="magnitude")
+    StaticSparse(model, sparsity="2:4", score="magnitude")
     return finalize(model)
 
 
@@ -87,7 +87,7 @@ def test_quantize_weights_writes_the_dequantized_values_per_output_channel_of_hf
     with torch.no_grad():
         conv.weight[::2] = 0
     before = conv.weight.detach().clone()
-    q = quantize_weights(model, bits=8)["0"]
+    q = quantize_weights(model, bits=8).weights["0"]
     assert q.codes.shape == (6, 8) and q.scales.shape == (6, 1)  # canonical [out, in]: one scale per output
     assert torch.equal(conv.weight.detach(), q.dequantize().t())
     assert torch.equal(conv.weight != 0, before != 0)
@@ -117,7 +117,7 @@ def test_lora_starts_as_the_base_model_and_trains_only_the_adapters():
     x = torch.randn(32, 16)
     ref = model(x).detach()
     base = _weights(model)
-    adapters = add_lora(model, rank=4, alpha=8)
+    adapters = add_lora(model, rank=4, alpha=8).adapters
     assert sorted(adapters) == ["0", "2", "4"] and lora_layers(model).keys() == adapters.keys()
     assert torch.equal(model(x), ref)  # B starts at zero
     assert {id(p) for p in lora_parameters(model)} == {id(p) for p in model.parameters() if p.requires_grad}
@@ -188,7 +188,7 @@ def test_lora_on_hf_conv1d_and_conv2d():
         model["c"].weight[:, ::2] = 0  # HF layout [in, out]: zero half of the output columns
         model["k"].weight[:, 0] = 0
     zeros = {k: model[k].weight.detach() == 0 for k in model}
-    adapters = add_lora(model, rank=2)
+    adapters = add_lora(model, rank=2).adapters
     assert adapters["c"].A.shape == (2, 8) and adapters["c"].B.shape == (6, 2)
     assert adapters["k"].A.shape == (2, 27) and adapters["k"].B.shape == (4, 2)
     with torch.no_grad():
@@ -220,10 +220,10 @@ def test_lora_state_dict_round_trip():
 
 def test_lora_bad_input():
     for rank in (0, -1, 2.0, True):
-        with pytest.raises(ConfigError, match="rank must be an integer >= 1"):
+        with pytest.raises(ConfigError, match="rank must be (an integer )?>= 1"):
             add_lora(_mlp(), rank=rank)
     for alpha in (0, -1.0, "8"):
-        with pytest.raises(ConfigError, match="alpha must be a number > 0"):
+        with pytest.raises(ConfigError, match="alpha must be (a number )?> 0"):
             add_lora(_mlp(), alpha=alpha)
     with pytest.raises(LayerError, match=r"4.weight: rank 5 exceeds min\(fan_out=4, fan_in=32\)"):
         add_lora(_mlp(), rank=5)

@@ -785,3 +785,47 @@ def test_mask_to_gives_the_same_values_as_a_plain_cast(dtype):
         assert out.dtype == dtype and out.shape == mask.shape
         assert torch.equal(out, mask.to(dtype))
     assert mask_to(m, torch.float32).data_ptr() != m.data_ptr()  # a new tensor, not a view
+
+
+# ----------------------------------------------------------------------------- float-mask cache
+def test_float_mask_cache_follows_dtype_identity_and_version() -> None:
+    from sparseforge.masking.cache import FloatMaskCache
+
+    w = [torch.zeros(2, 3), torch.zeros(4)]
+    m = [torch.tensor([[True, False, True], [False, True, True]]), torch.tensor([True, False, False, True])]
+    cache = FloatMaskCache()
+    first, rebuilt = cache.get(w, m)
+    assert rebuilt and torch.equal(first[0], m[0].float()) and first[1].dtype == torch.float32
+    again, rebuilt = cache.get(w, m)
+    assert not rebuilt and again[0] is first[0]
+    m[1][0] = False  # changed in place behind the cache's back: its version moves
+    fresh, rebuilt = cache.get(w, m)
+    assert rebuilt and torch.equal(fresh[1], m[1].float())
+    w[0] = w[0].double()  # a weight in another dtype needs a copy in that dtype
+    fresh, rebuilt = cache.get(w, m)
+    assert rebuilt and fresh[0].dtype == torch.float64
+
+
+def test_float_mask_cache_updates_one_layer_without_rebuilding_the_others() -> None:
+    from sparseforge.masking.cache import FloatMaskCache
+
+    w = [torch.zeros(4), torch.zeros(4)]
+    m = [torch.ones(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool)]
+    cache = FloatMaskCache()
+    masks, _ = cache.get(w, m)
+    other = masks[1]
+    version = m[0]._version
+    m[0][torch.tensor([1, 2])] = False
+    cache.set_positions(0, m[0], version, torch.tensor([1, 2]), False)
+    masks, rebuilt = cache.get(w, m)
+    assert not rebuilt and masks[1] is other and masks[0].tolist() == [1.0, 0.0, 0.0, 1.0]
+    m[1].copy_(torch.tensor([True, True, False, False]))
+    cache.replace(1, w[1], m[1], m[1].float())
+    masks, rebuilt = cache.get(w, m)
+    assert not rebuilt and masks[1].tolist() == [1.0, 1.0, 0.0, 0.0]
+    m[0][0] = False  # a change the cache is not told about ...
+    version = m[0]._version
+    m[0][3] = False  # ... then one it is told about: the copy was out of date before it, so it is rebuilt
+    cache.set_positions(0, m[0], version, torch.tensor([3]), False)
+    masks, rebuilt = cache.get(w, m)
+    assert rebuilt and masks[0].tolist() == [0.0, 0.0, 0.0, 0.0]

@@ -106,7 +106,8 @@ def test_uint16_columns_reach_65535(kernel_built):
 def test_forced_linear_matches_masked_dense_fp32(kernel, sparsity, batch, kernel_built):
     lin = _masked_linear(37, 23, sparsity, seed=batch)
     model = nn.Sequential(lin)
-    mat, dec = materialize(model, kernel=kernel)
+    result = materialize(model, kernel=kernel)
+    mat, dec = result.model, result.layers
     assert dec[0].status == "materialized" and dec[0].kernel == kernel
     assert isinstance(mat[0], SparseLinear)
     x = torch.randn(batch, 37)
@@ -122,7 +123,8 @@ def test_forced_linear_matches_masked_dense_fp32(kernel, sparsity, batch, kernel
 @pytest.mark.parametrize("batch", [1, 3, 64])
 def test_custom_bf16_matches_dense_bf16(sparsity, batch, kernel_built):
     lin = _masked_linear(37, 23, sparsity, seed=batch).to(torch.bfloat16)
-    mat, dec = materialize(nn.Sequential(lin), kernel="custom", dtype=torch.bfloat16)
+    result = materialize(nn.Sequential(lin), kernel="custom", dtype=torch.bfloat16)
+    mat, dec = result.model, result.layers
     assert dec[0].status == "materialized"
     x = torch.randn(batch, 37).to(torch.bfloat16)
     y = mat(x)
@@ -153,7 +155,8 @@ def _block_linear(out_f: int, in_f: int, block: tuple[int, int], sparsity: float
 @pytest.mark.parametrize("block", [(8, 8), (16, 4), (32, 32)])
 def test_forced_custom_bsr_matches_masked_dense(dtype, batch, block, kernel_built):
     lin = _block_linear(64, 96, block, 0.5, seed=batch)
-    mat, dec = materialize(nn.Sequential(lin), kernel="custom-bsr", dtype=dtype, block_sizes=[block])
+    result = materialize(nn.Sequential(lin), kernel="custom-bsr", dtype=dtype, block_sizes=[block])
+    mat, dec = result.model, result.layers
     assert dec[0].status == "materialized" and mat[0].block_size == block
     x = torch.randn(batch, 96)
     if dtype == "fp32":
@@ -167,17 +170,18 @@ def test_forced_custom_bsr_matches_masked_dense(dtype, batch, block, kernel_buil
 
 
 def test_custom_bsr_needs_block_rows_multiple_of_8(kernel_built):
-    _, dec = materialize(nn.Sequential(_masked_linear(37, 23, 0.5)), kernel="custom-bsr")
+    dec = materialize(nn.Sequential(_masked_linear(37, 23, 0.5)), kernel="custom-bsr").layers
     assert dec[0].status == "dense" and "multiple of 8" in dec[0].reason
     conv = nn.Conv2d(8, 8, 1)
-    _, dec = materialize(nn.Sequential(conv), kernel="custom-bsr")
+    dec = materialize(nn.Sequential(conv), kernel="custom-bsr").layers
     assert dec[0].status == "dense" and "Linear layers only" in dec[0].reason
 
 
 @pytest.mark.parametrize("kernel", ["torch-csr", "torch-bsr"])
 def test_torch_kernels_refuse_bf16_with_reason(kernel, kernel_built):
     lin = _masked_linear(32, 32, 0.9).to(torch.bfloat16)
-    mat, dec = materialize(nn.Sequential(lin), kernel=kernel, dtype="bf16")
+    result = materialize(nn.Sequential(lin), kernel=kernel, dtype="bf16")
+    mat, dec = result.model, result.layers
     assert dec[0].status == "dense" and "bfloat16" in dec[0].reason
     assert isinstance(mat[0], nn.Linear)
 
@@ -191,14 +195,15 @@ def test_forced_conv_matches_masked_dense(kernel, batch, kernel_built):
     conv.register_buffer("weight_mask", keep)
     with torch.no_grad():
         conv.weight.mul_(keep)
-    mat, dec = materialize(nn.Sequential(conv), kernel=kernel)
+    result = materialize(nn.Sequential(conv), kernel=kernel)
+    mat, dec = result.model, result.layers
     assert dec[0].status == "materialized" and isinstance(mat[0], SparseConv2d)
     x = torch.randn(batch, 3, 9, 7)
     ref = F.conv2d(x, conv.weight, conv.bias, stride=2, padding=1)
     assert mat(x).shape == ref.shape
     assert _rel_err(mat(x), ref) <= 1e-5
     if kernel == "custom":
-        mb, _ = materialize(nn.Sequential(conv), kernel=kernel, dtype="bf16")
+        mb = materialize(nn.Sequential(conv), kernel=kernel, dtype="bf16").model
         xb = x.bfloat16()
         assert _rel_err(mb(xb), F.conv2d(xb.float(), conv.weight.bfloat16().float(), conv.bias.bfloat16().float(),
                                          stride=2, padding=1)) <= BF16_ONE_ROUNDING
@@ -208,7 +213,7 @@ def test_grouped_conv_stays_dense_with_reason(kernel_built):
     conv = nn.Conv2d(4, 4, 3, groups=2)
     with torch.no_grad():
         conv.weight[:, :, 0] = 0
-    _, dec = materialize(nn.Sequential(conv), kernel="custom")
+    dec = materialize(nn.Sequential(conv), kernel="custom").layers
     assert dec[0].status == "dense" and "groups=2" in dec[0].reason
     with pytest.raises(LayerError, match="groups=2"):
         materialize(nn.Sequential(conv), kernel="custom", strict=True)
@@ -247,14 +252,16 @@ def test_auto_converts_only_when_faster_and_says_why(kernel_built):
     model = nn.Sequential(_masked_linear(64, 48, 0.9), nn.ReLU(), _masked_linear(48, 16, 0.0))
     x = torch.randn(5, 64)
     # an impossible requirement keeps every layer dense, with the measured numbers
-    kept, dec = materialize(model, min_speedup=1e9, batch_sizes=(1, 4), rounds=2, budget_s=0.02)
+    result = materialize(model, min_speedup=1e9, batch_sizes=(1, 4), rounds=2, budget_s=0.02)
+    kept, dec = result.model, result.layers
     assert [d.status for d in dec] == ["dense", "dense"]
     assert dec[0].reason.startswith("not faster") and set(dec[0].speedup) == {1, 4}
     assert set(dec[0].times_ms) >= {"dense", "custom", "torch-csr"}
     assert dec[1].reason == "no zeros to exploit (sparsity 0)"
     assert torch.equal(kept(x), model(x))
     # a trivial requirement converts the sparse layer with the kernel of best worst-case speedup
-    mat, dec = materialize(model, min_speedup=1e-9, batch_sizes=(1, 4), rounds=2, budget_s=0.02)
+    result = materialize(model, min_speedup=1e-9, batch_sizes=(1, 4), rounds=2, budget_s=0.02)
+    mat, dec = result.model, result.layers
     d = dec[0]
     assert d.status == "materialized" and d.kernel in SPARSE_KERNELS
     worst = {k: min(d.times_ms["dense"][b] / d.times_ms[k][b] for b in (1, 4)) for k in d.times_ms if k != "dense"}
@@ -287,10 +294,11 @@ def test_conv_needs_example_input_in_auto_mode(kernel_built):
     with torch.no_grad():
         conv.weight[:, :, 1] = 0
     model = nn.Sequential(conv, nn.Flatten(), _masked_linear(4 * 6 * 6, 3, 0.8))
-    _, dec = materialize(model, batch_sizes=(2,), rounds=1, budget_s=0.01)
-    assert dec[0].status == "dense" and "example_input" in dec[0].reason
+    dec = materialize(model, batch_sizes=(2,), rounds=1, budget_s=0.01).layers
+    assert dec[0].status == "dense" and "example_inputs" in dec[0].reason
     x = torch.randn(1, 2, 6, 6)
-    mat, dec = materialize(model, batch_sizes=(2,), rounds=1, budget_s=0.01, example_input=x, min_speedup=1e-9)
+    result = materialize(model, batch_sizes=(2,), rounds=1, budget_s=0.01, example_inputs=x, min_speedup=1e-9)
+    mat, dec = result.model, result.layers
     assert dec[0].status == "materialized" and dec[0].times_ms["dense"].keys() == {2}
     assert _rel_err(mat(x), model(x)) <= 1e-5
 
@@ -300,11 +308,11 @@ def test_no_cpp_env_falls_back_with_reason(monkeypatch, kernel_built):
     monkeypatch.setenv("SPARSEFORGE_NO_CPP", "1")
     assert cpu_sparse.load_kernel() is None
     model = nn.Sequential(_masked_linear(32, 32, 0.9))
-    mat, dec = materialize(model, kernel="custom")
+    dec = materialize(model, kernel="custom").layers
     assert dec[0].status == "dense" and "SPARSEFORGE_NO_CPP=1" in dec[0].reason
     with pytest.raises(LayerError, match="SPARSEFORGE_NO_CPP"):
         materialize(model, kernel="custom", strict=True)
-    _, dec = materialize(model, min_speedup=1e-9, batch_sizes=(2,), rounds=1, budget_s=0.01)
+    dec = materialize(model, min_speedup=1e-9, batch_sizes=(2,), rounds=1, budget_s=0.01).layers
     assert dec[0].kernel in ("torch-csr",) and "SPARSEFORGE_NO_CPP" in dec[0].rejected["custom"]
 
 
@@ -316,15 +324,15 @@ def test_build_failure_falls_back_with_reason(monkeypatch):
     monkeypatch.setattr(cpu_sparse, "_build", broken_build)
     assert cpu_sparse.load_kernel() is None
     assert "could not be built" in cpu_sparse.kernel_unavailable_reason()
-    _, dec = materialize(nn.Sequential(_masked_linear(16, 16, 0.9)), kernel="custom")
+    dec = materialize(nn.Sequential(_masked_linear(16, 16, 0.9)), kernel="custom").layers
     assert dec[0].status == "dense" and "not found on PATH" in dec[0].reason
 
 
 # ------------------------------------------------------------------------------ artefacts
 def test_deepcopy_pickle_save_and_state_dict(tmp_path: Path, kernel_built):
     model = nn.Sequential(_masked_linear(30, 20, 0.8), nn.ReLU(), _masked_linear(20, 10, 0.8))
-    mat, _ = materialize(model, kernel="custom")
-    mat[2] = materialize(nn.Sequential(model[2]), kernel="torch-csr")[0][0]
+    mat = materialize(model, kernel="custom").model
+    mat[2] = materialize(nn.Sequential(model[2]), kernel="torch-csr").model[0]
     x = torch.randn(4, 30)
     y = mat(x)
     assert torch.equal(copy.deepcopy(mat)(x), y)
@@ -340,22 +348,22 @@ def test_deepcopy_pickle_save_and_state_dict(tmp_path: Path, kernel_built):
 
 def test_torch_compile_runs(kernel_built):
     model = nn.Sequential(_masked_linear(30, 20, 0.8), nn.ReLU(), _masked_linear(20, 10, 0.8))
-    mat, _ = materialize(model, kernel="custom")
-    mat[2] = materialize(nn.Sequential(model[2]), kernel="torch-csr")[0][0]
+    mat = materialize(model, kernel="custom").model
+    mat[2] = materialize(nn.Sequential(model[2]), kernel="torch-csr").model[0]
     x = torch.randn(4, 30)
     # aot_eager traces through the custom op's fake implementation (what inductor needs) without
     # spending a minute compiling C++; the torch-csr layer runs eagerly (torch.compiler.disable)
     compiled = torch.compile(mat, backend="aot_eager")
     assert _rel_err(compiled(x), model(x)) <= 1e-5
     blk = nn.Sequential(_block_linear(16, 24, (8, 8), 0.5))
-    mb, _ = materialize(blk, kernel="custom-bsr")
+    mb = materialize(blk, kernel="custom-bsr").model
     xb = torch.randn(3, 24)
     assert _rel_err(torch.compile(mb, backend="aot_eager")(xb), blk(xb)) <= 1e-5
 
 
 def test_report_labels_materialized_layers(kernel_built):
     model = nn.Sequential(_masked_linear(30, 20, 0.75), nn.ReLU(), nn.Linear(20, 10))
-    mat, _ = materialize(model, kernel="custom", layers=["0"])
+    mat = materialize(model, kernel="custom", targets={"include": ["0"]}).model
     rep = sparsity_report(mat, torch.randn(2, 30))
     row = rep.layer("0")
     assert row.storage == "materialized (custom)" and row.nonzeros == int(model[0].weight_mask.sum())
@@ -392,10 +400,15 @@ def test_bad_arguments_raise_clear_errors():
         materialize(model, kernel="mkl")
     with pytest.raises(ConfigError, match="batch_sizes entry must be >= 1"):
         materialize(model, batch_sizes=(0,))
-    with pytest.raises(ConfigError, match="min_speedup must be a number > 0"):
+    with pytest.raises(ConfigError, match="min_speedup must be (a number )?> 0"):
         materialize(model, min_speedup=-1)
-    with pytest.raises(ConfigError, match=r"layers \['nope'\] are not"):
+    with pytest.warns(DeprecationWarning, match="layers="), \
+            pytest.raises(ConfigError, match=r"layers \['nope'\] are not"):
         materialize(model, layers=["nope"])
+    with pytest.raises(ConfigError, match="targets.include entry 'nope' matches no module"):
+        materialize(model, targets={"include": ["nope"]})
+    with pytest.raises(ConfigError, match="pass targets= only"):
+        materialize(model, targets={"include": ["0"]}, layers=["0"])
     with pytest.raises(ConfigError, match="block_sizes entries"):
         materialize(model, block_sizes=[(0, 4)])
 
@@ -406,7 +419,7 @@ def test_bad_layers_raise_or_stay_dense(kernel_built):
     with pytest.raises(LayerError, match=r"mask shape \(4, 9\) != weight shape \(4, 8\)"):
         materialize(nn.Sequential(lin), kernel="custom")
     double = nn.Sequential(_masked_linear(8, 4, 0.5).double())
-    _, dec = materialize(double, kernel="custom")
+    dec = materialize(double, kernel="custom").layers
     assert dec[0].status == "dense" and "torch.float64 not supported" in dec[0].reason
     sl = SparseLinear.from_dense(_masked_linear(8, 4, 0.5), kernel="custom")
     with pytest.raises(LayerError, match=r"expects inputs \[\.\.\., 8\]; got \(2, 7\)"):
@@ -417,7 +430,8 @@ def test_bad_layers_raise_or_stay_dense(kernel_built):
 
 def test_bare_layer_and_converted_values(kernel_built):
     lin = _masked_linear(12, 6, 0.5)
-    sl, dec = materialize(lin, kernel="custom")
+    result = materialize(lin, kernel="custom")
+    sl, dec = result.model, result.layers
     assert isinstance(sl, SparseLinear) and dec[0].name == ""
     x = torch.randn(2, 12)
     assert _rel_err(sl(x), lin(x)) <= 1e-5

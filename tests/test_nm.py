@@ -152,7 +152,7 @@ def test_sdgf_switches_patterns_at_documented_steps() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 16))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    method = SDGF(model, opt, pattern="1:8", total_steps=100, dense_fraction=0.1, finetune_fraction=0.1)
+    method = SDGF(model, opt, sparsity="1:8", total_steps=100, dense_fraction=0.1, finetune_fraction=0.1)
     assert method.frame_starts() == [10, 30, 50, 70]
     seen = {}
     x = torch.randn(4, 16)
@@ -169,8 +169,8 @@ def test_sdgf_switches_patterns_at_documented_steps() -> None:
 
 def test_sdgf_fine_needs_divisible_8m() -> None:
     with pytest.raises(LayerError, match="8:64"):
-        SDGF(nn.Sequential(nn.Linear(32, 8)), pattern="1:8", kind="fine", total_steps=10)
-    SDGF(nn.Sequential(nn.Linear(64, 8)), pattern="1:8", kind="fine", total_steps=10)
+        SDGF(nn.Sequential(nn.Linear(32, 8)), sparsity="1:8", kind="fine", total_steps=10)
+    SDGF(nn.Sequential(nn.Linear(64, 8)), sparsity="1:8", kind="fine", total_steps=10)
 
 
 # ----------------------------------------------------------------------------- training
@@ -244,7 +244,7 @@ def test_indivisible_policies_error_skip_pad_and_report() -> None:
                                           ("0:4", "n must be an integer >= 1")])
 def test_bad_patterns(spec, needle) -> None:
     with pytest.raises(ConfigError, match=needle):
-        STE(nn.Sequential(nn.Linear(8, 8)), pattern=spec)
+        STE(nn.Sequential(nn.Linear(8, 8)), sparsity=spec)
 
 
 def test_other_bad_arguments() -> None:

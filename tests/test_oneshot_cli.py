@@ -13,7 +13,7 @@ import torch
 from sparseforge.cli import main
 from sparseforge.core.patterns import is_valid_nm, num_pruned
 from sparseforge.models import TinyGPT
-from sparseforge.oneshot.command import run_prune
+from sparseforge.commands.prune import run_prune
 from sparseforge.oneshot.io import MODEL_FORMAT, load_model, load_tokens, save_model_folder
 
 transformers = pytest.importorskip("transformers")

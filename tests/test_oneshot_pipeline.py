@@ -199,9 +199,10 @@ def test_blocks_that_are_not_chained_fall_back_to_one_block() -> None:
 
     torch.manual_seed(0)
     model = Model()
-    with pytest.warns(RuntimeWarning, match="does not receive the output of block 0"):
+    with pytest.warns(RuntimeWarning, match="does not receive the output of block 0") as caught:
         result = prune_oneshot(model, "wanda", 0.5, calibration=torch.randn(64, 16))
     assert result.blocks_path == "" and result.notes and len(result.layers) == 2
+    assert caught[0].filename == __file__  # the warning names the caller's line
 
 
 def test_magnitude_without_calibration() -> None:
@@ -425,3 +426,63 @@ def test_bfloat16_model_and_method_object() -> None:
     model2 = tiny_gpt().to(torch.bfloat16)
     prune_oneshot(model2, "sparsegpt", 0.5, calibration=tokens, nsamples=4)
     assert all(torch.isfinite(p.float()).all() for p in model2.parameters())
+
+
+# ----------------------------------------------------------------------------- one target, one rule
+@pytest.mark.parametrize("value, needle", [("4:4", "N < M"), ("8:8", "N < M"), (float("nan"), "got nan"),
+                                           ("0.5", "pass the number 0.5"), (True, "got True"), ("block:1x4", "string")])
+def test_prune_oneshot_and_prune_nm_share_the_target_rule(value, needle) -> None:
+    from sparseforge.oneshot import prune_nm
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.raises(ConfigError, match=needle):
+        prune_oneshot(model, "magnitude", value, calibration=None)
+    if not isinstance(value, float) and value is not True and ":" in str(value):
+        with pytest.raises(ConfigError, match=needle):
+            prune_nm(model, value)
+    assert find_masked_layers(model) == []
+
+
+def test_a_parsed_target_reaches_every_layer_rule_unchanged(monkeypatch) -> None:
+    from sparseforge.core import parse_target
+    from sparseforge.oneshot import Wanda
+
+    seen = []
+    original = Wanda.prune
+
+    def spy(self, weight, stats, sparsity, **kw):
+        seen.append(sparsity)
+        return original(self, weight, stats, sparsity, **kw)
+
+    monkeypatch.setattr(Wanda, "prune", spy)
+    target = parse_target("2:4")
+    prune_oneshot(hf_model("llama"), "wanda", target, calibration=TOKENS, nsamples=2, seqlen=16)
+    assert seen and all(s is target for s in seen)
+
+
+def test_indivisible_choices_are_one_set() -> None:
+    from sparseforge.core import INDIVISIBLE
+    from sparseforge.oneshot import prune_nm
+
+    assert INDIVISIBLE == ("error", "skip", "pad")
+    model = nn.Sequential(nn.Linear(6, 4))
+    with pytest.raises(ConfigError, match=r"indivisible must be one of \['error', 'skip', 'pad'\]; got 'trim'"):
+        prune_oneshot(model, "magnitude", "2:4", calibration=None, indivisible="trim")
+    with pytest.raises(ConfigError, match=r"indivisible must be one of \['error', 'skip', 'pad'\]; got 'trim'"):
+        prune_nm(model, "2:4", indivisible="trim")
+    with pytest.raises(ConfigError, match="'pad' is not supported by one-shot methods"):
+        prune_oneshot(model, "magnitude", "2:4", calibration=None, indivisible="pad")
+    assert prune_nm(model, "2:4", indivisible="pad").layers[0].qualname == "0.weight"
+
+
+def test_prune_nm_takes_sparsity_and_warns_on_the_old_pattern_name() -> None:
+    from sparseforge.oneshot import prune_nm
+
+    a = nn.Sequential(nn.Linear(8, 4))
+    b = copy.deepcopy(a)
+    prune_nm(a, sparsity="1:4")
+    with pytest.warns(DeprecationWarning, match="sparsity='1:4'"):
+        prune_nm(b, pattern="1:4")
+    assert torch.equal(a[0].weight_mask, b[0].weight_mask) and is_valid_nm(a[0].weight_mask, 1, 4)
+    with pytest.raises(ConfigError, match="prune_nm needs an N:M target"):
+        prune_nm(nn.Sequential(nn.Linear(8, 4)), 0.5)

@@ -11,7 +11,8 @@ import torch
 
 from sparseforge.errors import ConfigError
 from sparseforge.lm import evaluate_lm
-from sparseforge.oneshot.pretrained import AUSTEN_GPT_DEFAULTS, CACHE_ENV_VAR, austen_gpt, unigram_perplexity
+from sparseforge.oneshot.pretrained import AUSTEN_GPT_DEFAULTS, CACHE_ENV_VAR, cached_austen_gpt, unigram_perplexity
+from sparseforge.pretrained import austen_gpt
 from sparseforge.text import load_text_corpus
 
 TINY = dict(d_model=16, n_layer=1, n_head=2, block_size=16, steps=30, batch_size=4, lr=3e-3)
@@ -47,6 +48,17 @@ def test_trains_once_then_loads_identical_model(tmp_path, corpus_file):
     # 30 steps on 19 random words already beat letter frequencies
     assert second.log["val_ppl"] < second.log["unigram_val_ppl"]
     json.loads((first.path / "train_log.json").read_text())
+    # the one-shot loader reads the same cache without any training code
+    cached = cached_austen_gpt(cache_dir=tmp_path, corpus=spec, **TINY)
+    assert not cached.trained and cached.path == first.path and torch.equal(cached.model(x), first.model(x))
+
+
+def test_cached_austen_gpt_never_trains(tmp_path, corpus_file):
+    with pytest.raises(ConfigError, match="no cached Austen GPT.*sparseforge.pretrained.austen_gpt"):
+        cached_austen_gpt(cache_dir=tmp_path, corpus=f"text:{corpus_file}", **TINY)
+    assert not (tmp_path / "austen-gpt").exists()
+    with pytest.raises(ConfigError, match="unknown argument.*width"):
+        cached_austen_gpt(cache_dir=tmp_path, width=3)
 
 
 def test_same_seed_same_weights_other_seed_other_folder(tmp_path, corpus_file):
@@ -116,7 +128,7 @@ def test_bad_input(tmp_path, corpus_file):
         austen_gpt(cache_dir=tmp_path, width=3)
     with pytest.raises(ConfigError, match="steps must be >= 1; got 0"):
         austen_gpt(cache_dir=tmp_path, corpus=spec, steps=0)
-    with pytest.raises(ConfigError, match="lr must be a finite number > 0"):
+    with pytest.raises(ConfigError, match="lr must be > 0; got -1.0"):
         austen_gpt(cache_dir=tmp_path, corpus=spec, lr=-1.0)
     with pytest.raises(ConfigError, match="divisible by n_head"):
         austen_gpt(cache_dir=tmp_path, corpus=spec, d_model=10, n_head=3)

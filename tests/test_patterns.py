@@ -686,3 +686,16 @@ def test_kth_smallest_rejects_a_rank_outside_the_tensor() -> None:
         kth_smallest(torch.zeros(3), 2, torch.tensor([False, True, False]))
     with pytest.raises(LayerError, match=r"among must be a bool tensor of shape \(3,\); got torch.bool \(2,\)"):
         kth_smallest(torch.zeros(3), 1, torch.tensor([True, True]))
+
+
+def test_nm_mask_pad_scores_the_tail_below_every_weight() -> None:
+    # 6 inputs, M=4: the tail group holds 2 real weights and keeps min(n, 2) of them
+    scores = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 0.1], [4.0, 3.0, 2.0, 1.0, 0.0, 0.0]])
+    keep = NM(2, 4).mask(scores, pad=True)
+    assert keep.tolist() == [[False, False, True, True, True, True], [True, True, False, False, True, True]]
+    assert NM(1, 4).mask(scores, pad=True).tolist()[0] == [False, False, False, True, True, False]
+    conv = torch.rand(3, 6, 2, 2)  # groups run over input channels at each kernel position
+    keep = NM(2, 4).mask(conv, pad=True)
+    assert keep.shape == conv.shape and keep[:, :4].sum(1).eq(2).all() and keep[:, 4:].all()
+    with pytest.raises(LayerError, match="not divisible by M=4"):
+        NM(2, 4).mask(scores)

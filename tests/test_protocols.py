@@ -359,4 +359,56 @@ def test_static_er_by_epsilon_allocation() -> None:
 
 def test_bias_with_nm_pattern_refused() -> None:
     with pytest.raises(LayerError, match=r"0.bias: pattern nm needs a weight with >= 2 dims"):
-        StaticSparse(_mlp((16, 8, 4)), None, pattern="2:4", targets=Targets(params=("weight", "bias"), joint=True))
+        StaticSparse(_mlp((16, 8, 4)), None, sparsity="2:4", targets=Targets(params=("weight", "bias"), joint=True))
+
+
+# ============================================================================ parameter checks without a model
+@pytest.mark.parametrize("params,match", [
+    ({"sparsity": 0.5, "epsilon": 13}, "not both"),
+    ({"epsilon": 0}, "epsilon"),
+    ({"epsilon": 13, "allocation": "uniform"}, "allocation 'er' or 'erk'"),
+    ({"epsilon": 13, "overrides": {"0": 0.5}}, "overrides"),
+    ({"sparsity": 0.5, "grow_init": "ones"}, "grow_init"),
+    ({"sparsity": 0.5, "grow_std": float("nan")}, "grow_std"),
+    ({"sparsity": 0.5, "grow_divisor": 0}, "grow_divisor"),
+    ({"sparsity": 0.5, "sampling": "bernoulli"}, "sampling"),
+])
+def test_set_validate_params_checks_protocol_parameters(params, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        SET.validate_params({"update_interval": 1, **params})
+
+
+def test_validate_params_accepts_epsilon_without_sparsity() -> None:
+    SET.validate_params({"update_interval": 1, "epsilon": 13, "sampling": "with_replacement", "grow_init": "normal"})
+    RigL.validate_params({"epsilon": 20, "allocation": "erk", "total_steps": 100})
+    IMP.validate_params({"sparsity": 0.9, "steps_per_round": 10, "layer_rates": {"fc3": 0.5}})
+
+
+def test_epsilon_refuses_overrides_and_nm() -> None:
+    with pytest.raises(ConfigError, match="overrides set layers' sparsities"):
+        SET(_mlp(), None, epsilon=1, update_interval=1, overrides={"0": 0.5})
+    with pytest.raises(ConfigError, match="not both"):
+        StaticSparse(_mlp(), None, allocation={"type": "er", "epsilon": 1}, pattern="2:4")
+
+
+def test_epsilon_sets_target_from_masked_layers() -> None:
+    method = StaticSparse(_mlp((20, 10, 4)), None, allocation={"type": "er", "epsilon": 1})
+    assert method.target is not None and method.target.sparsity == method.sparsity == pytest.approx(196 / 240)
+
+
+def test_imp_layer_rates_bad_in_recipe() -> None:
+    from sparseforge.recipes import Recipe
+
+    with pytest.raises(ConfigError, match=r"layer_rates\['fc3'\]"):
+        Recipe.from_dict({"name": "x", "model": {"name": "lenet300100"}, "data": {"name": "mnist1d"},
+                          "method": {"name": "imp", "sparsity": 0.9, "steps_per_round": 10,
+                                     "layer_rates": {"fc3": "half"}}})
+
+
+def test_joint_targets_with_override() -> None:
+    model = _mlp((20, 10, 4))
+    method = StaticSparse(model, None, sparsity=0.5, allocation="uniform", overrides={"2": 0.25},
+                          targets=Targets(params=("weight", "bias"), joint=True))
+    # module "2" keeps 44 - round(0.25 * 44) = 33 of its weight + bias together
+    assert sum(int(l.mask.sum()) for l in method.layers if l.name == "2") == 33
+    assert sum(int(l.mask.sum()) for l in method.layers if l.name == "0") == 210 - 105

@@ -253,7 +253,7 @@ def test_training_mode_restored_and_batchnorm_untouched() -> None:
 def test_hooks_removed_and_mode_restored_on_error() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(5, 2))  # shapes do not chain
     model.train()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ConfigError, match="example_inputs does not run the model"):
         sparsity_report(model, torch.randn(2, 4))
     assert model.training and all(m.training for m in model.modules())
     assert all(not m._forward_hooks for m in model.modules())

@@ -86,8 +86,8 @@ def test_search_is_deterministic_and_picks_the_best() -> None:
     b = random_search(parent, x, y, sparsity=0.5, samples=12, seed=3)
     assert a.scores == b.scores and all(torch.equal(p, q) for p, q in zip(a.best + a.random, b.best + b.random))
     assert a.scores[a.best_index] == min(a.scores)
-    assert score_at_init(a.model(parent), x, y) == pytest.approx(min(a.scores))
-    assert score_at_init(a.model(parent, "random"), x, y) == pytest.approx(a.random_score)
+    assert score_at_init(a.model, x, y) == pytest.approx(min(a.scores))
+    assert score_at_init(a.random_model, x, y) == pytest.approx(a.random_score)
     assert {k: v for k, v in parent.state_dict().items()}.keys() == before.keys()  # no masks left on the parent
     assert all(torch.equal(v, before[k]) for k, v in parent.state_dict().items())
     c = random_search(parent, x, y, sparsity=0.5, samples=12, seed=4)

@@ -261,3 +261,59 @@ def test_the_lint_allows_safe_calls() -> None:
     assert not unsafe_loads("yaml.safe_load(t)\nnp.load(p, allow_pickle=False)\njson.loads(s)",
                             Path("src/sparseforge/x.py"))
     assert not unsafe_loads("torch.load(p, map_location='cpu', weights_only=True)", _TORCH_LOAD_HOME)
+
+
+# ------------------------------------------------------------------------------- one reader for every file
+# modules allowed to open safetensors files themselves: fileio (the reader), the compressed
+# format's header-first reader, and report's probe that only asks whether a header is sparseforge's
+_SAFETENSORS_HOMES = {Path("src/sparseforge/fileio.py"), Path("src/sparseforge/export/compressed.py"),
+                      Path("src/sparseforge/report/paths.py")}
+
+
+def direct_reads(source: str, rel: Path) -> list[str]:
+    """File reads that bypass :mod:`sparseforge.fileio`, as ``"path:line: what"``.
+
+    Safetensors readers (``load_file``, ``load``, ``safe_open``, ``load_model``) imported and
+    called outside the allowed modules, and JSON parsed straight from a file
+    (``json.loads(p.read_text())``, ``json.load(f)``), which skips fileio's one-line errors.
+    """
+    tree = ast.parse(source)
+    st_names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("safetensors"):
+            st_names |= {a.asname or a.name for a in node.names if a.name in ("load_file", "load", "safe_open", "load_model")}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f, where = node.func, f"{rel}:{node.lineno}"
+        if isinstance(f, ast.Name) and f.id in st_names and rel not in _SAFETENSORS_HOMES:
+            found.append(f"{where}: safetensors {f.id} (use fileio.load_safetensors)")
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "json":
+            arg = node.args[0] if node.args else None
+            reads_file = isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute) and \
+                arg.func.attr in ("read_text", "read_bytes", "read")
+            if (f.attr == "loads" and reads_file) or f.attr == "load":
+                found.append(f"{where}: json.{f.attr} of a file (use fileio.read_json)")
+    return found
+
+
+def test_every_file_read_goes_through_fileio() -> None:
+    files = sorted((ROOT / "src" / "sparseforge").rglob("*.py"))
+    found = [hit for p in files if p.name != "fileio.py" for hit in direct_reads(p.read_text(), p.relative_to(ROOT))]
+    assert not found, "read files through sparseforge.fileio:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("snippet", [
+    "from safetensors.torch import load_file\nload_file(p)",
+    "from safetensors.torch import load_model as lm\nlm(m, p)",
+    "from safetensors import safe_open\nsafe_open(p, 'pt')",
+    "json.loads(path.read_text())", "json.load(f)",
+])
+def test_the_reader_lint_catches_each_direct_read(snippet: str) -> None:
+    assert direct_reads(snippet, Path("src/sparseforge/x.py"))
+
+
+def test_the_reader_lint_allows_fileio_and_text_json() -> None:
+    assert not direct_reads("from sparseforge.fileio import read_json\nread_json(p)\njson.loads(s)\n"
+                            "from safetensors.torch import save_file\nsave_file(t, p)", Path("src/sparseforge/x.py"))

@@ -36,7 +36,7 @@ def test_uniform_average_by_hand() -> None:
     a = _tiny([[1.0, 0.0], [2.0, 4.0]], [1.0, -1.0], MASK)
     b = _tiny([[3.0, 0.0], [-2.0, 1.0]], [0.0, 2.0], MASK)
     c = _tiny([[5.0, 0.0], [3.0, 1.0]], [2.0, 2.0], MASK)
-    soup = uniform_soup([a, b, c])
+    soup = uniform_soup([a, b, c]).model
     assert torch.equal(soup[0].weight, torch.tensor([[3.0, 0.0], [1.0, 2.0]]))
     assert torch.equal(soup[0].bias, torch.tensor([1.0, 1.0]))
     assert torch.equal(soup[0].weight_mask, torch.tensor(MASK))
@@ -54,9 +54,11 @@ def test_greedy_soup_by_hand() -> None:
     c = _tiny([[6.0, 0.0], [0.0, 0.0]], [0.0, 0.0], MASK)
     score = lambda m: -abs(float(m[0].weight.detach()[0, 0]) - 2.0)  # noqa: E731
     # order a, b (tie -> lower index first), c; a+b = 2.0 -> score 0 >= -1: added; a+b+c = 10/3 -> -1.33 < 0: rejected
-    soup, chosen = greedy_soup([a, b, c], score)
+    result = greedy_soup([a, b, c], score)
+    soup, chosen = result.model, result.ingredients
     assert chosen == [0, 1] and float(soup[0].weight.detach()[0, 0]) == 2.0
-    soup, chosen = greedy_soup([c], score)
+    result = greedy_soup([c], score)
+    soup, chosen = result.model, result.ingredients
     assert chosen == [0] and soup is not c and torch.equal(soup[0].weight, c[0].weight)
 
 
@@ -72,7 +74,7 @@ def test_soup_never_changes_the_mask(m: int, seed: int) -> None:
             model[0].weight.copy_(torch.randn(4, 6, generator=g))
         Masking(model).set_mask(Masking(model).layers[0], mask)
         models.append(model)
-    soup = uniform_soup(models)
+    soup = uniform_soup(models).model
     assert torch.equal(soup[0].weight_mask, mask)
     assert int((soup[0].weight != 0).sum()) <= int(mask.sum()) and not soup[0].weight[~mask].any()
     expected = sum(mm[0].weight for mm in models) / m

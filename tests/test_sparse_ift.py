@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from sparseforge.errors import ConfigError, LayerError
-from sparseforge.masking import find_masked_layers
+from sparseforge.masking import Targets, find_masked_layers
 from sparseforge.models import MLP1D, SmallCNN
+from sparseforge.report import iso_flop_report
 from sparseforge.transforms import (
     KINDS, SparseDoped, SparseFactorized, SparseParallel, SparseWide, ift_budgets, ift_layers, ift_method,
-    iso_flop_report, sparse_ift, transform_layer,
+    sparse_ift, transform_layer,
 )
 from sparseforge.transforms.sparse_ift import (
     base_scaling, doped_rank, factorized_rank, parallel_branches, wide_width,
@@ -43,7 +44,7 @@ def test_iso_flop_within_one_percent(kind: str, s: float, arch: str) -> None:
         model, x = MLP1D(40, (64, 48, 32), 10), torch.randn(3, 40)
     else:
         model, x = SmallCNN(image_size=12), torch.randn(2, 1, 12, 12)
-    ift = sparse_ift(model, kind, s, example_input=x)
+    ift = sparse_ift(model, kind, s, example_inputs=x).model
     method = ift_method(ift, None, "rigl", total_steps=100)
     report = iso_flop_report(model, ift, x)
     assert report.source == "masks"
@@ -68,7 +69,7 @@ def test_flop_table_hand_computed() -> None:
     # MLP 4 -> 6 -> 6 -> 2, factorized at s = 0.5 on the middle layer: r = ceil(36 / (0.5 * 12)) = 6,
     # U (6x6) + V (6x6) keep 36 weights in total = the dense 6x6 layer: 72 FLOPs per sample either way
     model = MLP1D(4, (6, 6), 2)
-    ift = sparse_ift(model, "factorized", 0.5)
+    ift = sparse_ift(model, "factorized", 0.5).model
     layer = ift_layers(ift)["fc2"]
     assert layer.rank == 6 and layer.budgets() == {"U": 18, "V": 18}
     report = iso_flop_report(model, ift, torch.zeros(1, 4))
@@ -113,7 +114,7 @@ def test_structure_of_each_kind() -> None:
 def test_wide_rewires_cnn_chain() -> None:
     model = SmallCNN(image_size=12)
     x = torch.randn(2, 1, 12, 12)
-    ift = sparse_ift(model, "wide", 0.75, example_input=x)
+    ift = sparse_ift(model, "wide", 0.75, example_inputs=x).model
     # conv2 -> fc1 is the only width between two transformed layers: 64 channels -> 128, fc1 gets 128 * 3 * 3
     assert ift.conv2.layer.in_channels == 32 and ift.conv2.layer.out_channels == 128
     assert ift.bn2.num_features == 128 and ift.fc1.layer.in_features == 128 * 9 and ift.fc1.layer.out_features == 128
@@ -124,7 +125,7 @@ def test_wide_rewires_cnn_chain() -> None:
 def test_dst_targets_are_the_sparse_parts() -> None:
     torch.manual_seed(0)
     model = MLP1D(8, (16, 16, 16), 3)
-    ift = sparse_ift(model, "doped", 0.75)
+    ift = sparse_ift(model, "doped", 0.75).model
     opt = torch.optim.SGD(ift.parameters(), lr=0.1)
     method = ift_method(ift, opt, "rigl", total_steps=4, update_interval=1)
     assert [l.name for l in method.layers] == ["fc2.sparse", "fc3.sparse"]
@@ -143,9 +144,18 @@ def test_dst_targets_are_the_sparse_parts() -> None:
 
 def test_include_exclude_and_first_last() -> None:
     model = MLP1D(8, (16, 16, 16), 3)
-    assert set(ift_layers(sparse_ift(model, "parallel", 0.5, exclude=["fc3"]))) == {"fc2"}
-    assert set(ift_layers(sparse_ift(model, "parallel", 0.5, first_layer="sparse"))) == {"fc1", "fc2", "fc3"}
-    assert set(ift_layers(sparse_ift(model, "parallel", 0.5, include=["fc[23]"]))) == {"fc2", "fc3"}
+    assert set(ift_layers(sparse_ift(model, "parallel", 0.5, targets={"exclude": ["fc3"]}).model)) == {"fc2"}
+    assert set(ift_layers(sparse_ift(model, "parallel", 0.5, targets={"first_layer": "sparse"}).model)) == {
+        "fc1", "fc2", "fc3"}
+    assert set(ift_layers(sparse_ift(model, "parallel", 0.5, targets={"include": ["fc[23]"]}).model)) == {"fc2", "fc3"}
+    result = sparse_ift(model, "parallel", 0.5, targets=Targets(include=["fc[23]"], types=None))
+    assert [layer.name for layer in result.layers] == ["fc2", "fc3"] and result.kind == "parallel"
+    # the old keywords still work for one release, with a warning naming targets=
+    with pytest.warns(DeprecationWarning, match="targets="):
+        old = sparse_ift(model, "parallel", 0.5, include=["fc[23]"])
+    assert set(ift_layers(old.model)) == {"fc2", "fc3"}
+    with pytest.raises(ConfigError, match="pass targets= only"):
+        sparse_ift(model, "parallel", 0.5, targets={"exclude": ["fc3"]}, exclude=["fc3"])
 
 
 @pytest.mark.parametrize("s", [-0.1, 1.0, 1.5, "0.5", True])
@@ -171,13 +181,13 @@ def test_bad_layer_and_kind() -> None:
             self.fc1, self.fc2, self.fc3 = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
 
     with pytest.raises(LayerError, match="'emb' matches emb \\(Embedding\\)"):
-        sparse_ift(WithEmbedding(), "doped", 0.5, include=["emb"])
+        sparse_ift(WithEmbedding(), "doped", 0.5, targets={"include": ["emb"]})
     with pytest.raises(ConfigError, match="kind must be one of"):
         sparse_ift(MLP1D(8, (16, 16), 3), "tall", 0.5)
     with pytest.raises(ConfigError, match="uv_layer must be one of"):
         transform_layer(nn.Linear(4, 4), "factorized", 0.5, uv_layer="gelu")
     with pytest.raises(ConfigError, match="sets 'sparsity' itself"):
-        ift_method(sparse_ift(MLP1D(8, (16, 16), 3), "doped", 0.5), None, "rigl", sparsity=0.5, total_steps=10)
+        ift_method(sparse_ift(MLP1D(8, (16, 16), 3), "doped", 0.5).model, None, "rigl", sparsity=0.5, total_steps=10)
 
 
 def test_wide_rejects_non_chain() -> None:
@@ -193,7 +203,7 @@ def test_wide_rejects_non_chain() -> None:
 def test_determinism_and_bn_modes_restored() -> None:
     def build():
         torch.manual_seed(3)
-        return sparse_ift(SmallCNN(image_size=8), "factorized", 0.75)
+        return sparse_ift(SmallCNN(image_size=8), "factorized", 0.75).model
 
     a, b = build(), build()
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -206,7 +216,7 @@ def test_determinism_and_bn_modes_restored() -> None:
 @pytest.mark.parametrize("method, params", [("static", {}), ("set", {"update_interval": 2})])
 def test_other_methods_keep_the_budgets(method: str, params: dict) -> None:
     torch.manual_seed(0)
-    ift = sparse_ift(MLP1D(8, (16, 16, 16), 3), "parallel", 0.75)
+    ift = sparse_ift(MLP1D(8, (16, 16, 16), 3), "parallel", 0.75).model
     m = ift_method(ift, None, method, **params)
     budgets = ift_budgets(ift)
     assert [l.name for l in m.layers] == list(budgets)

@@ -61,7 +61,7 @@ def test_lazy_exports_keep_every_public_name() -> None:
             "assert not missing, missing\n"
             "assert set(sf.__all__) <= set(dir(sf))\n"
             "from sparseforge import RigL, materialize, load_materialized, prune_oneshot\n"
-            "from sparseforge.oneshot import prune_oneshot as p2, austen_gpt\n"
+            "from sparseforge.oneshot import prune_oneshot as p2, cached_austen_gpt\n"
             "assert p2 is prune_oneshot and sf.oneshot.sequential.prune_oneshot is p2\n"
             "assert sf.export.materialize is materialize and callable(sf.kernels.load_kernel)\n"
             "from sparseforge import *\n")

@@ -515,7 +515,8 @@ def test_all_ones_selection_changes_nothing():
     m = ResidualCat()
     _randomize_norms(m)
     x = torch.randn(2, 3, 6, 6)
-    small, report = prune_structured(m, x, 0.0)
+    result = prune_structured(m, x, 0.0)
+    small, report = result.model, result.report
     assert [p.shape for p in small.parameters()] == [p.shape for p in m.parameters()]
     torch.testing.assert_close(small.eval()(x), m.eval()(x), atol=0, rtol=0)
     assert report.params_after == report.params_before and all(r.achieved == 0 for r in report.rows)
@@ -583,7 +584,7 @@ def test_round_to_min_channels_and_global_scope():
 def test_ignored_layer_keeps_both_dimensions():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
-    small, report = prune_structured(m, torch.randn(2, 4), 0.5, ignore=["4"])
+    small = prune_structured(m, torch.randn(2, 4), 0.5, ignore=["4"]).model
     assert small[4].in_features == 5 and small[4].out_features == 2
     assert small[0].out_features == 3
     with pytest.raises(ConfigError, match="no module named"):
@@ -600,7 +601,8 @@ def test_bad_sparsity(s):
 def test_ratio_that_would_empty_a_layer_is_clamped_or_strict_error():
     m = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
     x = torch.randn(1, 3)
-    small, report = prune_structured(m, x, 0.9)  # round(1.8) = 2 of 2 channels
+    result = prune_structured(m, x, 0.9)  # round(1.8) = 2 of 2 channels
+    small, report = result.model, result.report
     assert small[0].out_features == 1
     assert "clamped" in report.rows[0].note and any("clamped" in n for n in report.notes)
     with pytest.raises(LayerError, match="strict"):
@@ -634,7 +636,7 @@ def test_reload_in_a_fresh_process(tmp_path):
     _randomize_norms(m)
     x = torch.randn(2, 3, 6, 6)
     pruner = StructuredPruner(m, x, sparsity=0.5)
-    small, _ = pruner.prune()
+    small = pruner.prune().model
     save_structured(small, pruner.kept, tmp_path / "out")
     # one thread on both sides: with several, a convolution may split its reduction differently
     # in another process (last-bit differences), which says nothing about the saved weights
@@ -666,7 +668,7 @@ def test_reload_tied_and_errors(tmp_path):
     m = Tied()
     ids = torch.randint(0, 11, (2, 5))
     pruner = StructuredPruner(m, ids, sparsity=0.5)
-    small, _ = pruner.prune()
+    small = pruner.prune().model
     save_structured(small, pruner.kept, tmp_path)
     back = load_structured(tmp_path, Tied).eval()
     assert back.head.weight is back.emb.weight
@@ -680,7 +682,7 @@ def test_reload_tied_and_errors(tmp_path):
 def test_report_counts_params_and_macs():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 3))
-    small, report = prune_structured(m, torch.randn(2, 2, 4, 4), 0.5)
+    report = prune_structured(m, torch.randn(2, 2, 4, 4), 0.5).report
     # conv: 4 out x (2*3*3) weights x 2*2 positions; linear: 16 x 3
     assert report.macs_before == 4 * 18 * 4 + 16 * 3
     assert report.macs_after == 2 * 18 * 4 + 8 * 3
@@ -697,7 +699,7 @@ def test_onnx_export_matches_onnxruntime(tmp_path, model_cls, shape):
     m = model_cls()
     _randomize_norms(m)
     x = torch.randn(*shape)
-    small, _ = prune_structured(m, x, 0.5)
+    small = prune_structured(m, x, 0.5).model
     diff = export_onnx(small, x, tmp_path / "m.onnx")
     assert diff <= 1e-4 and (tmp_path / "m.onnx").stat().st_size > 0
 
@@ -916,7 +918,8 @@ def test_hf_from_config_smoke(name, tmp_path):
     torch.manual_seed(0)
     m = factory().eval()
     pruner = StructuredPruner(m, x, sparsity=0.5)
-    small, report = pruner.prune()
+    result = pruner.prune()
+    small, report = result.model, result.report
     a, b, ref = _call(small.eval(), x), _call(pruner.zeroed(), x), _call(m, x)
     assert a.shape == ref.shape
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
@@ -946,7 +949,7 @@ def test_hf_gqa_heads_kept_whole():
     g = graph.groups[heads[0].groups[1]]
     rows = {sp.key.rsplit(".", 2)[-2]: ix for sp, ix in g.slots if sp.dim == 0}
     assert rows["q_proj"] == tuple(range(16, 32)) and rows["k_proj"] == tuple(range(8, 16))  # 2 q heads + 1 kv head
-    small, _ = StructuredPruner(m, x, sparsity=0.5).prune()
+    small = StructuredPruner(m, x, sparsity=0.5).prune().model
     attn = small.model.layers[0].self_attn
     assert attn.q_proj.out_features == 16 and attn.k_proj.out_features == 8 and attn.num_key_value_groups == 2
     with pytest.raises(ConfigError, match="nearest valid sparsities are 0 .*0.5"):
@@ -974,7 +977,7 @@ def test_hf_save_pretrained_reload_in_a_fresh_process(tmp_path):
     factory, x = _hf_cases()["llama-gqa"]
     torch.manual_seed(0)
     m = factory().eval()
-    small, _ = StructuredPruner(m, x, sparsity=0.5).prune()
+    small = StructuredPruner(m, x, sparsity=0.5).prune().model
     written = update_hf_config(small)
     assert written["num_attention_heads"] == 2 and written["num_key_value_heads"] == 1 and written["hidden_size"] == 16
     small.save_pretrained(tmp_path / "hf")

@@ -367,7 +367,7 @@ def test_tinygpt_defaults() -> None:
     ({"d_model": 30, "n_head": 4}, r"d_model must be divisible by n_head \(4\); got d_model=30"),
     ({"n_layer": 0}, "n_layer must be >= 1; got 0"),
     ({"vocab_size": 0}, "vocab_size must be >= 1; got 0"),
-    ({"block_size": 2.0}, "block_size must be an integer; got 2.0"),
+    ({"block_size": 2.0}, "block_size must be an integer >= 1; got 2.0"),
     ({"n_head": 0}, "n_head must be >= 1; got 0"),
     ({"dropout": 1.0}, r"dropout must be in \[0, 1\); got 1.0"),
     ({"tie_weights": "yes"}, "tie_weights must be True or False; got 'yes'"),

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from sparseforge.errors import ConfigError
 from sparseforge.utils import call_model, preserved_modes, probe
 
 
@@ -51,7 +52,7 @@ def test_probe_runs_in_eval_without_grad_and_removes_hooks_even_on_failure() -> 
     model(torch.ones(1, 3))
     assert len(seen) == 1  # the hook was removed
     h2 = model[0].register_forward_hook(lambda m, a, o: seen.append("again"))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ConfigError, match="example_inputs does not run the model .*RuntimeError"):
         probe(model, torch.ones(4, 5), [h2])  # wrong width: the pass fails
     model(torch.ones(1, 3))
     assert "again" not in seen and model.training

@@ -27,6 +27,7 @@ from typing import NoReturn, Sequence
 
 from . import __version__
 from .errors import SparseforgeError
+from .tables import text_table
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -83,20 +84,24 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 def _cmd_data_status(args: argparse.Namespace) -> int:
     from .fetch import DATA_SOURCES, status
 
-    for name, where in status().items():
-        print(f"{name:14s} {where}  ({DATA_SOURCES[name][1]})")
+    print(text_table(None, [(name, f"{where}  ({DATA_SOURCES[name][1]})") for name, where in status().items()]))
     return 0
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from .methods import METHODS
+    from .methods import method_entry, method_names
     from .recipes import method_parameters
 
-    for name, cls in sorted(METHODS.items()):
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+    for name in method_names():  # registered names, aliases and entry-point plugins
+        entry = method_entry(name)
+        if entry.presets:
+            target = next(n for n in method_names() if method_entry(n).cls is entry.cls and not method_entry(n).presets)
+            presets = ", ".join(f"{k}={v!r}" for k, v in entry.presets.items())
+            print(f"{name:8s} alias of {target} with {presets}")
+            continue
+        doc = (entry.cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name:8s} {doc}")
         print(f"{'':8s} parameters: {', '.join(sorted(method_parameters(name)))}")
-    print("snip     StaticSparse with score='snip' (SNIP, Lee et al. 2019)")
     return 0
 
 
@@ -112,8 +117,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import list_suites, run_suite
 
     if args.list or not args.suite:
-        for name, doc in list_suites().items():
-            print(f"{name:12s} {doc}")
+        print(text_table(None, list(list_suites().items())))
         return 0
     run_suite(args.suite, args.rest)
     return 0
@@ -150,7 +154,7 @@ def _load_run_model(path: Path):  # noqa: ANN202
 def _cmd_materialize(args: argparse.Namespace) -> int:
     import torch
 
-    from .export.materialize import format_materialize_decisions, materialize
+    from .export.materialize import materialize
     from .export.materialized_io import _check_out, save_materialized
 
     out = Path(args.out) if args.out else None
@@ -159,11 +163,11 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, example, base, recipe = _load_run_model(Path(args.path))
-    model, decisions = materialize(model, kernel=args.kernel, dtype=args.dtype, batch_sizes=args.batch_sizes,
-                                   example_input=example, min_speedup=args.min_speedup, strict=args.strict)
-    print(format_materialize_decisions(decisions))
+    result = materialize(model, kernel=args.kernel, dtype=args.dtype, batch_sizes=args.batch_sizes,
+                         example_inputs=example, min_speedup=args.min_speedup, strict=args.strict)
+    print(result.table())
     if out is not None:
-        save_materialized(model, out, decisions=decisions, base_model=base, recipe=recipe, overwrite=args.overwrite)
+        save_materialized(result.model, out, decisions=result.layers, base_model=base, recipe=recipe, overwrite=args.overwrite)
         print(f"\nwrote {out}/ (model.safetensors + materialized.json); load it with "
               f"sparseforge.export.load_materialized({str(out)!r})")
     return 0
@@ -195,8 +199,7 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
             ("torch", f"{comps['torch']} (cxx11 abi {comps['cxx11_abi']}), python {comps['python']}"),
             ("flags", " ".join(comps["cflags"])),
             ("other builds", " ".join(b for b in info["cached_builds"] if not info["build_dir"].endswith(b)) or "-")]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:{width}s}  {v}" for k, v in rows))
+    print(text_table(None, rows))
     return 0
 
 
@@ -296,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds = dsub.add_parser("status", help="say which data sets are present (fetches nothing)")
     ds.set_defaults(func=_cmd_data_status)
 
-    from .oneshot.command import add_prune_parser
+    from .commands.prune import add_prune_parser
 
     add_prune_parser(sub)
     return p

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .core.rng import stream_generator
-from .errors import ConfigError, check_int
+from .errors import ConfigError, check_int, check_number
 
 __all__ = [
     "DATASETS",
@@ -450,8 +450,7 @@ def load_mnist1d(seed: int = 0, num_samples: int = 5000, *, train_split: float =
     if num_samples % _MNIST1D_CLASSES:
         # make_dataset makes num_samples // 10 per class and would silently drop the rest
         raise ConfigError(f"num_samples must be a multiple of {_MNIST1D_CLASSES} (one share per class); got {num_samples}")
-    if isinstance(train_split, bool) or not isinstance(train_split, (int, float)) or not 0.0 < train_split < 1.0:
-        raise ConfigError(f"train_split must be a number in (0, 1); got {train_split!r}")
+    train_split = check_number(train_split, "train_split", minimum=0.0, maximum=1.0, min_open=True, max_open=True)
     n_train = int(num_samples * train_split)
     if n_train < 1 or n_train >= num_samples:
         raise ConfigError(

@@ -12,6 +12,7 @@ import time
 from typing import Any, Sequence
 
 from .errors import ConfigError, check_int, check_sparsity
+from .tables import text_table
 
 __all__ = ["METHOD_PRESETS", "preset", "demo_recipe", "run_method", "run_recipe", "run_demo", "format_table"]
 
@@ -80,10 +81,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     body = [[r["method"], f"{100 * r['accuracy']:.2f} %", f"{100 * r['sparsity']:.1f} %",
              f"{_human(r['nonzeros'])} / {_human(r['params'])}",
              f"{_human(r['sparse_flops'])} / {_human(r['dense_flops'])}", f"{r['seconds']:.0f} s"] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
-    return "\n".join(out)
+    return text_table(head, body, align="l" + "r" * 5)
 
 
 def run_method(method: str, *, sparsity: float, epochs: int, seed: int, data: Any, model: str = "lenet300100",
@@ -135,7 +133,7 @@ def run_recipe(recipe: dict[str, Any], *, dataset: Any = None) -> dict[str, Any]
     """
     from .core.patterns import NM
     from .lm import nm_violations
-    from .methods import NM_METHODS
+    from .methods import method_entry
     from .recipes import Recipe
     from .train import Trainer, evaluate
 
@@ -164,7 +162,7 @@ def run_recipe(recipe: dict[str, Any], *, dataset: Any = None) -> dict[str, Any]
             "masked_layers": [l.qualname for l in layers], "skipped": list(t.get("skipped", [])),
             "notes": list(t.get("notes", [])), "nm_violations": violations if is_nm else None,
             # metrics() reports flips since its previous call, i.e. per epoch here
-            "sad": sum(h.get("sad", 0) for h in result.history) if recipe["method"]["name"] in NM_METHODS else None,
+            "sad": sum(h.get("sad", 0) for h in result.history) if method_entry(recipe["method"]["name"]).cls.logs_mask_flips else None,
             "history": result.history, "seconds": time.perf_counter() - t0}
 
 

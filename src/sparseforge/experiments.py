@@ -1,6 +1,6 @@
 """One run of each issue-6 benchmark (Sparse-IFT, Sparse Model Soups, random node search).
 
-The benchmark suites in ``benchmarks/`` call these through :func:`sparseforge.bench.parallel_map`,
+The benchmark suites in ``benchmarks/`` call these through :func:`sparseforge.parallel.parallel_map`,
 which needs importable functions; each takes only small picklable arguments (the dataset by
 name) and returns a JSON-ready row. Every run trains an MLP with SGD (momentum 0.9, weight decay
 1e-4, batch 128) and reports the final test accuracy (never the best epoch).
@@ -106,7 +106,8 @@ def run_ift(*, dataset: str, kind: str, sparsity: float, seed: int, epochs: floa
     every MLP (baseline included) BatchNorm after each hidden layer (:class:`NormMLP`).
     """
     from .soups import accuracy, train_classifier
-    from .transforms import ift_method, iso_flop_report, sparse_ift
+    from .report import iso_flop_report
+    from .transforms import ift_method, sparse_ift
 
     t0 = time.perf_counter()
     data = data if data is not None else load_data(dataset, n_train, n_test)
@@ -124,13 +125,13 @@ def run_ift(*, dataset: str, kind: str, sparsity: float, seed: int, epochs: floa
         model = base
     elif kind.startswith("dense-params:"):
         ref_kind = kind.split(":", 1)[1]
-        ref = sparse_ift(base, ref_kind, sparsity, example_input=x1, **opts(ref_kind))
+        ref = sparse_ift(base, ref_kind, sparsity, example_inputs=x1, **opts(ref_kind)).model
         width = param_matched_width(data, len(hidden), _params(ref), norm)
         torch.manual_seed(seed)
         model = mlp_for(data, [width] * len(hidden), norm)
         info = {"width": width, "target_params": _params(ref)}
     else:
-        model = sparse_ift(base, kind, sparsity, example_input=x1, **opts(kind))
+        model = sparse_ift(base, kind, sparsity, example_inputs=x1, **opts(kind)).model
         if method == "rigl":
             mparams: dict[str, Any] = {"total_steps": steps}
         elif method == "set":  # official SET: one topology update per epoch
@@ -199,7 +200,7 @@ def run_search(*, dataset: str, sparsity: float, seed: int, samples: int, epochs
         candidates = {"dense": parent}
     else:
         search = random_search(parent, xs, ys, sparsity=sparsity, samples=samples, seed=seed)
-        candidates = {"searched": search.model(parent, "best"), "random": search.model(parent, "random")}
+        candidates = {"searched": search.model, "random": search.random_model}
     for name, model in candidates.items():
         hist = train_classifier(model, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size,
                                 seed=seed, schedule="cosine", eval_data=(data.x_test, data.y_test),
@@ -229,12 +230,12 @@ def run_grid(fn: Any, jobs: list[dict[str, Any]], *, cache: Any, workers: int = 
     """Run ``fn(**job)`` for every job not cached in folder ``cache``; return the rows in job order.
 
     Each finished row is written to ``cache/<key>.json`` at once, so an interrupted suite resumes.
-    ``workers > 1`` runs jobs in spawned processes (:func:`~sparseforge.bench.parallel_map`).
+    ``workers > 1`` runs jobs in spawned processes (:func:`~sparseforge.parallel.parallel_map`).
     """
     import json
     from pathlib import Path
 
-    from .bench import parallel_map
+    from .parallel import parallel_map
 
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)

@@ -34,17 +34,19 @@ keeps its classes, ``state_dict`` keys follow torch's parametrization layout, an
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import ConfigError, LayerError
+from .errors import ConfigError, LayerError, check_number
 from .masking import MASK_SUFFIX, MaskedLayer, Targets
+from .results import LegacyMapping, Result
 from .transaction import transaction
 
-__all__ = ["MaskedLoRA", "add_lora", "lora_parameters", "lora_layers", "merge_lora"]
+__all__ = ["MaskedLoRA", "LoRALayer", "LoRAResult", "add_lora", "lora_parameters", "lora_layers", "merge_lora"]
 
 
 class MaskedLoRA(nn.Module):
@@ -85,14 +87,6 @@ class MaskedLoRA(nn.Module):
         return f"rank={self.rank}, scale={self.scale:g}, kept={int(self.mask.sum())}/{self.mask.numel()}"
 
 
-def _check_number(value: Any, name: str, *, integer: bool = False, minimum: float = 0.0, strict: bool = True) -> None:
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (value <= minimum if strict else value < minimum):
-        kind = "an integer" if integer else "a number"
-        rel = ">" if strict else ">="
-        raise ConfigError(f"{name} must be {kind} {rel} {minimum:g}; got {value!r}")
-
-
 def lora_layers(model: nn.Module) -> dict[str, MaskedLoRA]:
     """Qualified module name -> its :class:`MaskedLoRA`, for every adapted layer of ``model``."""
     out = {}
@@ -104,8 +98,45 @@ def lora_layers(model: nn.Module) -> dict[str, MaskedLoRA]:
     return out
 
 
+@dataclass(frozen=True)
+class LoRALayer:
+    """One adapted layer: its module name and its adapter (``adapter.A``, ``adapter.B``, ``adapter.mask``)."""
+
+    name: str
+    adapter: MaskedLoRA
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRAResult(LegacyMapping, Result):
+    """What :func:`add_lora` returns.
+
+    Attributes:
+        model: the model, adapters registered in place.
+        layers: one :class:`LoRALayer` per adapted layer, in module order; :attr:`adapters` the
+            adapters by module name.
+        rank, alpha: the settings used.
+
+    Reading it as the dict of old (``result["fc1"]``) still works for one release, with a
+    ``DeprecationWarning``.
+    """
+
+    rank: int
+    alpha: float
+
+    _legacy_mapping = "adapters"
+
+    @property
+    def adapters(self) -> dict[str, MaskedLoRA]:
+        """The adapters by module name (as in ``named_modules()``)."""
+        return {layer.name: layer.adapter for layer in self.layers}
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The ``A`` and ``B`` parameters of the adapters (what the optimizer trains)."""
+        return [t for layer in self.layers for t in (layer.adapter.A, layer.adapter.B)]
+
+
 def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: Targets | dict | None = None,
-             freeze_base: bool = True) -> dict[str, MaskedLoRA]:
+             freeze_base: bool = True) -> LoRAResult:
     """Add a sparsity-preserving LoRA adapter to every target layer of ``model`` (in place).
 
     Args:
@@ -119,7 +150,8 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
             :func:`lora_parameters`.
 
     Returns:
-        The adapters by module name (as in ``named_modules()``).
+        a :class:`LoRAResult`: ``.model``, ``.layers`` (one :class:`LoRALayer` per adapted
+        layer) and ``.adapters`` (the adapters by module name).
 
     Raises:
         ConfigError: bad ``rank``/``alpha``, a model that already has adapters, or targets
@@ -127,12 +159,15 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
         LayerError: a layer whose rank is too large, or a masked layer whose pruned weights
             are not zero (apply the masks first).
     """
-    _check_number(rank, "rank", integer=True, minimum=1, strict=False)
-    _check_number(alpha, "alpha")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_number(rank, "rank", integer=True, minimum=1)
+    check_number(alpha, "alpha", minimum=0.0, min_open=True)
     existing = lora_layers(model)
     if existing:
         raise ConfigError(f"model already has LoRA adapters on {sorted(existing)[:5]}; merge_lora() first")
-    layers = Targets.from_spec(targets).select(model)
+    selection = Targets.from_spec(targets)
+    layers = selection.select(model)
     plans: list[tuple[MaskedLayer, torch.Tensor]] = []
     for layer in layers:
         shape = layer.canonical_shape
@@ -162,11 +197,14 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
             p = MaskedLoRA(layer.canonical_shape, mask, rank, alpha, layer.transposed, dtype=w.dtype, device=w.device)
             parametrize.register_parametrization(layer.module, layer.param_name, p)
             adapters[layer.name] = p
-    return adapters
+    return LoRAResult(model=model, layers=[LoRALayer(n, a) for n, a in adapters.items()],
+                      skipped=list(selection.skipped), rank=rank, alpha=float(alpha))
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The ``A`` and ``B`` parameters of every adapter in ``model`` (what the optimizer trains)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     return [t for p in lora_layers(model).values() for t in (p.A, p.B)]
 
 
@@ -178,6 +216,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
     after ``add_lora(freeze_base=True)``: call ``requires_grad_(True)`` to train the model
     further). Pruned positions stay exactly zero.
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     adapted = lora_layers(model)
     if not adapted:
         raise ConfigError(f"{type(model).__name__} has no LoRA adapters to merge (add_lora() adds them)")

@@ -37,6 +37,7 @@ from .core.rng import stream_generator
 from .utils import preserved_modes
 from .errors import ConfigError, LayerError, check_int, check_sparsity
 from .masking import Masking, Targets, find_masked_layers
+from .results import Result
 
 __all__ = ["NodeSpace", "node_space", "sample_node_masks", "apply_node_masks", "score_at_init", "SearchResult",
            "random_search", "convergence_step"]
@@ -161,11 +162,15 @@ def score_at_init(model: nn.Module, x: torch.Tensor, y: torch.Tensor, metric: st
     return float((out.argmax(1) == y).float().mean())
 
 
-@dataclass
-class SearchResult:
+@dataclass(frozen=True, kw_only=True)
+class SearchResult(Result):
     """Outcome of :func:`random_search`.
 
     Attributes:
+        model: a copy of the parent with the best configuration's masks installed (untrained).
+        random_model: a copy of the parent with the random baseline configuration's masks.
+        layers: the masked parameters of ``model`` (:class:`~sparseforge.masking.MaskedLayer`).
+        space: the node space searched; ``sparsity`` the node sparsity.
         best: node masks of the best-scoring configuration.
         random: node masks of an independent random configuration at the same sparsity (baseline).
         scores: score of every sampled configuration, in sampling order.
@@ -174,6 +179,7 @@ class SearchResult:
         metric: ``"loss"`` (lower is better) or ``"accuracy"`` (higher is better).
     """
 
+    random_model: nn.Module
     space: NodeSpace
     sparsity: float
     best: list[torch.Tensor]
@@ -184,8 +190,8 @@ class SearchResult:
     metric: str
     config: dict[str, Any] = field(default_factory=dict)
 
-    def model(self, parent: nn.Module, which: str = "best") -> nn.Module:
-        """A copy of ``parent`` with the ``"best"`` or ``"random"`` configuration's masks installed."""
+    def build(self, parent: nn.Module, which: str = "best") -> nn.Module:
+        """A new copy of ``parent`` with the ``"best"`` or ``"random"`` configuration's masks installed."""
         if which not in ("best", "random"):
             raise ConfigError(f"which must be 'best' or 'random'; got {which!r}")
         m = copy.deepcopy(parent)
@@ -207,6 +213,10 @@ def random_search(parent: nn.Module, x: torch.Tensor, y: torch.Tensor, *, sparsi
         metric: ``"loss"`` (default, lowest wins) or ``"accuracy"`` (highest wins); ties go to
             the earlier sample.
         per_layer: budget per hidden layer (default) or over the whole network.
+
+    Returns:
+        a :class:`SearchResult`: ``.model`` the parent's copy with the best configuration,
+        ``.random_model`` the random baseline, the scores and the node masks.
     """
     s = check_sparsity(sparsity)
     check_int(samples, "samples", minimum=1)
@@ -224,10 +234,14 @@ def random_search(parent: nn.Module, x: torch.Tensor, y: torch.Tensor, *, sparsi
     sign = 1.0 if metric == "loss" else -1.0
     best = min(range(samples), key=lambda i: (sign * scores[i], i))
     rnd = sample_node_masks(space, s, stream_generator(seed, "node-random"), per_layer=per_layer)
-    cand = copy.deepcopy(parent)
-    apply_node_masks(cand, space, rnd)
-    return SearchResult(space, s, configs[best], rnd, scores, best, score_at_init(cand, x, y, metric), metric,
-                        {"samples": samples, "seed": seed, "per_layer": per_layer})
+    rnd_model = copy.deepcopy(parent)
+    apply_node_masks(rnd_model, space, rnd)
+    best_model = copy.deepcopy(parent)
+    apply_node_masks(best_model, space, configs[best])
+    return SearchResult(model=best_model, layers=find_masked_layers(best_model), random_model=rnd_model, space=space,
+                        sparsity=s, best=configs[best], random=rnd, scores=scores, best_index=best,
+                        random_score=score_at_init(rnd_model, x, y, metric), metric=metric,
+                        config={"samples": samples, "seed": seed, "per_layer": per_layer})
 
 
 def convergence_step(history: Sequence[dict[str, float]], fraction: float = 0.95) -> int | None:

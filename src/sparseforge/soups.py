@@ -27,7 +27,7 @@ the batch statistics and do not depend on the old ones. The held-out set for gre
 the last ``val_size`` training samples, which are never trained on.
 
 The ``m`` retrains of a phase are independent: with ``jobs > 1`` they run in worker processes
-(:func:`sparseforge.bench.parallel_map`); ``jobs = 1`` runs them in this process.
+(:func:`sparseforge.parallel.parallel_map`); ``jobs = 1`` runs them in this process.
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ from .core.patterns import num_pruned, topk_mask
 from .utils import preserved_modes
 from .errors import ConfigError, LayerError, check_fraction, check_int, check_sparsity
 from .masking import MASK_SUFFIX, Masking, Targets, find_masked_layers
+from .results import Result
 from .transaction import transaction
 
-__all__ = ["VARIANTS", "ZERO_POLICIES", "average_models", "average_state_dicts", "check_same_masks", "check_same_zeros", "recalibrate_bn", "uniform_soup",
+__all__ = ["Soup", "GreedySoup", "VARIANTS", "ZERO_POLICIES", "average_models", "average_state_dicts", "check_same_masks", "check_same_zeros", "recalibrate_bn", "uniform_soup",
            "greedy_soup", "train_classifier", "accuracy", "prune_global_magnitude", "phase_sparsity", "ingredient_configs",
            "PhaseResult", "SoupResult", "sparse_model_soups"]
 
@@ -210,26 +211,53 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, *, batch_size: int = 128, 
     return n_batches
 
 
+@dataclass(frozen=True, kw_only=True)
+class Soup(Result):
+    """What :func:`uniform_soup` returns (and, with a score, :func:`greedy_soup`).
+
+    Attributes:
+        model: the soup, a new model (the ingredients are not modified).
+        layers: its masked parameters (:class:`~sparseforge.masking.MaskedLayer`), if any.
+        ingredients: indices (into ``models``) of the ingredients averaged, ascending.
+    """
+
+    ingredients: list[int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GreedySoup(Soup):
+    """What :func:`greedy_soup` returns: a :class:`Soup` and its held-out ``score``.
+
+    Unpacking it as ``soup, chosen`` still works for one release, with a ``DeprecationWarning``.
+    """
+
+    score: float
+
+    _legacy_tuple = ("model", "ingredients")
+
+
 def uniform_soup(models: Sequence[nn.Module], *, bn_data: torch.Tensor | None = None, batch_size: int = 128,
-                 zeros: str = "error") -> nn.Module:
+                 zeros: str = "error") -> Soup:
     """The uniform average of ``models``, with BatchNorm statistics recomputed on ``bn_data`` if given.
 
     ``zeros``: finalized ingredients with different zero patterns (see :func:`check_same_zeros`).
+    Returns a :class:`Soup` (``.model`` the average).
     """
     soup = average_models(models, zeros=zeros)
     if bn_data is not None:
         recalibrate_bn(soup, bn_data, batch_size=batch_size)
-    return soup
+    return Soup(model=soup, layers=find_masked_layers(soup), ingredients=list(range(len(models))))
 
 
 def greedy_soup(models: Sequence[nn.Module], score: Callable[[nn.Module], float], *,
                 bn_data: torch.Tensor | None = None, batch_size: int = 128,
-                zeros: str = "error") -> tuple[nn.Module, list[int]]:
+                zeros: str = "error") -> GreedySoup:
     """Greedy soup (Wortsman et al. 2022, as used by SMS): add ingredients in order of held-out score.
 
     ``score(model)`` is the held-out accuracy (higher is better). Ingredients are sorted by their
     own score; each is added if the soup with it scores at least as well as the best soup so far
-    (BatchNorm recomputed on ``bn_data`` before each score). Returns the soup and the indices used.
+    (BatchNorm recomputed on ``bn_data`` before each score). Returns a :class:`GreedySoup`: the soup
+    (``.model``), the indices used (``.ingredients``) and its ``.score``.
     ``zeros``: finalized ingredients with different zero patterns (see :func:`check_same_zeros`).
     """
     if not models:
@@ -251,7 +279,7 @@ def greedy_soup(models: Sequence[nn.Module], score: Callable[[nn.Module], float]
             best_model, best = cand, s
     if len(chosen) == 1:
         best_model = copy.deepcopy(best_model)
-    return best_model, sorted(chosen)
+    return GreedySoup(model=best_model, layers=find_masked_layers(best_model), ingredients=sorted(chosen), score=best)
 
 
 # --------------------------------------------------------------------------------- training
@@ -455,11 +483,17 @@ class PhaseResult:
         return max(self.ingredients, key=lambda r: (r["val_accuracy"], -r["index"]))
 
 
-@dataclass
-class SoupResult:
-    """What :func:`sparse_model_soups` produced: the final soup and every phase's numbers."""
+@dataclass(frozen=True, kw_only=True)
+class SoupResult(Result):
+    """What :func:`sparse_model_soups` produced: the final soup and every phase's numbers.
 
-    model: nn.Module
+    Attributes:
+        model: the model passed in, now the final soup (masks included).
+        layers: its masked parameters (:class:`~sparseforge.masking.MaskedLayer`).
+        phases: one :class:`PhaseResult` per IMP phase; ``dense`` the dense model's accuracies;
+            ``config`` the settings.
+    """
+
     phases: list[PhaseResult]
     dense: dict[str, float]
     config: dict[str, Any] = field(default_factory=dict)
@@ -495,7 +529,7 @@ def sparse_model_soups(model: nn.Module, data: Any, *, sparsity: float, phases: 
         targets: which layers are pruned (default: every Linear/Conv, :class:`~sparseforge.masking.Targets`).
         jobs: worker processes for the ``m`` retrains (1 = in this process).
     """
-    from .bench import parallel_map
+    from .parallel import parallel_map
 
     s = check_sparsity(sparsity)
     check_int(phases, "phases", minimum=1)
@@ -535,8 +569,9 @@ def sparse_model_soups(model: nn.Module, data: Any, *, sparsity: float, phases: 
             ingredients.append({"index": i, "config": r["config"], "val_accuracy": r["val_accuracy"],
                                 "test_accuracy": r["test_accuracy"], "seconds": r["seconds"]})
         bn = xt if _has_bn(model) else None
-        uni = uniform_soup(models, bn_data=bn, batch_size=batch_size)
-        gre, chosen_idx = greedy_soup(models, lambda mdl: accuracy(mdl, xv, yv), bn_data=bn, batch_size=batch_size)
+        uni = uniform_soup(models, bn_data=bn, batch_size=batch_size).model
+        greedy = greedy_soup(models, lambda mdl: accuracy(mdl, xv, yv), bn_data=bn, batch_size=batch_size)
+        gre, chosen_idx = greedy.model, greedy.ingredients
         uni_res = {"val_accuracy": accuracy(uni, xv, yv), "test_accuracy": accuracy(uni, ds.x_test, ds.y_test)}
         gre_res = {"val_accuracy": accuracy(gre, xv, yv), "test_accuracy": accuracy(gre, ds.x_test, ds.y_test),
                    "ingredients": chosen_idx}
@@ -549,4 +584,4 @@ def sparse_model_soups(model: nn.Module, data: Any, *, sparsity: float, phases: 
     cfg = {"sparsity": s, "phases": phases, "m": m, "vary": vary, "values": list(values) if values else None,
            "soup": soup, "pretrain_epochs": pretrain_epochs, "retrain_epochs": retrain_epochs, "lr": lr,
            "weight_decay": weight_decay, "batch_size": batch_size, "val_size": val_size, "seed": seed}
-    return SoupResult(model, results, dense, cfg)
+    return SoupResult(model=model, layers=find_masked_layers(model), phases=results, dense=dense, config=cfg)

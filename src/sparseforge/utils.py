@@ -31,17 +31,21 @@ def preserved_modes(model: nn.Module, training: bool = False) -> Iterator[nn.Mod
             m.training = mode
 
 
-def call_model(model: nn.Module, example_input: Any) -> Any:
-    """``model(**x)`` for a mapping, ``model(*x)`` for a tuple or list, ``model(x)`` otherwise."""
-    if isinstance(example_input, Mapping):
-        return model(**example_input)
-    if isinstance(example_input, (tuple, list)):
-        return model(*example_input)
-    return model(example_input)
+def call_model(model: nn.Module, example_inputs: Any) -> Any:
+    """``model(**x)`` for a mapping, ``model(*x)`` for a tuple or list, ``model(x)`` otherwise.
+
+    This is what ``example_inputs`` means everywhere in the API: a tensor (one positional
+    argument), a tuple or list (positional arguments) or a dict (keyword arguments).
+    """
+    if isinstance(example_inputs, Mapping):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
 
 
-def probe(model: nn.Module, example_input: Any, handles: Iterable[Any] = (), *, param: str = "example_input") -> Any:
-    """One forward pass of ``example_input`` in eval mode without gradients; return the output.
+def probe(model: nn.Module, example_inputs: Any, handles: Iterable[Any] = (), *, param: str = "example_inputs") -> Any:
+    """One forward pass of ``example_inputs`` in eval mode without gradients; return the output.
 
     Every submodule gets its mode back afterwards (:func:`preserved_modes`), and ``handles``
     (the hooks a caller registered to observe this pass) are removed even if the pass fails.
@@ -51,7 +55,7 @@ def probe(model: nn.Module, example_input: Any, handles: Iterable[Any] = (), *, 
     try:
         with preserved_modes(model), torch.no_grad():
             try:
-                return call_model(model, example_input)
+                return call_model(model, example_inputs)
             except SparseforgeError:
                 raise
             except Exception as e:

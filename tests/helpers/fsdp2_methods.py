@@ -115,7 +115,7 @@ def nm_error() -> str:
     model, _, make_opt = build("static")
     shard(model)
     try:
-        build_method("srste", model, make_opt(model), pattern="2:4", indivisible="skip")
+        build_method("srste", model, make_opt(model), sparsity="2:4", indivisible="skip")
     except ConfigError as e:
         return str(e)
     return ""

@@ -35,7 +35,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import ConfigError, check_sparsity
+from ..errors import ConfigError, check_number, check_sparsity
 from .patterns import num_pruned, topk_mask
 
 __all__ = ["Allocation", "Uniform", "ER", "ERK", "Global", "PerLayer", "global_sparsities", "allocation_from_spec",
@@ -104,10 +104,8 @@ def _erdos_renyi(raw: list[float], sizes: list[int], sparsity: float) -> list[fl
 
 
 def _check_epsilon(epsilon: object, name: str) -> None:
-    if epsilon is None:
-        return
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon <= 0:
-        raise ConfigError(f"{name} epsilon must be a finite number > 0 (e.g. 13 or 20 as in SET); got {epsilon!r}")
+    if epsilon is not None:
+        check_number(epsilon, f"{name} epsilon", minimum=0.0, min_open=True, note=" (e.g. 13 or 20 as in SET)")
 
 
 def _by_epsilon(raw: list[float], epsilon: float) -> list[float]:
@@ -170,8 +168,7 @@ class ERK(Allocation):
     name: str = "erk"
 
     def __post_init__(self) -> None:
-        if isinstance(self.power_scale, bool) or not isinstance(self.power_scale, (int, float)) or self.power_scale < 0:
-            raise ConfigError(f"ERK power_scale must be a number >= 0; got {self.power_scale!r}")
+        check_number(self.power_scale, "ERK power_scale", minimum=0.0)
         _check_epsilon(self.epsilon, "ERK")
 
     def epsilon_densities(self, shapes: Sequence[tuple[int, ...]]) -> list[float]:

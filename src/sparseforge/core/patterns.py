@@ -26,6 +26,7 @@ __all__ = [
     "Pattern",
     "Unstructured",
     "NM",
+    "INDIVISIBLE_POLICIES",
     "Block",
     "Channel",
     "num_pruned",
@@ -391,6 +392,11 @@ def is_valid_nm(mask: torch.Tensor, n: int, m: int) -> bool:
     return bool((nm_groups_view(mask.to(torch.int32), m).sum(dim=1) <= n).all())
 
 
+#: what to do with a layer whose input dimension is not a multiple of M: raise, leave it dense
+#: (listed as skipped) or pad the tail group (:meth:`NM.mask` with ``pad=True``)
+INDIVISIBLE_POLICIES: tuple[str, ...] = ("error", "skip", "pad")
+
+
 @dataclass(frozen=True)
 class NM(Pattern):
     """N:M semi-structured sparsity: keep ``n`` of every ``m`` consecutive input weights.
@@ -426,17 +432,31 @@ class NM(Pattern):
                 f"for N:M {self.n}:{self.m}; choose an M that divides it or exclude the layer"
             )
 
-    def mask(self, scores: torch.Tensor, sparsity: float | None = None, layer: str = "weight") -> torch.Tensor:
-        """Keep the ``n`` highest scores in every group (among ties the lower index is pruned first)."""
+    def mask(self, scores: torch.Tensor, sparsity: float | None = None, layer: str = "weight", *,
+             pad: bool = False) -> torch.Tensor:
+        """Keep the ``n`` highest scores in every group (among ties the lower index is pruned first).
+
+        ``pad=True`` accepts an input dimension that is not a multiple of ``m`` (the ``"pad"``
+        policy of :data:`INDIVISIBLE_POLICIES`): the scores are padded with ``-inf`` to the next
+        multiple, so the tail group of ``r < m`` weights keeps ``min(n, r)`` of them, and the
+        padding is cut off the mask again.
+        """
         if sparsity is not None and abs(sparsity - self.sparsity) > 1e-9:
             raise ConfigError(
                 f"{layer}: N:M {self.n}:{self.m} fixes sparsity at {self.sparsity}; got sparsity={sparsity}"
             )
-        self.check(tuple(scores.shape), layer)
-        g = nm_groups_view(scores.detach().float(), self.m)
+        s = scores.detach().float()
+        cin = s.shape[1] if s.dim() >= 2 else 0
+        if pad and cin % self.m:
+            tail = list(s.shape)
+            tail[1] = self.m - cin % self.m
+            s = torch.cat([s, s.new_full(tail, -math.inf)], dim=1)
+        self.check(tuple(s.shape), layer)
+        g = nm_groups_view(s, self.m)
         if torch.isnan(g).any():
             raise LayerError(f"{layer}: scores contain NaN")
-        return _nm_groups_unview(nm_select(g, self.n), tuple(scores.shape))
+        keep = _nm_groups_unview(nm_select(g, self.n), tuple(s.shape))
+        return keep[:, :cin].contiguous() if s.shape[1] != cin else keep
 
     def units(self, shape: tuple[int, ...]) -> int:
         """Weights are the unit of an N:M pattern."""

@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..errors import ConfigError, check_int
+from ..errors import ConfigError, check_int, check_number
 
 __all__ = ["Schedule", "Constant", "Cubic", "CosineDecay", "LinearDecay", "ExponentialDecay", "Steps",
            "LevelSchedule", "GeometricLevels", "LinearLevels", "Levels", "levels_from_spec"]
@@ -46,9 +46,7 @@ class Schedule:
 
 
 def _num(v: object, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(float(v)):
-        raise ConfigError(f"{name} must be a number; got {v!r}")
-    return float(v)
+    return float(check_number(v, name))
 
 
 @dataclass(frozen=True)
@@ -275,9 +273,8 @@ class Levels(LevelSchedule):
             raise ConfigError(f"Levels.values must be a non-empty list of sparsities in [0, 1); got {raw!r}")
         vals = []
         for v in raw:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
-                raise ConfigError(f"Levels.values: every level must be a sparsity in [0, 1); got {v!r} in {list(raw)!r}")
-            vals.append(float(v))
+            vals.append(float(check_number(v, f"Levels.values: every level of {list(raw)!r}", minimum=0.0, maximum=1.0,
+                                           max_open=True)))
         for a, b in zip(vals, vals[1:]):
             if b <= a:
                 raise ConfigError(f"Levels.values must be strictly increasing (masks only shrink); got {b} after {a} "

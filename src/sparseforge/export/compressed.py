@@ -64,8 +64,9 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, first_sentence, require_file
 from ..masking import MASK_SUFFIX, load_masked_state_dict
+from ..results import Result
 
 __all__ = [
     "FORMAT_VERSION",
@@ -73,6 +74,7 @@ __all__ = [
     "AUTO_MIN_NUMEL",
     "AUTO_MIN_SPARSITY",
     "CompressedInfo",
+    "LoadCompressedResult",
     "save_compressed",
     "load_compressed",
     "load_compressed_state_dict",
@@ -140,6 +142,24 @@ class CompressedInfo:
     ratio: float
     encodings: dict[str, str] = field(default_factory=dict)
     masked: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadCompressedResult(Result):
+    """What :func:`load_compressed` returns.
+
+    Attributes:
+        model: the model the file was loaded into (in place).
+        layers: the masked parameters whose masks the file restored
+            (:class:`~sparseforge.masking.MaskedLayer`, with ``name`` = module name), in module order.
+        skipped: with ``strict=False``, ``(key, reason)`` of the file's tensors the model lacks.
+        path: the file read.
+        encodings: ``state_dict`` key -> how the file stored it (``"dense"``, ``"bitmask"``,
+            ``"csr"`` or ``"alias"``).
+    """
+
+    path: Path
+    encodings: dict[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -265,9 +285,12 @@ def save_compressed(
         CheckpointError: a masked parameter holds nonzero values at pruned positions (they
             would be lost; call :func:`sparseforge.masking.apply_masks` first).
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {list(FORMATS)}; got {format!r}")
     user_meta = _check_user_metadata(metadata)
+    _check_path(path)
     path = Path(path)
     sd = model.state_dict()
     mask_of = {pkey: sd[mkey] for mkey, pkey in _mask_keys(model, sd).items()}
@@ -404,6 +427,11 @@ class _Header:
         return repr(str(self.path))
 
 
+def _check_path(path: Any) -> None:
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ConfigError(f"path must be a file path (str or os.PathLike); got {path!r:.80}")
+
+
 def _fail(path: Path, msg: str) -> CheckpointError:
     return CheckpointError(f"{str(path)!r}: {msg}")
 
@@ -414,7 +442,7 @@ def _parse_entries(path: Path, text: str | None) -> list[_Entry]:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
-        raise _fail(path, f"header entry {_PREFIX}tensors is not valid JSON ({e}); the file is corrupted") from None
+        raise _fail(path, f"header entry {_PREFIX}tensors is not valid JSON ({first_sentence(e)}); the file is corrupted") from None
     if not isinstance(raw, list):
         raise _fail(path, f"header entry {_PREFIX}tensors must be a list; the file is corrupted")
     entries: list[_Entry] = []
@@ -462,11 +490,10 @@ def _expected_components(e: _Entry) -> dict[str, tuple[tuple[int, ...] | None, t
 
 def _read_header(path: str | os.PathLike) -> _Header:
     """Open ``path``, parse and cross-check its header; reads no tensor data."""
+    _check_path(path)
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no such file: {str(path)!r}")
-    if not path.is_file():
-        raise CheckpointError(f"{str(path)!r} is a folder, not a compressed checkpoint file")
+    require_file(path, "compressed checkpoint")
+    # safe_open, not load_safetensors: the header is checked before any tensor data is read
     from safetensors import safe_open
 
     try:
@@ -480,7 +507,8 @@ def _read_header(path: str | os.PathLike) -> _Header:
         raise
     except BaseException as e:  # safetensors' Rust panics derive from BaseException, not Exception
         raise CheckpointError(
-            f"{str(path)!r} is not a readable safetensors file (truncated, corrupted header or another format): {e}"
+            f"{str(path)!r} is not a readable safetensors file (truncated, corrupted header or another format): "
+            f"{first_sentence(e)}"
         ) from None
 
     fmt = metadata.get(_PREFIX + "format")
@@ -601,7 +629,7 @@ def _decode(h: _Header) -> dict[str, torch.Tensor]:
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as err:
-        raise _fail(h.path, f"cannot be read: {err}") from None
+        raise _fail(h.path, f"cannot be read: {first_sentence(err)}") from None
     with f_ctx as f:
 
         def get(name: str) -> torch.Tensor:
@@ -610,7 +638,7 @@ def _decode(h: _Header) -> dict[str, torch.Tensor]:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as err:
-                raise _fail(h.path, f"cannot read stored tensor {name!r}: {err}") from None
+                raise _fail(h.path, f"cannot read stored tensor {name!r}: {first_sentence(err)}") from None
 
         for e in h.entries:
             k = e.key + _SEP
@@ -678,7 +706,7 @@ def load_compressed_state_dict(path: str | os.PathLike) -> dict[str, torch.Tenso
     return _decode(_read_header(path))
 
 
-def load_compressed(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> None:
+def load_compressed(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> LoadCompressedResult:
     """Load a file written by :func:`save_compressed` into ``model``, bit-exactly.
 
     Weights and masks are restored; a model without masks gets ``<param>_mask`` buffers for
@@ -695,21 +723,34 @@ def load_compressed(model: nn.Module, path: str | os.PathLike, *, strict: bool =
             skipped (their tensors and masks are left as they are) and dtypes are cast; shapes
             must still match.
 
+    Returns:
+        a :class:`LoadCompressedResult`: ``.model`` (the same ``model``), ``.layers`` the
+        parameters whose masks were restored, ``.skipped`` the file's keys left out (``strict=False``).
+
     Raises:
         CheckpointError: missing file; not a safetensors file, truncated or corrupted; another
             format version; a checkpoint for another architecture (names the first mismatching
             key with both shapes); inconsistent encodings (bitmask/values counts, CSR indices
             out of range); data bytes that fail the content checksum.
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if not isinstance(strict, bool):
+        raise ConfigError(f"strict must be True or False; got {strict!r:.80}")
     h = _read_header(path)
     _check_model(h, model, strict)
     state = _decode(h)
+    skipped: list[tuple[str, str]] = []
     if not strict:
         # keep what the model has: its own keys, and the masks of parameters it has
         own = model.state_dict()
         mask_param = {p + MASK_SUFFIX: p for p in h.masked}
-        state = {k: v for k, v in state.items() if k in own or (k in mask_param and mask_param[k] in own)}
-    load_masked_state_dict(model, state, strict=strict)
+        kept = {k: v for k, v in state.items() if k in own or (k in mask_param and mask_param[k] in own)}
+        skipped = [(k, "not in the model (strict=False)") for k in state if k not in kept]
+        state = kept
+    layers = load_masked_state_dict(model, state, strict=strict)
+    return LoadCompressedResult(model=model, layers=list(layers), skipped=skipped, path=Path(path),
+                                encodings={e.key: e.encoding for e in h.entries})
 
 
 def compressed_size_report(model: nn.Module | None, path: str | os.PathLike) -> dict[str, Any]:
@@ -727,6 +768,8 @@ def compressed_size_report(model: nn.Module | None, path: str | os.PathLike) -> 
         and ``tensors``: key -> ``{encoding, shape, dtype, dense_bytes, stored_bytes, ratio}``
         (``stored_bytes / dense_bytes``).
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module or None; got {type(model).__name__}")
     h = _read_header(path)
     if model is not None:
         _check_model(h, model, strict=True)

@@ -23,9 +23,6 @@ sparse indices are range-checked before any kernel reads them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,8 +30,11 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, LayerError
+from ..fileio import atomic_dir, atomic_save_safetensors, load_safetensors, read_json
 from ..masking import MASK_SUFFIX
-from .materialize import KERNELS, MaterializeDecision, SparseConv2d, SparseLinear, _SparseWeight
+from .autotune import MaterializeDecision
+from .materialize import MaterializeResult
+from .sparse_layers import KERNELS, SparseConv2d, SparseLinear, _SparseWeight
 
 __all__ = ["MATERIALIZED_FORMAT", "save_materialized", "load_materialized", "read_materialized_description"]
 
@@ -65,27 +65,6 @@ def _check_out(path: Path, overwrite: bool) -> None:
                           "overwrite only replaces a file or an earlier materialized model: choose another path")
 
 
-def _replace_atomically(tmp: Path, path: Path) -> None:
-    """Move the finished folder ``tmp`` to ``path``: readers see the old artefact or the new one, never half.
-
-    A local helper until the package has one shared atomic-write module.
-    """
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    os.replace(path, old)  # a file or a folder: both rename atomically on one filesystem
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        os.replace(old, path)
-        raise
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
-
-
 def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state_dict as contiguous CPU tensors with no shared storage (safetensors refuses aliases)."""
     out: dict[str, torch.Tensor] = {}
@@ -105,7 +84,7 @@ def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_materialized(
-    model: nn.Module,
+    model: nn.Module | MaterializeResult,
     path: str | Path,
     *,
     decisions: Sequence[MaterializeDecision] | None = None,
@@ -116,10 +95,12 @@ def save_materialized(
     """Write a materialized model into the folder ``path`` (``model.safetensors`` + ``materialized.json``).
 
     Args:
-        model: the model returned by :func:`~sparseforge.export.materialize` (it may also have no
-            sparse layer at all, e.g. when none was faster).
+        model: what :func:`~sparseforge.export.materialize` returned (its result, whose model and
+            decisions are saved), or its ``.model`` (it may also have no sparse layer at all,
+            e.g. when none was faster).
         path: the output folder; it must not exist or be empty, unless ``overwrite``.
-        decisions: the decisions :func:`materialize` returned; stored with each replaced layer and in full.
+        decisions: the decisions (``result.layers``) of :func:`materialize`; stored with each replaced
+            layer and in full. Taken from ``model`` when it is a :class:`MaterializeResult`.
         base_model: ``{"name": registered model name, "kwargs": {...}}`` so that
             :func:`load_materialized` can rebuild the architecture without the caller's class
             (``sparseforge materialize`` records it from the run's recipe).
@@ -130,10 +111,12 @@ def save_materialized(
     Returns:
         ``path`` as a :class:`~pathlib.Path`. The folder appears complete or not at all.
     """
-    from safetensors.torch import save_file
-
     from .. import __version__
 
+    if isinstance(model, MaterializeResult):
+        if decisions is None:
+            decisions = model.layers
+        model = model.model
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if base_model is not None and not (isinstance(base_model, dict) and isinstance(base_model.get("name"), str)
@@ -161,17 +144,9 @@ def save_materialized(
     }
     text = json.dumps(description, indent=2) + "\n"  # fails here, before anything is written, if not JSON-able
     tensors = _state_tensors(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": MATERIALIZED_FORMAT})
+    with atomic_dir(out) as tmp:
+        atomic_save_safetensors(tensors, tmp / TENSORS_FILE, metadata={"format": MATERIALIZED_FORMAT})
         (tmp / DESCRIPTION_FILE).write_text(text)
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # an empty folder the caller made: replace it
-        _replace_atomically(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -186,10 +161,7 @@ def read_materialized_description(path: str | Path) -> dict[str, Any]:
     if not desc_path.is_file():
         hint = " (a pickled module from an older sparseforge: materialize the run again)" if folder.is_file() else ""
         raise CheckpointError(f"{str(folder)!r} is not a materialized model folder: no {DESCRIPTION_FILE}{hint}")
-    try:
-        desc = json.loads(desc_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {str(desc_path)!r}: {e}") from None
+    desc = read_json(desc_path, what="materialized model description")
     if not isinstance(desc, dict) or desc.get("format") != MATERIALIZED_FORMAT:
         got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
         raise CheckpointError(f"{str(desc_path)!r} has format {got!r}; this sparseforge reads {MATERIALIZED_FORMAT!r}")
@@ -281,9 +253,6 @@ def load_materialized(path: str | Path, model: nn.Module | None = None) -> nn.Mo
         LayerError: a layer's sparse storage is invalid, or it needs sparseforge's C++ kernel and
             the kernel cannot be built here (``sparseforge kernels info`` says why).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from ..kernels import cpu_sparse
 
     folder = Path(path)
@@ -291,10 +260,7 @@ def load_materialized(path: str | Path, model: nn.Module | None = None) -> nn.Mo
     if model is not None and not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module or None; got {type(model).__name__}")
     tensor_path = folder / TENSORS_FILE
-    try:
-        tensors = load_file(str(tensor_path))
-    except (OSError, SafetensorError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"cannot read {str(tensor_path)!r}: {str(e).strip().splitlines()[0] if str(e) else e}") from None
+    tensors = load_safetensors(tensor_path, what="materialized model tensor file")
     layers: dict[str, dict[str, Any]] = desc["layers"]
     needs_cpp = [n for n, s in layers.items() if s["kernel"] in ("custom", "custom-bsr")]
     if needs_cpp and cpu_sparse.load_kernel() is None:

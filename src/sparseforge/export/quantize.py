@@ -22,15 +22,16 @@ layer, from which :meth:`QuantizedWeight.dequantize` rebuilds ``w_hat`` bit for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, LayerError
 from ..masking import Targets
+from ..results import LegacyMapping, Result
 
-__all__ = ["QuantizedWeight", "quantize_tensor", "quantize_weights"]
+__all__ = ["QuantizedWeight", "QuantizeResult", "quantize_tensor", "quantize_weights"]
 
 _BITS = (2, 3, 4, 5, 6, 7, 8)
 
@@ -46,6 +47,7 @@ class QuantizedWeight:
         group_size: inputs per scale (``in_flat`` for per-channel).
         shape: the weight's canonical shape (to restore it).
         bumped: kept weights that rounding would have zeroed and that got ``±1`` instead.
+        name: the module name (set by :func:`quantize_weights`; ``""`` from :func:`quantize_tensor`).
     """
 
     codes: torch.Tensor
@@ -54,6 +56,7 @@ class QuantizedWeight:
     group_size: int
     shape: tuple[int, ...]
     bumped: int
+    name: str = ""
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``codes * scales`` in the canonical shape."""
@@ -111,10 +114,40 @@ def quantize_tensor(weight: torch.Tensor, bits: int = 8, group_size: int | None 
     return QuantizedWeight(q.reshape(out, n).to(torch.int8), scales, bits, g, shape, bumped)
 
 
+@dataclass(frozen=True, kw_only=True)
+class QuantizeResult(LegacyMapping, Result):
+    """What :func:`quantize_weights` returns.
+
+    Attributes:
+        model: the model, its weights quantized in place.
+        layers: one :class:`QuantizedWeight` (codes and scales, ``name`` = module name) per
+            quantized layer, in module order; :attr:`weights` the same by module name.
+        bits, group_size: the settings used.
+
+    Reading it as the dict of old (``result["fc1"]``, ``result.items()``) still works for one
+    release, with a ``DeprecationWarning``.
+    """
+
+    bits: int
+    group_size: int | None = None
+
+    _legacy_mapping = "weights"
+
+    @property
+    def weights(self) -> dict[str, QuantizedWeight]:
+        """Codes and scales by module name."""
+        return {q.name: q for q in self.layers}
+
+    @property
+    def packed_bytes(self) -> int:
+        """Sum of :attr:`QuantizedWeight.packed_bytes` over the quantized layers."""
+        return sum(q.packed_bytes for q in self.layers)
+
+
 @torch.no_grad()
 def quantize_weights(model: nn.Module, bits: int = 8, group_size: int | None = None, *,
-                     targets: Targets | dict | None = None, keep_nonzeros: bool = True) -> dict[str, QuantizedWeight]:
-    """Quantize the weights of the target layers of ``model`` in place; return codes and scales by module name.
+                     targets: Targets | dict | None = None, keep_nonzeros: bool = True) -> QuantizeResult:
+    """Quantize the weights of the target layers of ``model`` in place; return codes and scales per layer.
 
     Args:
         model: the model (masked, finalized or one-shot pruned; LoRA adapters merged first).
@@ -123,15 +156,23 @@ def quantize_weights(model: nn.Module, bits: int = 8, group_size: int | None = N
         targets: which layers (:class:`~sparseforge.masking.Targets` or dict; default every
             Linear, Conv1d/2d/3d and HF ``Conv1D`` weight).
         keep_nonzeros: keep the nonzero pattern exactly (default True; see the module docstring).
+
+    Returns:
+        a :class:`QuantizeResult`: ``.model``, ``.layers`` (one :class:`QuantizedWeight` per
+        layer) and ``.weights`` (the same by module name).
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     _check(bits, group_size)
-    layers = Targets.from_spec(targets).select(model)
+    selection = Targets.from_spec(targets)
+    layers = selection.select(model)
     # all or nothing: every layer is quantized (and so checked) before the first weight is
     # written, so a layer refused at the end (a group size that does not divide it) changes nothing
-    out = {layer.name: quantize_tensor(layer.canonical(layer.weight.detach()), bits, group_size,
-                                       keep_nonzeros=keep_nonzeros, name=layer.qualname)
-           for layer in layers}
-    for layer in layers:
+    out = [replace(quantize_tensor(layer.canonical(layer.weight.detach()), bits, group_size,
+                                   keep_nonzeros=keep_nonzeros, name=layer.qualname), name=layer.name)
+           for layer in layers]
+    for layer, q in zip(layers, out):
         w = layer.weight
-        w.copy_(layer.from_canonical(out[layer.name].dequantize(w.dtype)))
-    return out
+        w.copy_(layer.from_canonical(q.dequantize(w.dtype)))
+    return QuantizeResult(model=model, layers=out, skipped=list(selection.skipped), bits=bits,
+                          group_size=group_size)

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.patterns import is_valid_nm
-from ..errors import ConfigError, check_int
+from ..errors import ConfigError, check_int, check_number
+from ..tables import text_table
 
 __all__ = ["LayerDecision", "semi_structured_support", "accelerate_2to4", "format_decisions", "SUPPORTED_DTYPES"]
 
@@ -137,8 +138,7 @@ def accelerate_2to4(model: nn.Module, *, batch: int = 256, min_speedup: float = 
     """
     check_int(batch, "batch", minimum=1)
     check_int(repeats, "repeats", minimum=1)
-    if isinstance(min_speedup, bool) or not isinstance(min_speedup, (int, float)) or min_speedup <= 0:
-        raise ConfigError(f"min_speedup must be a number > 0; got {min_speedup!r}")
+    check_number(min_speedup, "min_speedup", minimum=0.0, min_open=True)
     if require and not torch.cuda.is_available():
         raise ConfigError("2:4 semi-structured kernels requested (require=True) but CUDA is not available; "
                           "on CPU the N:M model can only be simulated")
@@ -183,7 +183,4 @@ def format_decisions(decisions: list[LayerDecision]) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     body = [[d.name, d.status, "-" if d.speedup is None else f"{d.speedup:.2f}x", fmt(d.dense_ms), fmt(d.sparse_ms),
              d.reason] for d in decisions]
-    widths = [max(len(str(r[i])) for r in [head, *body]) for i in range(len(head))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(head, body)

@@ -44,7 +44,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+import inspect
+import re
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -53,11 +55,13 @@ from ..core.allocation import Allocation, allocation_from_spec, global_sparsitie
 from ..core.init import init_scale_factors
 from ..core.patterns import NM, Pattern, Unstructured, num_pruned, pattern_from_spec, topk_mask
 from ..core.rng import stream_generator
-from ..errors import CheckpointError, ConfigError, LayerError, check_sparsity
+from ..core.steps import STEP_KEYS
+from ..core.targets import Target, parse_target, target_from_args
+from ..errors import CheckpointError, ConfigError, LayerError, check_int, check_sparsity
 from ..masking import MaskedLayer, Masking, Targets, is_default_target, is_sharded, shard_like
 from ..transaction import transaction
 
-__all__ = ["SparsityMethod", "MethodEvent", "EVENTS", "BEFORE_CHANGE"]
+__all__ = ["SparsityMethod", "MethodEvent", "EVENTS", "BEFORE_CHANGE", "parse_overrides", "match_overrides", "step_param"]
 
 #: every event a method may emit, with what the model holds when it fires
 EVENTS: dict[str, str] = {
@@ -109,19 +113,92 @@ class _Listener:
             fns.remove(self.fn)
 
 
+def step_param(p: Mapping[str, Any], key: str, *, minimum: int = 0) -> int | None:
+    """``p[key]`` as a step count, or None if unset or still a recipe spec (``"75%"``, ``"2ep"``).
+
+    Recipes check a spec's syntax (and resolve it before the method is built), so a method's
+    relations between steps are checked once every value is a number.
+    """
+    v = p.get(key)
+    if v is None or isinstance(v, str):
+        return None
+    return check_int(v, key, minimum=minimum)
+
+
+def parse_overrides(spec: Mapping[str, Any] | None, target: Target, allocation: Allocation,
+                    owner: str = "method") -> tuple[tuple[str, Target], ...]:
+    """Per-layer sparsity overrides ``{layer name or regex: fraction}`` as parsed ``(pattern, Target)`` pairs.
+
+    Names are module names (``"fc3"``, ``"features.0"``) or regular expressions (full match), as in
+    :class:`~sparseforge.masking.Targets`. Values are fractions of zeros in [0, 1) counted in
+    the method's pattern (weights, blocks or channels): a layer keeps exactly ``round(s n)`` zeros.
+    Refused for N:M targets (the pattern fixes every layer) and for the global allocation
+    (its split follows from the scores).
+    """
+    if spec is None or (isinstance(spec, Mapping) and not spec):
+        return ()
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{owner}: overrides must be a mapping of layer names (or regular expressions) to "
+                          f"sparsities, e.g. {{'fc3': 0.5}}; got {spec!r}")
+    if target.is_nm:
+        raise ConfigError(f"{owner}: overrides take no effect with N:M {target}: the pattern fixes every layer's "
+                          "sparsity; leave layers dense with targets: {exclude: [...]} instead")
+    if allocation.needs_scores:
+        raise ConfigError(f"{owner}: overrides need a fixed split (allocation uniform, er or erk); the "
+                          "global allocation derives every layer's sparsity from the scores")
+    out = []
+    for key, value in spec.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{owner}: overrides keys must be layer names or regular expressions; got {key!r}")
+        try:
+            re.compile(key)
+        except re.error as e:
+            raise ConfigError(f"{owner}: overrides key {key!r} is not a valid regular expression ({e})") from None
+        t = parse_target(value, f"overrides[{key!r}]")
+        if t.is_nm:
+            raise ConfigError(f"{owner}: overrides[{key!r}] = {value!r}: an override is a fraction of zeros in [0, 1); "
+                              "N:M is one pattern for the whole model")
+        out.append((key, Target(target.pattern, t.sparsity)))
+    return tuple(out)
+
+
+def match_overrides(overrides: Sequence[tuple[str, Target]], names: Sequence[str]) -> dict[int, Target]:
+    """Index of each layer (module ``names``, in order) that an override names -> its target.
+
+    Every override must match a layer, and no layer two overrides (a typo or an overlap fails
+    loudly instead of leaving a layer at the global value).
+    """
+    out: dict[int, Target] = {}
+    by: dict[int, str] = {}
+    for key, t in overrides:
+        hits = [i for i, n in enumerate(names) if n == key or re.fullmatch(key, n) is not None]
+        if not hits:
+            raise ConfigError(f"overrides entry {key!r} matches no masked layer; masked layers: {list(names)[:8]}")
+        for i in hits:
+            if i in out:
+                raise ConfigError(f"layer {names[i]!r} matches overrides {by[i]!r} and {key!r}; make them disjoint")
+            out[i], by[i] = t, key
+    return out
+
+
 class SparsityMethod:
     """Common machinery: targets, per-layer sparsity, masks, step counting, checkpoints.
 
     Args:
         model: the model to sparsify (masks are registered on its modules).
         optimizer: optimizer over ``model.parameters()``; may be attached later with :meth:`attach`.
-        sparsity: global target sparsity (fraction of zeros) in [0, 1); None (and then derived
-            from the masked layers) when the allocation sets the densities itself (ER/ERK by
-            ``epsilon``).
-        pattern: :class:`~sparseforge.core.patterns.Pattern` or spec (``"unstructured"``,
-            ``"2:4"``, ``"block:1x4"``, ``"channel"``).
+        sparsity: the target (:func:`~sparseforge.core.targets.parse_target`): a global
+            fraction of zeros in [0, 1), an N:M pattern (``"2:4"``, ``NM(2, 4)``) or a
+            :class:`~sparseforge.core.targets.Target`; None when the allocation sets every
+            layer's density itself (ER/ERK by ``epsilon``): the global sparsity is then derived
+            from the masked layers.
+        pattern: what a fractional ``sparsity`` counts: ``"unstructured"`` (default),
+            ``"block:1x4"``, ``"channel"`` or a Pattern. An N:M pattern here is a deprecated
+            alias of ``sparsity="N:M"`` (warns).
         allocation: ``"uniform"``, ``"er"``, ``"erk"``, ``"global"`` or an Allocation.
         targets: :class:`~sparseforge.masking.Targets` or a dict of its fields.
+        overrides: per-layer sparsities ``{module name or regex: fraction}`` (:func:`parse_overrides`);
+            the allocation splits the global sparsity over the other layers.
         seed: seed of the method's own random generator (random masks, random regrowth).
     """
 
@@ -132,41 +209,73 @@ class SparsityMethod:
     #: patterns the method supports (checked at construction)
     supported_patterns: tuple[type, ...] = (Pattern,)
     default_allocation = "uniform"
+    #: target used when neither ``sparsity`` nor an N:M ``pattern`` is given (None: required)
+    default_target: Any = None
     #: the events (keys of :data:`EVENTS`) this method emits
     emits: tuple[str, ...] = ()
+
+    # ---- run knowledge: what a runner (recipe trainer, LM trainer) asks a method class before
+    # ---- building it. A runner never branches on a method's name; it asks these instead.
+    #: constructor arguments counted in optimizer steps: a recipe may write them as ``"25%"``
+    #: of the run or ``"2ep"``, and the runner resolves them before construction
+    step_params: ClassVar[frozenset[str]] = STEP_KEYS
+    #: runtime objects the runner passes to the constructor (never set in a recipe): ``"data"``
+    #: (one calibration batch, see :meth:`needs_calibration_batch`), ``"loss_fn"``,
+    #: ``"lr_scheduler"`` (the run's scheduler, e.g. to rewind it)
+    runner_args: ClassVar[frozenset[str]] = frozenset()
+    #: True for methods that train several rounds over the run's length (IMP): the runner then
+    #: takes the run's length from :meth:`run_steps` and the learning-rate horizon from
+    #: :meth:`lr_horizon`; a runner with a single fixed budget (the LM trainer) refuses them
+    trains_in_rounds: ClassVar[bool] = False
+    #: True for methods that keep a per-step log of mask flips (``sad_history``, N:M methods)
+    logs_mask_flips: ClassVar[bool] = False
+
+    @classmethod
+    def run_defaults(cls, total_steps: int, steps_per_epoch: int | None) -> dict[str, Any]:
+        """Constructor arguments that depend on the run's length; explicit values always win.
+
+        ``total_steps`` is the number of optimizer steps the runner trains for (one round for
+        a method that :attr:`trains_in_rounds`), ``steps_per_epoch`` the steps of one pass over
+        the data, or None for a run without epochs (the LM trainer). Values may be step specs
+        (``"75%"``), resolved like the recipe's own.
+        """
+        return {}
+
+    @classmethod
+    def needs_calibration_batch(cls, params: dict[str, Any]) -> bool:
+        """True if the method built with ``params`` needs one batch of training data (``data=``)."""
+        return False
+
+    @classmethod
+    def lr_horizon(cls, params: dict[str, Any], total_steps: int) -> int:
+        """The steps a decaying learning-rate schedule spans (one round for round-based methods)."""
+        return total_steps
+
+    def run_steps(self, total_steps: int) -> int:
+        """Optimizer steps of the whole run, given the runner's ``total_steps`` (IMP: all rounds)."""
+        return total_steps
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         *,
-        sparsity: float,
+        sparsity: Any = None,
         pattern: Pattern | str | dict | None = None,
         allocation: Allocation | str | dict | None = None,
         targets: Targets | dict | None = None,
+        overrides: Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
-        self.pattern = pattern_from_spec(pattern)
-        if not isinstance(self.pattern, self.supported_patterns):
-            allowed = ", ".join(t.__name__ for t in self.supported_patterns)
-            raise ConfigError(f"{type(self).__name__} does not support pattern {self.pattern.name!r}; allowed: {allowed}")
-        if isinstance(self.pattern, NM):
-            if sparsity is not None and abs(check_sparsity(sparsity) - self.pattern.sparsity) > 1e-9:
-                raise ConfigError(
-                    f"sparsity={sparsity} conflicts with N:M {self.pattern.n}:{self.pattern.m} (= {self.pattern.sparsity})"
-                )
-            sparsity = self.pattern.sparsity
-        self.allocation = allocation_from_spec(allocation if allocation is not None else self.default_allocation)
-        # an allocation by epsilon (ER/ERK) fixes every layer's density: the global sparsity is
-        # derived from the masked layers once they are known (in _allocate)
-        self.sparsity = None if self.allocation.defines_sparsity and sparsity is None else check_sparsity(sparsity)
-        if self.allocation.defines_sparsity and sparsity is not None:
-            raise ConfigError(f"allocation {self.allocation.name!r} with epsilon={self.allocation.epsilon} sets every "
-                              f"layer's density itself; give sparsity or epsilon, not both (got sparsity={sparsity!r})")
-        if self.allocation.needs_scores and not isinstance(self.pattern, Unstructured):
-            raise ConfigError(f"global allocation supports only the unstructured pattern; got {self.pattern.name!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ConfigError(f"seed must be an integer; got {seed!r}")
+        v = SparsityMethod._check_params.__func__(type(self), {  # type: ignore[attr-defined]
+            "sparsity": sparsity, "pattern": pattern, "allocation": allocation, "overrides": overrides, "seed": seed})
+        # None until the masked layers are known when an epsilon allocation defines the sparsity
+        self.target: Target | None = v["target"]
+        self.pattern = v["pattern"]
+        self.sparsity = None if self.target is None else self.target.sparsity
+        self.allocation = v["allocation"]
+        #: per-layer targets from ``overrides``: (layer-name pattern, target), first match wins
+        self.overrides: tuple[tuple[str, Target], ...] = v["overrides"]
         self.model = model
         self.seed = seed
         self.generator = stream_generator(seed, "masks")
@@ -185,6 +294,85 @@ class SparsityMethod:
             if optimizer is not None:
                 self.attach(optimizer)
 
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """Check the parameters this class's constructor takes; return their parsed values.
+
+        ``p`` holds every parameter of the method (defaults filled in). The constructor calls
+        this with its arguments and :meth:`validate_params` with a recipe's values, so each
+        rule lives here once. Step-valued entries may still be specs (``"75%"``, ``"2ep"``)
+        when a recipe is validated; relations between steps are then checked at construction.
+        """
+        owner = cls.__name__
+        spec = p.get("allocation")
+        allocation = allocation_from_spec(spec if spec is not None else cls.default_allocation)
+        target: Target | None
+        if allocation.defines_sparsity:
+            # ER/ERK by epsilon fixes every layer's density: the global sparsity is an output
+            # (derived once the masked layers are known, in _allocate), so no target is given
+            eps = getattr(allocation, "epsilon", None)
+            if p.get("sparsity") is not None:
+                raise ConfigError(f"{owner}: allocation {allocation.name!r} with epsilon={eps} sets every layer's "
+                                  f"density itself; give sparsity or epsilon, not both (got sparsity={p['sparsity']!r})")
+            pattern = pattern_from_spec(p.get("pattern"))
+            if isinstance(pattern, NM):
+                raise ConfigError(f"{owner}: N:M {pattern.n}:{pattern.m} fixes the sparsity, and so does allocation "
+                                  f"{allocation.name!r} with epsilon={eps}; give sparsity or epsilon, not both")
+            if p.get("overrides"):
+                raise ConfigError(f"{owner}: overrides set layers' sparsities, but allocation {allocation.name!r} with "
+                                  f"epsilon={eps} sets every layer's density itself; use a global sparsity with "
+                                  "overrides, or epsilon without them")
+            target = None
+        else:
+            target = target_from_args(p.get("sparsity"), p.get("pattern"), owner=owner, default=cls.default_target)
+            pattern = target.pattern
+        if not isinstance(pattern, cls.supported_patterns):
+            allowed = ", ".join(t.__name__ for t in cls.supported_patterns)
+            raise ConfigError(f"{owner} does not support pattern {pattern.name!r}; allowed: {allowed}")
+        if allocation.needs_scores and not isinstance(pattern, Unstructured):
+            raise ConfigError(f"global allocation supports only the unstructured pattern; got {pattern.name!r}")
+        check_int(p.get("seed", 0), "seed")
+        overrides = () if target is None else parse_overrides(p.get("overrides"), target, allocation, owner)
+        return {"target": target, "pattern": pattern, "allocation": allocation, "overrides": overrides}
+
+    @classmethod
+    def parameter_defaults(cls) -> dict[str, Any]:
+        """Keyword parameters of the constructor (across the class hierarchy) and their defaults.
+
+        A required parameter maps to :data:`inspect.Parameter.empty`. ``model`` and ``optimizer``
+        are not parameters.
+        """
+        out: dict[str, Any] = {}
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            for q in inspect.signature(init).parameters.values():
+                if q.kind in (q.KEYWORD_ONLY, q.POSITIONAL_OR_KEYWORD) and q.name not in ("self", "model", "optimizer"):
+                    out.setdefault(q.name, q.default)
+        return out
+
+    @classmethod
+    def validate_params(cls, params: Mapping[str, Any]) -> None:
+        """Check a method's parameters without a model: names, types, ranges, target and allocation.
+
+        The same checks the constructor runs (each class's ``_check_params``), so a recipe fails
+        when it loads, before any data or model is built. Raises :class:`ConfigError`.
+        """
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"{cls.__name__} parameters must be a mapping; got {type(params).__name__}")
+        defaults = cls.parameter_defaults()
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown parameter(s) {unknown}; allowed: {sorted(defaults)}")
+        merged = {k: (None if v is inspect.Parameter.empty else v) for k, v in defaults.items()}
+        merged.update(params)
+        for klass in cls.__mro__:  # the most specific rules first
+            if "_check_params" in klass.__dict__:
+                out = klass.__dict__["_check_params"].__func__(cls, merged)
+                merged.update(out.get("base_params", {}))
+
     # ------------------------------------------------------------------ allocation & masks
     @property
     def layers(self) -> list[MaskedLayer]:
@@ -201,6 +389,11 @@ class SparsityMethod:
             groups.setdefault(id(l.module), []).append(i)
         return list(groups.values())
 
+    def _set_implied_sparsity(self, sparsity: float) -> None:
+        """Record the global sparsity an ``epsilon`` allocation gives (an output, not an input)."""
+        self.sparsity = sparsity
+        self.target = Target(self.pattern, sparsity)
+
     def _allocate(self) -> list[float]:
         groups = self._joint_groups()
         if any(len(g) > 1 for g in groups):
@@ -213,17 +406,24 @@ class SparsityMethod:
             shapes = [l.canonical_shape for l in primary]
             if self.allocation.needs_scores or isinstance(self.pattern, NM):
                 return [self.sparsity] * len(self.layers)
-            per = self.allocation.sparsities(shapes, self.sparsity)
+            # an override names a module: it sets the sparsity of all its parameters together
+            fixed = match_overrides(self.overrides, [l.name for l in primary])
+            free = [k for k in range(len(groups)) if k not in fixed]
+            split = self.allocation.sparsities([shapes[k] for k in free], self.sparsity) if free else []
+            per = [0.0] * len(groups)
+            for k, sp in zip(free, split):
+                per[k] = sp
+            for k, t in fixed.items():
+                per[k] = t.sparsity
+            sizes = [sum(self.layers[i].weight.numel() for i in g) for g in groups]
             if self.allocation.defines_sparsity:  # counted over every parameter of each group
-                sizes = [sum(self.layers[i].weight.numel() for i in g) for g in groups]
-                self.sparsity = sum(num_pruned(sp, n) for sp, n in zip(per, sizes)) / sum(sizes)
+                self._set_implied_sparsity(sum(num_pruned(sp, n) for sp, n in zip(per, sizes)) / sum(sizes))
             out = [0.0] * len(self.layers)
-            for g, sp in zip(groups, per):
-                n = sum(self.layers[i].weight.numel() for i in g)
+            for k, (g, sp, n) in enumerate(zip(groups, per, sizes)):
                 if num_pruned(sp, n) >= n:
-                    raise LayerError(f"{self.layers[g[0]].qualname}: {self.allocation.name} allocation at sparsity "
-                                     f"{self.sparsity} gives this layer sparsity {sp:.6g}, which would remove all {n} "
-                                     "weights and biases")
+                    how = "its override" if k in fixed else f"{self.allocation.name} allocation at sparsity {self.sparsity}"
+                    raise LayerError(f"{self.layers[g[0]].qualname}: {how} gives this layer sparsity {sp:.6g}, "
+                                     f"which would remove all {n} weights and biases")
                 for i in g:
                     out[i] = sp
             return out
@@ -233,16 +433,23 @@ class SparsityMethod:
         if self.allocation.needs_scores:
             # placeholder until scores exist; each mask computation re-derives the split
             return [self.sparsity] * len(shapes)
-        out = self.allocation.sparsities(shapes, self.sparsity)
+        fixed = match_overrides(self.overrides, [l.name for l in self.layers])
+        free = [i for i in range(len(shapes)) if i not in fixed]
+        # overridden layers are taken out of the split; the global sparsity applies to the others
+        # (RigL's custom_sparsity_map does the same)
+        split = self.allocation.sparsities([shapes[i] for i in free], self.sparsity) if free else []
+        out = [0.0] * len(shapes)
+        for i, s in zip(free, split):
+            out[i] = s
+        for i, t in fixed.items():
+            out[i] = t.sparsity
         if self.allocation.defines_sparsity:
-            self.sparsity = implied_sparsity(shapes, out)
-        for layer, s in zip(self.layers, out):
+            self._set_implied_sparsity(implied_sparsity(shapes, out))
+        for i, (layer, s) in enumerate(zip(self.layers, out)):
             n = self.pattern.units(layer.canonical_shape)
             if num_pruned(s, n) >= n:
-                raise LayerError(
-                    f"{layer.qualname}: {self.allocation.name} allocation at sparsity {self.sparsity} "
-                    f"gives this layer sparsity {s:.6g}, which would remove all {n} units"
-                )
+                how = "its override" if i in fixed else f"{self.allocation.name} allocation at sparsity {self.sparsity}"
+                raise LayerError(f"{layer.qualname}: {how} gives this layer sparsity {s:.6g}, which would remove all {n} units")
         return out
 
     def masks_from_scores(self, scores: Sequence[torch.Tensor], sparsities: Sequence[float] | None = None,

@@ -97,9 +97,9 @@ from ..core.allocation import ER, ERK, implied_sparsity
 from ..core.init import check_init_scale
 from ..core.patterns import Unstructured, random_mask, topk_mask
 from ..core.schedules import Constant, CosineDecay, Schedule
-from ..errors import CheckpointError, ConfigError, check_fraction, check_int
+from ..errors import CheckpointError, ConfigError, check_fraction, check_number
 from ..masking import MaskedLayer, is_sharded
-from .base import SparsityMethod
+from .base import SparsityMethod, step_param
 
 __all__ = ["DynamicSparse", "SET", "RigL", "GROW_INITS", "SAMPLINGS"]
 
@@ -174,48 +174,35 @@ class DynamicSparse(SparsityMethod):
     drop_noise = 0.0
     emits = ("before_topology_update", "after_topology_update")
 
+    @classmethod
+    def run_defaults(cls, total_steps: int, steps_per_epoch: int | None) -> dict[str, Any]:
+        """Topology updates stop at ``end_fraction`` of the run's ``total_steps``."""
+        return {"total_steps": total_steps}
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float | None = None,
                  drop_fraction: float = 0.3, decay: str | None = None, update_interval: int = 100,
                  end: int | None = None, total_steps: int | None = None, begin: int = 0,
                  end_fraction: float | None = None, init_scale: str = "dense", epsilon: float | None = None,
                  sampling: str = "exact", grow_init: str = "zeros", grow_std: float = 0.1, grow_divisor: float = 1.0,
                  **kwargs: Any) -> None:
-        self.init_scale = check_init_scale(init_scale)
-        if grow_init not in GROW_INITS:
-            raise ConfigError(f"grow_init must be one of {list(GROW_INITS)}; got {grow_init!r}")
-        for name, v in (("grow_std", grow_std), ("grow_divisor", grow_divisor)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ConfigError(f"{name} must be a finite number > 0; got {v!r}")
-        if sampling not in SAMPLINGS:
-            raise ConfigError(f"sampling must be one of {list(SAMPLINGS)}; got {sampling!r}")
+        v = DynamicSparse._check_params.__func__(type(self), {  # type: ignore[attr-defined]
+            "init_scale": init_scale, "drop_fraction": drop_fraction, "decay": decay, "update_interval": update_interval,
+            "end": end, "total_steps": total_steps, "begin": begin, "end_fraction": end_fraction, "epsilon": epsilon,
+            "allocation": kwargs.get("allocation"), "sampling": sampling, "grow_init": grow_init, "grow_std": grow_std,
+            "grow_divisor": grow_divisor})
+        kwargs.update(v["base_params"])
+        self.init_scale = init_scale
         self.grow_init, self.grow_std, self.grow_divisor = grow_init, float(grow_std), float(grow_divisor)
         self.sampling = sampling
-        if epsilon is not None:
-            kwargs["allocation"] = self._epsilon_allocation(epsilon, kwargs.get("allocation"))
-        self.drop_fraction = check_fraction(drop_fraction, "drop_fraction")
-        self.update_interval = check_int(update_interval, "update_interval", minimum=1)
-        check_int(begin, "begin", minimum=0)
-        if total_steps is not None:
-            check_int(total_steps, "total_steps", minimum=1)
+        self.drop_fraction = float(drop_fraction)
+        self.update_interval = update_interval
         self.total_steps = total_steps
-        decay = decay or self.default_decay
-        if end is None and total_steps is None:
-            if decay != "constant":
-                raise ConfigError(f"{type(self).__name__} with decay={decay!r} needs end= (last update step) or total_steps=")
-            end = _FOREVER
-        if end is None:
-            frac = check_fraction(end_fraction if end_fraction is not None else self.default_end_fraction, "end_fraction")
-            end = int(frac * total_steps)
-        check_int(end, "end", minimum=1)
-        if end <= begin:
-            raise ConfigError(f"end must be > begin; got begin={begin}, end={end}")
+        decay, end = v["decay"], v["end"]
         self.begin, self.end = begin, end
         if decay == "cosine":
             self.schedule: Schedule = CosineDecay(initial=self.drop_fraction, end=end, begin=begin)
-        elif decay == "constant":
-            self.schedule = Constant(self.drop_fraction)
         else:
-            raise ConfigError(f"decay must be 'cosine' or 'constant'; got {decay!r}")
+            self.schedule = Constant(self.drop_fraction)
         self.last_update: dict[str, Any] = {}
         #: per layer (canonical layout, CPU): positions active at any time so far
         self.explored: list[torch.Tensor] = []
@@ -226,9 +213,50 @@ class DynamicSparse(SparsityMethod):
         self._held_grads: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
 
-    def _epsilon_allocation(self, epsilon: float, allocation: Any) -> ER | ERK:
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """Drop fraction, its decay and the update steps, regrowth values, initial sampling and
+        ``epsilon``; returns the decay, the last update step and (by ``epsilon``) the allocation."""
+        check_init_scale(p.get("init_scale", "dense"))
+        check_fraction(p.get("drop_fraction", 0.3), "drop_fraction")
+        grow_init = p.get("grow_init", "zeros")
+        if grow_init not in GROW_INITS:
+            raise ConfigError(f"grow_init must be one of {list(GROW_INITS)}; got {grow_init!r}")
+        check_number(p.get("grow_std", 0.1), "grow_std", minimum=0.0, min_open=True)
+        check_number(p.get("grow_divisor", 1.0), "grow_divisor", minimum=0.0, min_open=True)
+        sampling = p.get("sampling", "exact")
+        if sampling not in SAMPLINGS:
+            raise ConfigError(f"sampling must be one of {list(SAMPLINGS)}; got {sampling!r}")
+        base_params = {}
+        if p.get("epsilon") is not None:
+            base_params["allocation"] = cls._epsilon_allocation(p["epsilon"], p.get("allocation"))
+        step_param(p, "update_interval", minimum=1)
+        begin = step_param(p, "begin")
+        total_steps = step_param(p, "total_steps", minimum=1)
+        end, end_given = p.get("end"), p.get("end") is not None
+        decay = p.get("decay") or cls.default_decay
+        if decay not in ("cosine", "constant"):
+            raise ConfigError(f"decay must be 'cosine' or 'constant'; got {decay!r}")
+        end_fraction = p.get("end_fraction")
+        check_fraction(end_fraction if end_fraction is not None else cls.default_end_fraction, "end_fraction")
+        if not end_given and p.get("total_steps") is None:
+            if decay != "constant":
+                raise ConfigError(f"{cls.__name__} with decay={decay!r} needs end= (last update step) or total_steps=")
+            return {"decay": decay, "end": _FOREVER, "base_params": base_params}
+        if not end_given:
+            if total_steps is None:  # a recipe spec: resolved before construction
+                return {"decay": decay, "end": None, "base_params": base_params}
+            end = int(check_fraction(end_fraction if end_fraction is not None else cls.default_end_fraction,
+                                     "end_fraction") * total_steps)
+        end = step_param({"end": end}, "end", minimum=1)
+        if end is not None and begin is not None and end <= begin:
+            raise ConfigError(f"end must be > begin; got begin={begin}, end={end}")
+        return {"decay": decay, "end": end, "base_params": base_params}
+
+    @classmethod
+    def _epsilon_allocation(cls, epsilon: Any, allocation: Any) -> ER | ERK:
         """``allocation`` (a name, None for the default) by ``epsilon``: ER or ERK only."""
-        kind = self.default_allocation if allocation is None else allocation
+        kind = cls.default_allocation if allocation is None else allocation
         if isinstance(kind, str) and kind.lower() in ("er", "erk"):
             return ER(epsilon=epsilon) if kind.lower() == "er" else ERK(epsilon=epsilon)
         raise ConfigError(f"epsilon={epsilon!r} sets densities by the Erdős–Rényi rule: it needs allocation "
@@ -274,7 +302,7 @@ class DynamicSparse(SparsityMethod):
                 start += k
         self.set_masks(masks)
         self.layer_sparsity = [1.0 - float(m.sum()) / m.numel() for m in masks]
-        self.sparsity = implied_sparsity(shapes, self.layer_sparsity)
+        self._set_implied_sparsity(implied_sparsity(shapes, self.layer_sparsity))
 
     def _reset_tracking(self) -> None:
         """Start the explored positions at the current masks, with no regrowth counted yet."""
@@ -511,14 +539,18 @@ class RigL(DynamicSparse):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float | None = None,
                  skip_step: bool = True, drop_noise: float = 1e-5, **kwargs: Any) -> None:
-        if not isinstance(skip_step, bool):
-            raise ConfigError(f"skip_step must be True or False; got {skip_step!r}")
-        if (isinstance(drop_noise, bool) or not isinstance(drop_noise, (int, float))
-                or not math.isfinite(drop_noise) or drop_noise < 0):
-            raise ConfigError(f"drop_noise must be a finite number >= 0; got {drop_noise!r}")
+        RigL._check_params({"skip_step": skip_step, "drop_noise": drop_noise})
         self.skip_step = skip_step
         self.drop_noise = float(drop_noise)
         super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """``skip_step`` (a bool) and ``drop_noise`` (a finite number >= 0)."""
+        if not isinstance(p.get("skip_step", True), bool):
+            raise ConfigError(f"skip_step must be True or False; got {p.get('skip_step')!r}")
+        check_number(p.get("drop_noise", 1e-5), "drop_noise", minimum=0.0)
+        return {}
 
     def grow(self, layer: MaskedLayer, kept: torch.Tensor, n_regrow: int) -> torch.Tensor:
         """The ``n_regrow`` positions outside ``kept`` with the largest ``|dL/dw|`` of the update step's batch."""
@@ -529,15 +561,31 @@ class SET(DynamicSparse):
     """SET: drop the ``zeta`` fraction of negative and of positive weights closest to zero, regrow at random."""
 
     name = "set"
+
+    @classmethod
+    def run_defaults(cls, total_steps: int, steps_per_epoch: int | None) -> dict[str, Any]:
+        """Official SET updates once per epoch and never after the last one."""
+        out = super().run_defaults(total_steps, steps_per_epoch)
+        if steps_per_epoch is not None:
+            out["update_interval"] = steps_per_epoch
+        return out
     default_allocation = "er"
     default_decay = "constant"
     default_end_fraction = 1.0
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float | None = None,
                  update_interval: int, zeta: float | None = None, **kwargs: Any) -> None:
+        SET._check_params({"zeta": zeta})
         if zeta is not None:
             kwargs["drop_fraction"] = zeta
         super().__init__(model, optimizer, sparsity=sparsity, update_interval=update_interval, **kwargs)
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """``zeta``: SET's name of the drop fraction."""
+        if p.get("zeta") is not None:
+            check_fraction(p["zeta"], "zeta")
+        return {}
 
     def is_update_step(self, t: int) -> bool:
         """True after optimizer step ``t`` when ``t + 1 - begin`` is a multiple of ``update_interval``.

@@ -19,12 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.patterns import NM, Unstructured, num_pruned, pattern_from_spec, topk_mask
+from ..core.patterns import Unstructured, num_pruned, topk_mask
 from ..core.schedules import Cubic
 from ..core.scores import get_score, magnitude
-from ..errors import CheckpointError, ConfigError, check_int, check_sparsity
+from ..core.targets import target_from_args
+from ..errors import CheckpointError, ConfigError, check_number, check_sparsity
 from ..masking import MaskedLayer, is_sharded
-from .base import SparsityMethod
+from .base import SparsityMethod, step_param
 
 __all__ = ["GMP"]
 
@@ -49,27 +50,42 @@ class GMP(SparsityMethod):
 
     name = "gmp"
 
+    @classmethod
+    def run_defaults(cls, total_steps: int, steps_per_epoch: int | None) -> dict[str, Any]:
+        """Prune from step 0 to 75 % of the run (Zhu & Gupta 2017 stop early, then fine-tune)."""
+        # a run without epochs (the LM trainer) has always floored 75 % of its steps where the
+        # recipe trainer rounds the "75%" spec; both are kept so no trajectory moves
+        return {"begin": 0, "end": "75%" if steps_per_epoch is not None else int(0.75 * total_steps)}
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
                  begin: int, end: int, frequency: int = 10, initial_sparsity: float = 0.0, exponent: float = 3.0,
                  score: str = "magnitude", **kwargs: Any) -> None:
-        check_int(begin, "begin", minimum=0)
-        check_int(end, "end", minimum=0)
-        check_int(frequency, "frequency", minimum=1)
-        if score not in ("magnitude", "random"):
-            raise ConfigError(f"GMP score must be 'magnitude' or 'random'; got {score!r}")
+        v = GMP._check_params({"sparsity": sparsity, "pattern": kwargs.pop("pattern", None), "begin": begin,
+                               "end": end, "frequency": frequency, "initial_sparsity": initial_sparsity,
+                               "exponent": exponent, "score": score})
         self.score_fn = get_score(score)
-        if isinstance(pattern_from_spec(kwargs.get("pattern")), NM):  # before any mask is registered
-            raise ConfigError("GMP ramps sparsity gradually; use the N:M training methods for N:M patterns")
-        check_sparsity(sparsity)  # named error before the schedule converts it
         #: per layer index: (id of its mask buffer, its version, sorted flat indices of the kept positions)
         self._kept: dict[int, tuple[int, int, torch.Tensor]] = {}
-        self.schedule = Cubic(initial=initial_sparsity, final=float(sparsity), begin=begin, end=end,
+        self.schedule = Cubic(initial=initial_sparsity, final=v["target"].sparsity, begin=begin, end=end,
                               frequency=frequency, exponent=exponent)
-        super().__init__(model, optimizer, sparsity=sparsity, **kwargs)
-        if isinstance(self.pattern, NM):
-            raise ConfigError("GMP ramps sparsity gradually; use the N:M training methods for N:M patterns")
+        super().__init__(model, optimizer, sparsity=v["target"], **kwargs)
         self.final_layer_sparsity = list(self.layer_sparsity)
         self.current_sparsity = 0.0
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """GMP's own parameters: steps, score, schedule values; an N:M target is refused."""
+        step_param(p, "begin")
+        step_param(p, "end")
+        step_param(p, "frequency", minimum=1)
+        if p.get("score", "magnitude") not in ("magnitude", "random"):
+            raise ConfigError(f"GMP score must be 'magnitude' or 'random'; got {p.get('score')!r}")
+        check_sparsity(p.get("initial_sparsity", 0.0), "initial_sparsity")
+        check_number(p.get("exponent", 3.0), "exponent", minimum=0.0, min_open=True)
+        target = target_from_args(p.get("sparsity"), p.get("pattern"), owner=cls.__name__)
+        if target.is_nm:  # before any mask is registered
+            raise ConfigError("GMP ramps sparsity gradually; use the N:M training methods for N:M patterns")
+        return {"target": target}
 
     def init_masks(self) -> None:
         """Apply the schedule's value at step 0 (``initial_sparsity`` if ``begin > 0``)."""

@@ -59,9 +59,10 @@ from torch import nn
 from ..core.allocation import global_sparsities
 from ..core.patterns import num_pruned
 from ..core.schedules import GeometricLevels, LevelSchedule, levels_from_spec
-from ..errors import CheckpointError, ConfigError, check_fraction, check_int, check_sparsity
+from ..core.targets import parse_target
+from ..errors import CheckpointError, ConfigError, check_number
 from ..masking import full_tensor
-from .base import SparsityMethod
+from .base import SparsityMethod, step_param
 
 __all__ = ["IMP"]
 
@@ -101,6 +102,22 @@ class IMP(SparsityMethod):
     """
 
     name = "imp"
+    runner_args = frozenset({"lr_scheduler"})
+    trains_in_rounds = True
+
+    @classmethod
+    def run_defaults(cls, total_steps: int, steps_per_epoch: int | None) -> dict[str, Any]:
+        """A round is the runner's whole training length unless ``steps_per_round`` says otherwise."""
+        return {"steps_per_round": total_steps}
+
+    @classmethod
+    def lr_horizon(cls, params: dict[str, Any], total_steps: int) -> int:
+        """The learning-rate schedule spans one round (it is rewound with the weights)."""
+        return params.get("steps_per_round", total_steps)
+
+    def run_steps(self, total_steps: int) -> int:
+        """All rounds: :attr:`total_steps`."""
+        return self.total_steps
     default_allocation = "global"
     emits = ("round_end",)
 
@@ -109,38 +126,18 @@ class IMP(SparsityMethod):
                  schedule: str | Sequence[float] | LevelSchedule = "geometric", fraction: float | None = None,
                  rewind_step: int = 0, score: str = "magnitude", reinit: str | Callable[[nn.Module], Any] | None = None,
                  lr_scheduler: Any = None, layer_rates: dict[str, float] | None = None, **kwargs: Any) -> None:
-        check_int(steps_per_round, "steps_per_round", minimum=1)
-        if sparsity is not None:
-            check_sparsity(sparsity)
-        if fraction is not None:
-            fraction = check_fraction(fraction, "fraction")
-            if not 0.0 < fraction < 1.0:
-                raise ConfigError(f"fraction (pruned per round) must be in (0, 1); got {fraction}")
-        if isinstance(schedule, (list, tuple)) or isinstance(schedule, LevelSchedule):
-            try:
-                self.levels = levels_from_spec(schedule, sparsity, fraction)
-            except ConfigError as e:
-                raise ConfigError(f"schedule={list(schedule) if isinstance(schedule, tuple) else schedule!r}: {e}") from None
-        else:
-            self.levels = levels_from_spec(schedule, sparsity, fraction)
+        v = IMP._check_params({"sparsity": sparsity, "steps_per_round": steps_per_round, "schedule": schedule,
+                               "fraction": fraction, "rewind_step": rewind_step, "score": score, "reinit": reinit,
+                               "layer_rates": layer_rates})
+        self.levels = v["levels"]
         self.fraction = getattr(self.levels, "fraction", None)
-        check_int(rewind_step, "rewind_step", minimum=0)
-        if rewind_step >= steps_per_round:
-            raise ConfigError(f"rewind_step must be < steps_per_round ({steps_per_round}); got {rewind_step}")
-        if score not in _SCORES:
-            raise ConfigError(f"IMP score must be one of {list(_SCORES)}; got {score!r}")
-        if reinit is not None and reinit != "random" and not callable(reinit):
-            raise ConfigError(f"reinit must be None (rewind), 'random' or a callable fn(model); got {reinit!r}")
-        if reinit is not None and rewind_step > 0:
-            raise ConfigError(f"reinit={reinit!r} trains each round from a fresh initialisation, rewind_step={rewind_step} "
-                              "rewinds to that step's weights: use one of them (reinit with rewind_step=0)")
         if reinit == "random":
             for mname, module in model.named_modules():
                 if any(True for _ in module.parameters(recurse=False)) and not hasattr(module, "reset_parameters"):
                     raise ConfigError(
                         f"reinit='random': module {mname or '(model)'!r} ({type(module).__name__}) has parameters of "
                         "its own but no reset_parameters(); pass reinit=fn(model) that re-initialises the model")
-        self.layer_rates = self._check_layer_rates(layer_rates)
+        self.layer_rates: dict[str, float] = v["layer_rates"]
         modules = {n for n, _ in model.named_modules()}
         typos = sorted(set(self.layer_rates) - modules)
         if typos:  # refused before any mask is registered
@@ -164,25 +161,26 @@ class IMP(SparsityMethod):
                 self.masking.unregister()
                 raise ConfigError(f"layer_rates names {unknown}, which are not masked layers; masked layers: {sorted(names)}")
 
-    def _check_layer_rates(self, rates: dict[str, float] | None) -> dict[str, float]:
+    @staticmethod
+    def _check_layer_rates(rates: Any, levels: LevelSchedule) -> dict[str, float]:
+        """``layer_rates`` as ``{name: multiplier}``: numbers > 0 that keep each layer's rate below 1."""
         if rates is None:
             return {}
         if not isinstance(rates, dict):
             raise ConfigError(f"layer_rates must be a mapping {{module name: multiplier}}; got {rates!r}")
-        kind = type(self.levels).__name__
+        kind = type(levels).__name__
         if kind not in ("GeometricLevels", "LinearLevels"):
             raise ConfigError("layer_rates scales the per-round fraction: it needs schedule='geometric' or 'linear', "
-                              f"not an explicit level list ({list(self.levels.values)})")
+                              f"not an explicit level list ({list(levels.values)})")
         out = {}
         for name, r in rates.items():
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
-                raise ConfigError(f"layer_rates[{name!r}] must be a number > 0; got {r!r}")
-            if self.levels.fraction * r >= 1.0:
-                raise ConfigError(f"layer_rates[{name!r}] = {r} times fraction {self.levels.fraction} prunes "
-                                  f"{self.levels.fraction * r:.3g} per round; it must stay below 1")
-            if kind == "LinearLevels" and self.levels.rounds * self.levels.fraction * r >= 1.0:
-                raise ConfigError(f"layer_rates[{name!r}] = {r}: {self.levels.rounds} linear rounds of "
-                                  f"{self.levels.fraction * r:.3g} would prune the whole layer")
+            r = check_number(r, f"layer_rates[{name!r}]", minimum=0.0, min_open=True)
+            if levels.fraction * r >= 1.0:
+                raise ConfigError(f"layer_rates[{name!r}] = {r} times fraction {levels.fraction} prunes "
+                                  f"{levels.fraction * r:.3g} per round; it must stay below 1")
+            if kind == "LinearLevels" and levels.rounds * levels.fraction * r >= 1.0:
+                raise ConfigError(f"layer_rates[{name!r}] = {r}: {levels.rounds} linear rounds of "
+                                  f"{levels.fraction * r:.3g} would prune the whole layer")
             out[str(name)] = float(r)
         return out
 
@@ -193,6 +191,45 @@ class IMP(SparsityMethod):
             return self.round_sparsity(r)
         f = self.levels.fraction * rate
         return 1.0 - (1.0 - f) ** r if type(self.levels).__name__ == "GeometricLevels" else r * f
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """Rounds, levels, rewinding and scores; returns the level schedule."""
+        steps_per_round = step_param(p, "steps_per_round", minimum=1)
+        sparsity = p.get("sparsity")
+        if sparsity is not None:
+            target = parse_target(sparsity)
+            if target.is_nm:
+                raise ConfigError(f"IMP prunes to a fraction of zeros; N:M {target} is trained with the N:M methods")
+            sparsity = target.sparsity
+        fraction = p.get("fraction")
+        if fraction is not None:
+            fraction = check_number(fraction, "fraction", minimum=0.0, maximum=1.0, min_open=True, max_open=True,
+                                    note=" (pruned per round)")
+        schedule = p.get("schedule", "geometric")
+        if isinstance(schedule, (list, tuple)) or isinstance(schedule, LevelSchedule):
+            try:
+                levels = levels_from_spec(schedule, sparsity, fraction)
+            except ConfigError as e:
+                raise ConfigError(f"schedule={list(schedule) if isinstance(schedule, tuple) else schedule!r}: {e}") from None
+        else:
+            levels = levels_from_spec(schedule, sparsity, fraction)
+        rewind_step = step_param(p, "rewind_step")
+        if rewind_step is not None and steps_per_round is not None and rewind_step >= steps_per_round:
+            raise ConfigError(f"rewind_step must be < steps_per_round ({steps_per_round}); got {rewind_step}")
+        score = p.get("score", "magnitude")
+        if score not in _SCORES:
+            raise ConfigError(f"IMP score must be one of {list(_SCORES)}; got {score!r}")
+        reinit = p.get("reinit")
+        if reinit is not None and reinit != "random" and not callable(reinit):
+            raise ConfigError(f"reinit must be None (rewind), 'random' or a callable fn(model); got {reinit!r}")
+        if reinit is not None and p.get("rewind_step", 0) not in (0, None):
+            raise ConfigError(f"reinit={reinit!r} trains each round from a fresh initialisation, "
+                              f"rewind_step={p.get('rewind_step')} rewinds to that step's weights: use one of them "
+                              "(reinit with rewind_step=0)")
+        layer_rates = cls._check_layer_rates(p.get("layer_rates"), levels)
+        # the base class checks the final level as the method's target
+        return {"levels": levels, "layer_rates": layer_rates, "base_params": {"sparsity": levels.final}}
 
     @staticmethod
     def num_rounds(sparsity: float, fraction: float) -> int:
@@ -257,7 +294,10 @@ class IMP(SparsityMethod):
             finally:
                 self.sparsity = saved
         else:
-            masks = self.masks_from_scores(scores, [target] * len(self.layers), eligible_only=True)
+            per_layer = [target] * len(self.layers)
+            if self.overrides:  # each layer's level scales to its own final sparsity
+                per_layer = [min(sl * target / self.sparsity, sl) if self.sparsity else 0.0 for sl in self.layer_sparsity]
+            masks = self.masks_from_scores(scores, per_layer, eligible_only=True)
         self.set_masks(masks)
         self._restart()
 

@@ -50,15 +50,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.patterns import NM, is_valid_nm, nm_groups_view, nm_select
-from ..errors import ConfigError, LayerError, check_fraction, check_int
+from ..core.patterns import INDIVISIBLE_POLICIES, NM, is_valid_nm
+from ..core.targets import target_from_args
+from ..errors import ConfigError, LayerError, check_fraction, check_number
 from ..masking import MASK_SUFFIX, MaskedLayer, is_sharded, mask_to
-from .base import SparsityMethod
+from .base import SparsityMethod, step_param
 
 __all__ = ["NMTraining", "STE", "SRSTE", "MDGF", "SDGF", "BDWP", "nm_mask", "sdgf_patterns"]
-
-INDIVISIBLE_POLICIES = ("error", "skip", "pad")
-
 
 def nm_mask(weight: torch.Tensor, n: int, m: int, *, pad: bool = False) -> torch.Tensor:
     """Boolean N:M mask of a canonical ``[out, in, *kernel]`` weight by magnitude.
@@ -66,24 +64,10 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, *, pad: bool = False) -> torch
     Keeps the ``n`` largest ``|w|`` of every ``m`` consecutive inputs (at each output and kernel
     position); among ties the lower index is pruned first, so the mask is deterministic. With
     ``pad``, an input dimension that is not a multiple of ``m`` is padded (scored below every
-    weight) and the padding is cut off again.
+    weight) and the padding is cut off again. It is :meth:`NM.mask <sparseforge.core.patterns.NM.mask>`
+    on ``|w|``.
     """
-    cin = weight.shape[1]
-    scores = weight.detach().abs().float()
-    if cin % m:
-        if not pad:
-            raise LayerError(f"input dimension {cin} is not divisible by M={m}")
-        extra = m - cin % m
-        shape = list(scores.shape)
-        shape[1] = extra
-        scores = torch.cat([scores, scores.new_full(shape, -math.inf)], dim=1)
-    g = nm_groups_view(scores, m)
-    keep = nm_select(g, n)
-    out_shape = (scores.shape[0], *scores.shape[2:], scores.shape[1])
-    keep = keep.reshape(out_shape)
-    if keep.dim() > 2:
-        keep = keep.permute(0, keep.dim() - 1, *range(1, keep.dim() - 1))
-    return keep[:, :cin].contiguous()
+    return NM(n, m).mask(weight.detach().abs(), pad=pad)
 
 
 def sdgf_patterns(n: int, m: int, kind: str) -> list[tuple[int, int]]:
@@ -164,16 +148,15 @@ class _BDWPInput(torch.autograd.Function):
 
 
 def _check_lambda(lambda_w: Any) -> float:
-    if isinstance(lambda_w, bool) or not isinstance(lambda_w, (int, float)) or lambda_w < 0:
-        raise ConfigError(f"lambda_w must be a number >= 0; got {lambda_w!r}")
-    return float(lambda_w)
+    return float(check_number(lambda_w, "lambda_w", minimum=0.0))
 
 
 class NMTraining(SparsityMethod):
     """Plain STE N:M training (base class of the other variants).
 
     Args:
-        pattern: N:M pattern, e.g. ``"2:4"`` (N < M, M >= 2).
+        sparsity: the N:M target, e.g. ``"2:4"`` (default) or ``NM(1, 8)`` (N < M). ``pattern=``
+            is a deprecated alias (warns).
         total_steps: optimizer steps of the run (needed for the phases and SDGF frames).
         dense_fraction: leading fraction of ``total_steps`` trained dense (default 0).
         finetune_fraction: trailing fraction trained with the hard target mask (default 0).
@@ -185,32 +168,58 @@ class NMTraining(SparsityMethod):
     """
 
     name = "ste"
+    logs_mask_flips = True
+
+    @classmethod
+    def run_defaults(cls, total_steps: int, steps_per_epoch: int | None) -> dict[str, Any]:
+        """The phases (dense, method, fine-tune) and SDGF's frames split the run's length."""
+        return {"total_steps": total_steps}
     supported_patterns = (NM,)
+    default_target = "2:4"
     #: SR-STE's decay of pruned weights (0 = plain STE)
     lambda_w = 0.0
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, pattern: Any = "2:4",
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: Any = None,
                  total_steps: int | None = None, dense_fraction: float = 0.0, finetune_fraction: float = 0.0,
-                 indivisible: str = "error", sparsity: float | None = None, **kwargs: Any) -> None:
-        if kwargs.get("allocation") not in (None, "uniform"):
-            raise ConfigError(f"{type(self).__name__}: N:M fixes every layer's sparsity; allocation must be left unset")
-        if indivisible not in INDIVISIBLE_POLICIES:
-            raise ConfigError(f"indivisible must be one of {INDIVISIBLE_POLICIES}; got {indivisible!r}")
+                 indivisible: str = "error", pattern: Any = None, **kwargs: Any) -> None:
+        v = NMTraining._check_params.__func__(type(self), {  # type: ignore[attr-defined]
+            "sparsity": sparsity, "pattern": pattern, "total_steps": total_steps, "dense_fraction": dense_fraction,
+            "finetune_fraction": finetune_fraction, "indivisible": indivisible, **kwargs})
         self.indivisible = indivisible
-        self.total_steps = None if total_steps is None else check_int(total_steps, "total_steps", minimum=1)
-        self.dense_fraction = check_fraction(dense_fraction, "dense_fraction")
-        self.finetune_fraction = check_fraction(finetune_fraction, "finetune_fraction")
-        if self.dense_fraction + self.finetune_fraction > 1.0:
-            raise ConfigError(f"dense_fraction + finetune_fraction must be <= 1; got {dense_fraction} + {finetune_fraction}")
-        if (self.dense_fraction or self.finetune_fraction) and self.total_steps is None:
-            raise ConfigError(f"{type(self).__name__}: dense_fraction/finetune_fraction need total_steps")
+        self.total_steps = total_steps
+        self.dense_fraction = float(dense_fraction)
+        self.finetune_fraction = float(finetune_fraction)
         self._padded: set[str] = set()
         self._hooks: list[Any] = []
         self._prev: dict[str, torch.Tensor] = {}
         self._metrics_from = 0
         self.sad_history: list[dict[str, float]] = []
-        super().__init__(model, optimizer, sparsity=sparsity, pattern=pattern, **kwargs)
+        super().__init__(model, optimizer, sparsity=v["target"], **kwargs)
         self._install_hooks()
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """The N:M target (N < M; ``"2:4"`` by default), the phases and the indivisible-layer policy."""
+        if p.get("allocation") not in (None, "uniform"):
+            raise ConfigError(f"{cls.__name__}: N:M fixes every layer's sparsity; allocation must be left unset")
+        if p.get("overrides"):
+            raise ConfigError(f"{cls.__name__}: N:M fixes every layer's sparsity; overrides take no effect "
+                              "(leave layers dense with targets: {exclude: [...]})")
+        if p.get("indivisible", "error") not in INDIVISIBLE_POLICIES:
+            raise ConfigError(f"indivisible must be one of {list(INDIVISIBLE_POLICIES)}; got {p.get('indivisible')!r}")
+        total = p.get("total_steps")
+        step_param(p, "total_steps", minimum=1)
+        dense = check_fraction(p.get("dense_fraction", 0.0), "dense_fraction")
+        fine = check_fraction(p.get("finetune_fraction", 0.0), "finetune_fraction")
+        if dense + fine > 1.0:
+            raise ConfigError(f"dense_fraction + finetune_fraction must be <= 1; got {dense} + {fine}")
+        if (dense or fine) and total is None:
+            raise ConfigError(f"{cls.__name__}: dense_fraction/finetune_fraction need total_steps")
+        target = target_from_args(p.get("sparsity"), p.get("pattern"), owner=cls.__name__, default=cls.default_target)
+        if not target.is_nm:
+            raise ConfigError(f"{cls.__name__} trains an N:M pattern; sparsity must be N:M such as '2:4'; got "
+                              f"{p.get('sparsity')!r}")
+        return {"target": target}
 
     # ------------------------------------------------------------------ set-up
     def _check_layers(self) -> None:
@@ -434,12 +443,17 @@ class MDGF(NMTraining):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, decay: str = "exp",
                  decay_coef: float = 2e-4, **kwargs: Any) -> None:
-        if decay not in ("linear", "exp"):
-            raise ConfigError(f"MDGF decay must be 'linear' or 'exp'; got {decay!r}")
-        if isinstance(decay_coef, bool) or not isinstance(decay_coef, (int, float)) or decay_coef <= 0:
-            raise ConfigError(f"decay_coef must be a number > 0; got {decay_coef!r}")
+        MDGF._check_params({"decay": decay, "decay_coef": decay_coef})
         self.decay, self.decay_coef = decay, float(decay_coef)
         super().__init__(model, optimizer, **kwargs)
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """``decay`` (linear or exp) and ``decay_coef`` (> 0)."""
+        if p.get("decay", "exp") not in ("linear", "exp"):
+            raise ConfigError(f"MDGF decay must be 'linear' or 'exp'; got {p.get('decay')!r}")
+        check_number(p.get("decay_coef", 2e-4), "decay_coef", minimum=0.0, min_open=True)
+        return {}
 
     def beta(self, t: int | None = None) -> float:
         """``β_t`` of the docstring (1 during the dense phase, 0 in fine-tuning)."""
@@ -463,17 +477,23 @@ class SDGF(NMTraining):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, kind: str = "sparsify",
                  **kwargs: Any) -> None:
+        SDGF._check_params({"kind": kind})
         self.kind = kind
         if kwargs.get("total_steps") is None:
             raise ConfigError("SDGF needs total_steps (its frames divide the run)")
-        pat = kwargs.get("pattern", "2:4")
-        from ..core.patterns import pattern_from_spec
+        target = target_from_args(kwargs.pop("sparsity", None), kwargs.pop("pattern", None), owner="SDGF",
+                                  default=self.default_target)
+        if not target.is_nm:
+            raise ConfigError(f"SDGF needs an N:M target such as '2:4'; got {target}")
+        self.frames = sdgf_patterns(target.pattern.n, target.pattern.m, kind)
+        super().__init__(model, optimizer, sparsity=target, **kwargs)
 
-        p = pattern_from_spec(pat)
-        if not isinstance(p, NM):
-            raise ConfigError(f"SDGF needs an N:M pattern; got {pat!r}")
-        self.frames = sdgf_patterns(p.n, p.m, kind)
-        super().__init__(model, optimizer, **kwargs)
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """``kind`` of the frame sequence."""
+        if p.get("kind", "sparsify") not in ("sparsify", "fine"):
+            raise ConfigError(f"SDGF kind must be 'sparsify' or 'fine'; got {p.get('kind')!r}")
+        return {}
 
     def _patterns_used(self) -> list[tuple[int, int]]:
         return list(self.frames)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..core.init import check_init_scale
 from ..core.scores import GRADIENT_SCORES, get_score
+from ..core.targets import parse_target
 from ..errors import ConfigError
 from ..masking import is_sharded
 from .base import SparsityMethod
@@ -34,11 +35,19 @@ class Dense(SparsityMethod):
 
     name = "dense"
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float = 0.0,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: Any = 0.0,
                  **kwargs: Any) -> None:
-        if sparsity != 0.0:
-            raise ConfigError(f"Dense takes sparsity 0; got {sparsity}")
+        Dense._check_params({"sparsity": sparsity, **kwargs})
         super().__init__(model, optimizer, sparsity=0.0, **kwargs)
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """The dense baseline takes sparsity 0 and no per-layer overrides."""
+        if parse_target(p.get("sparsity", 0.0)).sparsity != 0.0:
+            raise ConfigError(f"Dense takes sparsity 0; got {p.get('sparsity')!r}")
+        if p.get("overrides"):
+            raise ConfigError("Dense takes no overrides (every layer stays dense)")
+        return {}
 
 
 class StaticSparse(SparsityMethod):
@@ -58,13 +67,20 @@ class StaticSparse(SparsityMethod):
     """
 
     name = "static"
+    runner_args = frozenset({"data", "loss_fn"})
+
+    @classmethod
+    def needs_calibration_batch(cls, params: dict[str, Any]) -> bool:
+        """Gradient scores (SNIP, Taylor) need one training batch."""
+        return params.get("score", "random") in GRADIENT_SCORES
     default_allocation = "erk"
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float | None = None,
                  score: str = "random", data: tuple[Any, Any] | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                  allocation: Any = None, init_scale: str = "dense", **kwargs: Any) -> None:
-        self.init_scale = check_init_scale(init_scale)
+        StaticSparse._check_params({"score": score, "init_scale": init_scale})
+        self.init_scale = init_scale
         self.score_name = score
         self.score_fn = get_score(score)
         if score in GRADIENT_SCORES and data is None:
@@ -75,6 +91,13 @@ class StaticSparse(SparsityMethod):
             allocation = "global"
         super().__init__(model, optimizer, sparsity=sparsity, allocation=allocation, **kwargs)
         self._data = None  # do not keep the batch alive
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """The score's name and the initial scaling."""
+        check_init_scale(p.get("init_scale", "dense"))
+        get_score(p.get("score", "random"))
+        return {}
 
     def _gradients(self) -> list[torch.Tensor]:
         model = self.model

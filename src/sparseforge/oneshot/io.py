@@ -3,7 +3,7 @@
 Model sources (:func:`load_model`):
 
 * ``"minilm"`` -- the packaged all-MiniLM-L6-v2 (:func:`~.evaluate.load_minilm`), with its tokenizer;
-* ``"austen-gpt"`` -- the cached small Austen GPT (:func:`~.pretrained.austen_gpt`; it must have
+* ``"austen-gpt"`` -- the cached small Austen GPT (:func:`sparseforge.pretrained.austen_gpt`; it must have
   been trained already, the CLI never starts the training run);
 * a Hugging Face folder (``config.json`` with a ``model_type``, as written by
   ``save_pretrained``): the class named in ``config.architectures`` (else ``AutoModel``), and its
@@ -158,9 +158,9 @@ def load_model(source: str | os.PathLike[str]) -> LoadedModel:
         model.eval()
         return LoadedModel(model, "hf", "minilm", tok, {}, causal_lm=False)
     if key == "austen-gpt" and not Path(text).exists():
-        from .pretrained import austen_gpt
+        from .pretrained import cached_austen_gpt
 
-        lm = austen_gpt(train_if_missing=False)
+        lm = cached_austen_gpt()
         return _load_sparseforge_folder(lm.path, lm.config)
     path = Path(text).expanduser()
     if not path.exists():

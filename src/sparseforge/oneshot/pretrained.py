@@ -1,20 +1,15 @@
-"""A small pretrained Austen GPT for one-shot pruning benchmarks, trained once on CPU and cached.
+"""The cache of the small pretrained Austen GPT: its format, its key and loading it.
 
-:func:`austen_gpt` trains a character-level :class:`~sparseforge.models.TinyGPT` on the
-training split of the Jane Austen corpus (:func:`sparseforge.text.load_text_corpus`) with
-:func:`sparseforge.lm.train_lm` (dense, AdamW, warm-up + cosine; see that module), writes the
-weights, the model configuration and a training log into a cache folder outside the
-repository, and loads that folder on every later call instead of training again::
-
-    from sparseforge.oneshot.pretrained import austen_gpt
-    lm = austen_gpt()                  # 20-50 min on one CPU thread the first time, then < 1 s
-    print(lm.log["val_ppl"], lm.log["unigram_val_ppl"])
-    logits = lm.model(torch.zeros(1, 16, dtype=torch.long))
+The model is trained by :func:`sparseforge.pretrained.austen_gpt` (a runner: it calls
+:func:`sparseforge.lm.train_lm`); this module only finds and loads what that wrote, so the
+one-shot model loader (the model name ``austen-gpt`` of the prune command) never imports a
+training loop: :func:`cached_austen_gpt` returns the cached model, or raises a ``ConfigError``
+if it was never trained.
 
 The cache folder is ``$SPARSEFORGE_CACHE/austen-gpt/<key>`` (default
 ``~/.cache/sparseforge/austen-gpt/<key>``), where ``<key>`` is a hash of everything that
 determines the weights: corpus name, model shape, training budget, optimiser settings and
-seed. Change any of them and a new model is trained next to the old one. The folder holds
+seed. The folder holds
 
 * ``model.safetensors`` -- the ``state_dict`` (safetensors: loading never runs code);
 * ``config.json`` -- the TinyGPT constructor arguments, the training arguments, the corpus
@@ -22,15 +17,6 @@ seed. Change any of them and a new model is trained next to the old one. The fol
 * ``train_log.json`` -- the :func:`~sparseforge.lm.train_lm` result (validation loss and
   perplexity on the whole held-out split, the training-loss curve, steps, tokens, seconds),
   plus the unigram baseline perplexity, torch version, thread count and date.
-
-Same seed and arguments, same weights: the seed fixes the initialisation and the training
-windows. Bitwise equality holds for the same torch build and thread count; other thread counts
-change the summation order of matrix products, so the last bits (not the quality) may differ.
-The folder is written under a temporary name and renamed when complete, so an interrupted
-run leaves no half-written cache behind. Training saves a checkpoint every tenth of its steps
-(hidden beside the folder, ``.<key>-training.pt``); calling again after an interruption
-resumes from it on the same trajectory (see :func:`sparseforge.lm.train_lm`), and the
-checkpoint is deleted once the folder is written.
 """
 
 from __future__ import annotations
@@ -39,9 +25,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,10 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, check_int
-from ..fileio import atomic_save_safetensors, load_safetensors, read_json
+from ..errors import CheckpointError, ConfigError, check_int, check_number
+from ..fileio import first_sentence, load_safetensors, read_json
 
-__all__ = ["AUSTEN_GPT_DEFAULTS", "CACHE_ENV_VAR", "PretrainedLM", "austen_gpt", "default_cache_dir", "unigram_perplexity"]
+__all__ = ["AUSTEN_GPT_DEFAULTS", "CACHE_ENV_VAR", "PretrainedLM", "cached_austen_gpt", "default_cache_dir",
+           "unigram_perplexity"]
 
 #: environment variable that moves the cache root (default ``~/.cache/sparseforge``)
 CACHE_ENV_VAR = "SPARSEFORGE_CACHE"
@@ -121,9 +105,7 @@ def _check_args(kw: dict[str, Any]) -> None:
     for name in ("d_model", "n_layer", "n_head", "block_size", "steps", "batch_size"):
         check_int(kw[name], name, minimum=1)
     check_int(kw["seed"], "seed", minimum=0)
-    lr = kw["lr"]
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"lr must be a finite number > 0; got {lr!r}")
+    check_number(kw["lr"], "lr", minimum=0.0, min_open=True)
     if kw["d_model"] % kw["n_head"]:
         raise ConfigError(f"d_model must be divisible by n_head ({kw['n_head']}); got d_model={kw['d_model']}")
 
@@ -150,44 +132,18 @@ def _load(folder: Path) -> PretrainedLM:
     if not isinstance(config, dict) or config.get("format") != _FORMAT:
         got = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{str(folder)!r} holds format {got!r}, expected {_FORMAT!r}")
-    model = TinyGPT(**config["model"])
-    model.load_state_dict(state)
+    try:
+        model = TinyGPT(**config["model"])
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # an edited or corrupt cache entry
+        raise CheckpointError(f"{str(folder)!r}: the cached model does not match its config ({first_sentence(e)}); "
+                              f"delete {str(folder)!r} to train again") from None
     model.eval()
     return PretrainedLM(model=model, config=config, log=log, path=folder, trained=False)
 
 
-def austen_gpt(
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    corpus: str = "austen",
-    retrain: bool = False,
-    train_if_missing: bool = True,
-    progress: bool = False,
-    **overrides: Any,
-) -> PretrainedLM:
-    """The small pretrained Austen GPT: load it from the cache, or train it once and cache it.
-
-    Args:
-        cache_dir: cache root (default :func:`default_cache_dir`); the model lives in
-            ``<cache_dir>/austen-gpt/<key>``.
-        corpus: corpus name for :func:`~sparseforge.text.load_text_corpus` (``"austen"``, or
-            ``"text:PATH"`` for a quick model on another text, as the tests do).
-        retrain: train again even if the cache holds this model (the cache is replaced, and
-            a checkpoint of an interrupted training is discarded, not resumed).
-        train_if_missing: if False and the model is not cached, raise instead of training
-            (for callers that must not start a long training job by accident).
-        progress: show a progress bar while training.
-        **overrides: any of :data:`AUSTEN_GPT_DEFAULTS` (``d_model``, ``n_layer``, ``n_head``,
-            ``block_size``, ``steps``, ``batch_size``, ``lr``, ``seed``).
-
-    Returns:
-        A :class:`PretrainedLM` (model in eval mode, config, training log, folder).
-
-    Raises:
-        ConfigError: an unknown override or an invalid value (named with the allowed range);
-            ``train_if_missing=False`` and no cached model.
-        CheckpointError: a cache folder that cannot be read.
-    """
+def _resolve(cache_dir: str | os.PathLike[str] | None, corpus: Any, overrides: dict[str, Any]) -> tuple[Path, dict[str, Any], str]:
+    """``(folder, training arguments, key)`` of the model these arguments describe; bad arguments raise."""
     unknown = sorted(set(overrides) - set(AUSTEN_GPT_DEFAULTS))
     if unknown:
         raise ConfigError(f"austen_gpt got unknown argument(s) {unknown}; allowed: {sorted(AUSTEN_GPT_DEFAULTS)}")
@@ -197,49 +153,26 @@ def austen_gpt(
     _check_args(kw)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     key = _cache_key(corpus, kw)
-    folder = root / "austen-gpt" / key
-    if not retrain and all((folder / f).is_file() for f in _FILES):
-        return _load(folder)
-    if not train_if_missing:
-        raise ConfigError(f"no cached Austen GPT for these arguments in {str(folder)!r} and train_if_missing=False; "
-                          f"call austen_gpt() once to train it (20-50 minutes on one CPU thread)")
+    return root / "austen-gpt" / key, kw, key
 
-    from ..lm import train_lm
-    from ..text import load_text_corpus
 
-    data = load_text_corpus(corpus)
-    # 20-50 minutes of training: an interrupted call resumes from here instead of starting over
-    checkpoint = _checkpoint_path(folder)
-    if retrain:
-        checkpoint.unlink(missing_ok=True)
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    model_kw = {"vocab_size": int(data.vocab_size), "block_size": kw["block_size"], "d_model": kw["d_model"],
-                "n_layer": kw["n_layer"], "n_head": kw["n_head"]}
-    result = train_lm(data, "dense", model_params={k: v for k, v in model_kw.items() if k != "vocab_size"},
-                      steps=kw["steps"], batch_size=kw["batch_size"], lr=kw["lr"], seed=kw["seed"],
-                      progress=progress, return_model=True, checkpoint=checkpoint)
-    model = result.pop("model_object")
-    model.eval()
-    log = {**result, "unigram_val_ppl": unigram_perplexity(data.train, data.val, data.vocab_size),
-           "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    config = {"format": _FORMAT, "key": key, "corpus": corpus, "model": model_kw, "training": kw,
-              "chars": list(data.chars), "tokenizer": data.tokenizer}
+def _is_cached(folder: Path) -> bool:
+    return all((folder / f).is_file() for f in _FILES)
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        # contiguous copies: safetensors refuses views that share storage
-        atomic_save_safetensors({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
-                                tmp / "model.safetensors")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        (tmp / "train_log.json").write_text(json.dumps(log, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    checkpoint.unlink(missing_ok=True)
-    return PretrainedLM(model=model, config=config, log=log, path=folder, trained=True)
+
+def cached_austen_gpt(*, cache_dir: str | os.PathLike[str] | None = None, corpus: str = "austen",
+                      **overrides: Any) -> PretrainedLM:
+    """The Austen GPT that :func:`sparseforge.pretrained.austen_gpt` trained with these arguments, from the cache.
+
+    Takes the same ``cache_dir``, ``corpus`` and overrides (:data:`AUSTEN_GPT_DEFAULTS`) and
+    never trains.
+
+    Raises:
+        ConfigError: an unknown override or an invalid value; no cached model for these arguments.
+        CheckpointError: a cache folder that cannot be read.
+    """
+    folder, _, _ = _resolve(cache_dir, corpus, overrides)
+    if not _is_cached(folder):
+        raise ConfigError(f"no cached Austen GPT for these arguments in {str(folder)!r}; train it once with "
+                          f"sparseforge.pretrained.austen_gpt() (20-50 minutes on one CPU thread)")
+    return _load(folder)

@@ -31,17 +31,23 @@ import resource
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from ..core.patterns import NM
+from ..core.targets import INDIVISIBLE, Target
 from ..errors import ConfigError, LayerError, check_int
 from ..masking import MASK_SUFFIX, MaskedLayer, Masking, Targets, find_masked_layers, is_hf_conv1d
+from ..results import Result
+from ..tables import text_table
 from ..transaction import transaction
 from .calibration import load_calibration
-from .methods import NM, OneShotMethod, _few_threads, method_from_spec, resolve_target
+from .base import OneShotMethod, _few_threads, oneshot_target
+from .registry import method_from_spec
 from .stats import LayerStats, reconstruction_error
 
 __all__ = ["find_blocks", "prune_oneshot", "OneShotResult", "LayerResult", "peak_memory"]
@@ -201,17 +207,18 @@ class LayerResult:
                 "reconstruction_error": self.reconstruction_error, "seconds": self.seconds}
 
 
-@dataclass
-class OneShotResult:
+@dataclass(frozen=True, kw_only=True)
+class OneShotResult(Result):
     """What :func:`prune_oneshot` did.
 
     Attributes:
+        model: the model, pruned in place.
         method: method label (``"wanda"``, ``"magnitude-row"``, ``"dsnot+wanda"``...); ``method_spec`` its full repr.
         pattern: ``"unstructured"`` or ``"N:M"`` (N kept of M); ``target_sparsity`` the requested sparsity.
         layers: one :class:`LayerResult` per pruned layer, in order.
         skipped: ``(name, reason)`` for every prunable layer left dense.
         masking: the :class:`~sparseforge.masking.Masking` holding the installed masks
-            (``masking.finalize()`` folds them; ``sparsity_report(model, skipped=result.skipped)``).
+            (``result.masking.finalize()`` folds them; ``sparsity_report(result)`` measures them).
         blocks_path: where the blocks were found (``""``: the whole model was one block).
         nsamples, seqlen: calibration windows used (0 / None without calibration).
         wall_seconds: total time of the call; ``prune_seconds`` the sum of the rules' own times;
@@ -226,8 +233,6 @@ class OneShotResult:
     method_spec: str
     pattern: str
     target_sparsity: float
-    layers: list[LayerResult]
-    skipped: list[tuple[str, str]]
     masking: Masking | None
     blocks_path: str
     nsamples: int
@@ -270,10 +275,11 @@ class OneShotResult:
     def table(self) -> str:
         """Per-layer table plus totals, for printing."""
         lines = [f"one-shot {self.method} ({self.pattern}, target sparsity {self.target_sparsity:.4g}) -- "
-                 f"simulated sparsity (masks)", f"{'layer':<52} {'shape':>12} {'sparsity':>9} {'rel.err':>9} {'sec':>7}"]
-        for l in self.layers:
-            err = "-" if l.reconstruction_error is None else f"{l.reconstruction_error:.4f}"
-            lines.append(f"{l.name:<52} {'x'.join(map(str, l.shape)):>12} {l.sparsity:>9.4f} {err:>9} {l.seconds:>7.3f}")
+                 f"simulated sparsity (masks)"]
+        rows = [[l.name, "x".join(map(str, l.shape)), f"{l.sparsity:.4f}",
+                 "-" if l.reconstruction_error is None else f"{l.reconstruction_error:.4f}", f"{l.seconds:.3f}"]
+                for l in self.layers]
+        lines.append(text_table(["layer", "shape", "sparsity", "rel.err", "sec"], rows, align="lrrrr"))
         mean = self.mean_reconstruction_error
         lines.append(f"total: {len(self.layers)} layers, sparsity {self.sparsity:.4f}, mean rel.err "
                      f"{'-' if mean is None else f'{mean:.4f}'}, wall {self.wall_seconds:.2f} s "
@@ -522,88 +528,41 @@ def _drop_layer(masking: Masking, layer: MaskedLayer, reason: str) -> None:
     masking.skipped.append((layer.qualname, reason))
 
 
-@torch.no_grad()
-def prune_oneshot(
-    model: nn.Module,
-    method: Any = "wanda",
-    sparsity: Any = 0.5,
-    *,
-    calibration: Any = "austen",
-    tokenizer: Any = None,
-    nsamples: int = 128,
-    seqlen: int | None = None,
-    seed: int = 0,
-    batch_size: int | None = None,
-    blocks: str | nn.Module | None = None,
-    targets: Targets | dict | None = None,
-    indivisible: str = "error",
-    measure_error: bool = True,
-    share_inputs: bool = True,
-    strict: bool = False,
-    progress: bool | None = None,
-) -> OneShotResult:
-    """Prune ``model`` in place, block by block, with a one-shot method; masks installed as ``<param>_mask``.
+@dataclass
+class _Plan:
+    """What :func:`prune_oneshot` will do, decided (and validated) before the model is touched.
 
-    The pipeline of Wanda (Sun et al. 2023), SparseGPT (Frantar & Alistarh 2023) and DSnoT (Zhang
-    et al. 2024); see the module docstring. Works on Hugging Face models (GPT-2 with ``Conv1D``,
-    OPT, Llama, Mistral, Qwen2, BERT...), sparseforge's ``TinyGPT`` and any model of Linear layers.
-
-    Args:
-        model: the model; switched to eval mode during the call (restored after).
-        method: ``"magnitude"``, ``"magnitude-row"``, ``"wanda"``, ``"sparsegpt"``, ``"dsnot"``
-            (on Wanda), ``"dsnot+magnitude"``, ``"dsnot+sparsegpt"``, a dict or a
-            :class:`~.methods.OneShotMethod` (see :func:`~.methods.method_from_spec`).
-        sparsity: float in [0, 1) (unstructured, exact count per layer) or an N:M pattern
-            (``"2:4"``: keep 2 of every 4 consecutive inputs; the references count pruned weights).
-        calibration: ``"austen"`` (default), ``"bible"``, ``"text:PATH"``, a token tensor, a
-            ``TextCorpus``, model inputs as a float tensor, or None (magnitude only, no error
-            measured). See :func:`~.calibration.load_calibration`.
-        tokenizer: for text sources: a Hugging Face tokenizer, ``"byte"`` or the ``TextCorpus``
-            the model was trained on.
-        nsamples: calibration windows (default 128, as the references).
-        seqlen: tokens per window (default: the model's context length, at most 2048).
-        seed: seed of the window draw (default 0).
-        batch_size: calibration windows per forward call (memory vs. speed; results do not depend on it
-            beyond float rounding). Default: ``max(1, 4096 // seqlen)`` windows (32 at seqlen 128).
-        blocks: the block list (path or module) if the automatic :func:`find_blocks` is not wanted.
-        targets: restrict the prunable layers further (:class:`~sparseforge.masking.Targets` or dict).
-        indivisible: N:M on a layer whose input dimension M does not divide: ``"error"`` (default)
-            or ``"skip"`` (left dense, listed in ``skipped``).
-        measure_error: accumulate the Gram matrix of every layer's inputs to report the exact
-            reconstruction error (costs one ``in x in`` product per layer input; SparseGPT needs it anyway).
-        share_inputs: layers reading the same tensor share one statistics accumulator.
-        strict: make every skipped layer an error.
-        progress: show a progress bar (default: when stderr is a terminal).
-
-    Returns:
-        :class:`OneShotResult` with per-layer sparsity, reconstruction error and time, totals and peak memory.
-
-    Raises:
-        ConfigError: bad method, sparsity, calibration data, a model with no prunable layer, or a
-            model that already carries masks. LayerError: an N:M pattern that does not fit a layer
-            (with ``indivisible="error"``), a layer the method cannot prune.
+    ``blocks_path``/``blocks`` may still fall back to the whole model as one block once the
+    calibration inputs show that the blocks do not feed each other (with a line in ``notes``).
     """
-    t_start = time.perf_counter()
-    meth: OneShotMethod = method_from_spec(method)
-    pattern, target = resolve_target(sparsity)
+
+    method: OneShotMethod
+    target: Target
+    blocks_path: str
+    blocks: list[nn.Module]
+    layers: list[MaskedLayer]  # the layers to prune: the masks are installed on exactly these
+    skipped: list[tuple[str, str]]
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_options(nsamples: Any, batch_size: Any, seed: Any, seqlen: Any, indivisible: Any) -> None:
     check_int(nsamples, "nsamples", minimum=1)
     if batch_size is not None:
         check_int(batch_size, "batch_size", minimum=1)
     check_int(seed, "seed")
     if seqlen is not None:
         check_int(seqlen, "seqlen", minimum=1)
-    if indivisible not in ("error", "skip"):
-        raise ConfigError(f"indivisible must be 'error' or 'skip'; got {indivisible!r}")
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    existing = find_masked_layers(model)
-    if existing:
-        raise ConfigError(f"model already carries masks ({existing[0].qualname}{MASK_SUFFIX}, ...); "
-                          f"fold them with sparseforge.finalize(model) before one-shot pruning")
-    blocks_path, block_list = find_blocks(model, blocks)
-    notes: list[str] = []
+    if indivisible not in INDIVISIBLE:
+        raise ConfigError(f"indivisible must be one of {list(INDIVISIBLE)}; got {indivisible!r}")
+    if indivisible == "pad":
+        raise ConfigError("indivisible='pad' is not supported by one-shot methods (SparseGPT and DSnoT update whole "
+                          "N:M groups); use 'skip' (leave such layers dense) or 'error'")
 
-    # which layers: prunable ones inside the blocks, intersected with the user's targets
+
+def _select_layers(model: nn.Module, targets: Targets | dict | None, blocks_path: str, block_list: list[nn.Module],
+                   target: Target, indivisible: str, strict: bool) -> tuple[list[MaskedLayer], list[tuple[str, str]]]:
+    """``(layers, skipped)``: the prunable layers inside the blocks, intersected with the user's targets."""
+    pattern = target.pattern
     user = Targets.from_spec(targets)
     try:
         candidates = user.select(model)
@@ -643,114 +602,252 @@ def prune_oneshot(
         raise LayerError(f"strict=True but {len(skipped)} layer(s) would be left dense: {skipped[:3]}")
     if not kept_layers:
         raise LayerError(f"every prunable layer was skipped: {skipped[:3]}")
+    return kept_layers, skipped
 
-    # calibration data (validated before the model is touched)
-    device = _device_of(model)
+
+def _plan(model: nn.Module, method: Any, sparsity: Any, *, nsamples: Any, batch_size: Any, seed: Any, seqlen: Any,
+          blocks: str | nn.Module | None, targets: Targets | dict | None, indivisible: Any, strict: bool) -> _Plan:
+    """Validate every argument that needs no data and choose the blocks and layers (step 1 of :func:`prune_oneshot`)."""
+    meth: OneShotMethod = method_from_spec(method)
+    target = oneshot_target(sparsity)  # parsed once; every layer's rule gets this object
+    _check_options(nsamples, batch_size, seed, seqlen, indivisible)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    existing = find_masked_layers(model)
+    if existing:
+        raise ConfigError(f"model already carries masks ({existing[0].qualname}{MASK_SUFFIX}, ...); "
+                          f"fold them with sparseforge.finalize(model) before one-shot pruning")
+    blocks_path, block_list = find_blocks(model, blocks)
+    layers, skipped = _select_layers(model, targets, blocks_path, block_list, target, indivisible, strict)
+    return _Plan(meth, target, blocks_path, block_list, layers, skipped)
+
+
+def _calibration_data(model: nn.Module, meth: OneShotMethod, calibration: Any, *, tokenizer: Any, nsamples: int,
+                      seqlen: int | None, seed: int, measure_error: bool) -> torch.Tensor | None:
+    """The calibration windows (or None: magnitude without error measurement), loaded before the model is touched."""
     needs_data = meth.needs_data or (measure_error and calibration is not None)
-    t_cal = time.perf_counter()
-    calib = None
     if meth.needs_data and calibration is None:
         raise ConfigError(f"method {meth.name} needs calibration data; got calibration=None")
-    if needs_data:
-        if seqlen is None and not (isinstance(calibration, torch.Tensor) and (calibration.dim() == 2 or calibration.is_floating_point())):
-            ctx = _context_length(model)
-            if ctx is None:
-                raise ConfigError("seqlen is required: the model does not state a context length")
-            seqlen = min(ctx, _MAX_DEFAULT_SEQLEN)
-        calib = load_calibration(calibration, tokenizer=tokenizer, nsamples=nsamples, seqlen=seqlen, seed=seed)
-    calibration_seconds = time.perf_counter() - t_cal
+    if not needs_data:
+        return None
+    if seqlen is None and not (isinstance(calibration, torch.Tensor) and (calibration.dim() == 2 or calibration.is_floating_point())):
+        ctx = _context_length(model)
+        if ctx is None:
+            raise ConfigError("seqlen is required: the model does not state a context length")
+        seqlen = min(ctx, _MAX_DEFAULT_SEQLEN)
+    return load_calibration(calibration, tokenizer=tokenizer, nsamples=nsamples, seqlen=seqlen, seed=seed)
 
+
+@contextmanager
+def _calibration_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no key/value cache while the calibration data runs; both restored after, whatever happens."""
     was_training = model.training
     config = getattr(model, "config", None)
     old_cache = getattr(config, "use_cache", None)
+    try:
+        model.eval()
+        if old_cache is not None:
+            config.use_cache = False
+        yield
+    finally:
+        model.train(was_training)
+        if old_cache is not None:
+            config.use_cache = old_cache
+
+
+def _calibration_batches(calib: torch.Tensor, batch_size: int | None, device: torch.device) -> list[torch.Tensor]:
+    if batch_size is None:
+        tokens_per_row = math.prod(calib.shape[1:]) if not calib.is_floating_point() else 1
+        batch_size = max(1, 4096 // max(1, tokens_per_row)) if not calib.is_floating_point() else 1024
+    return [calib[i : i + batch_size].to(device) for i in range(0, calib.shape[0], batch_size)]
+
+
+def _first_block_inputs(model: nn.Module, plan: _Plan, batches: list[torch.Tensor]) -> list[_BlockInput]:
+    """The inputs of the first block, one per batch (step 2); falls back to one block if the blocks do not chain."""
+    if plan.blocks == [model]:
+        return [_BlockInput(b, (), {}, False) for b in batches]
+    if len(plan.blocks) > 1 and not _sequential_ok(model, plan.blocks, batches[0][:1]):
+        msg = (f"block 1 of {plan.blocks_path} does not receive the output of block 0; pruned the model "
+               f"as one block instead (all statistics held at once)")
+        # attributed to the caller of prune_oneshot (through _prune_blocks and torch.no_grad's wrapper)
+        warnings.warn(msg, RuntimeWarning, stacklevel=5)
+        plan.notes.append(msg)
+        plan.blocks_path, plan.blocks = "", [model]
+        return [_BlockInput(b, (), {}, False) for b in batches]
+    return _capture_inputs(model, plan.blocks[0], batches)
+
+
+def _next_inputs(block: nn.Module, inputs: list[_BlockInput]) -> list[_BlockInput]:
+    """The next block's inputs: this (already pruned) block's outputs, with the same extra arguments."""
+    return [_BlockInput(_run_block(block, i), i.rest, i.kwargs, i.hidden_in_kwargs) for i in inputs]
+
+
+class _LayerPruner:
+    """Prunes the layers of one block after another inside :func:`prune_oneshot`'s transaction (steps 3 and 4).
+
+    Holds what the run accumulates: the per-layer results and the time spent in the rules. Every
+    weight is saved to the transaction's journal just before it is overwritten.
+    """
+
+    def __init__(self, plan: _Plan, masking: Masking, txn: Any, *, measure_error: bool, share_inputs: bool,
+                 strict: bool) -> None:
+        self.method = plan.method
+        self.target = plan.target
+        self.masking = masking
+        self.txn = txn
+        self.track_gram = plan.method.needs_gram or measure_error
+        self.share_inputs = share_inputs
+        self.strict = strict
+        self.by_module = {id(l.module): l for l in masking.layers}
+        self.results: list[LayerResult] = []
+        self.prune_seconds = 0.0
+
+    def prune_block(self, index: int, block: nn.Module, inputs: list[_BlockInput] | None) -> None:
+        """Gather the statistics of the block's layers on the dense block, then prune each layer."""
+        layers = [(n, self.by_module[id(m)]) for n, m in block.named_modules() if id(m) in self.by_module]
+        if not layers:
+            return
+        collector = None
+        if inputs is not None:
+            collector = _Collector(layers, self.track_gram, self.share_inputs)
+            try:
+                for inp in inputs:
+                    collector.run(block, inp)
+            finally:
+                collector.remove()
+        for rel, layer in layers:
+            stats = collector.get(layer.qualname) if collector is not None else None
+            if stats is not None and stats.n_tokens == 0:
+                if self.method.needs_data:
+                    reason = "received no calibration input (not called in the block's forward pass)"
+                    if self.strict:
+                        raise LayerError(f"{layer.qualname}: {reason}")
+                    _drop_layer(self.masking, layer, reason)
+                    continue
+                stats = None
+            self.prune_layer(index, rel, layer, stats)
+
+    def prune_layer(self, index: int, rel: str, layer: MaskedLayer, stats: LayerStats | None) -> None:
+        """Run the rule on one layer, write its new weight and mask, and measure it."""
+        weight = layer.weight
+        w = layer.canonical(weight.detach()).float()
+        with _few_threads(w.numel(), w.device):
+            t0 = time.perf_counter()
+            mask, new_w = self.method.prune(w, stats, self.target, name=layer.qualname, layer_name=rel)
+            dt = time.perf_counter() - t0
+            err = reconstruction_error(w, new_w, stats.gram) if stats is not None and stats.gram is not None else None
+        self.prune_seconds += dt
+        self.txn.save(weight)
+        weight.copy_(layer.from_canonical(new_w).to(weight.dtype))
+        self.masking.set_mask(layer, mask, canonical=True)
+        self.results.append(LayerResult(layer.qualname, index, tuple(w.shape), 1.0 - float(mask.sum()) / mask.numel(), err, dt))
+
+
+def _prune_blocks(model: nn.Module, plan: _Plan, pruner: _LayerPruner, calib: torch.Tensor | None,
+                  batch_size: int | None, device: torch.device, progress: bool | None) -> None:
+    """Capture the first block's inputs, then prune block by block, feeding each pruned block's outputs on."""
+    inputs: list[_BlockInput] | None = None
+    if calib is not None:
+        batches = _calibration_batches(calib, batch_size, device)
+        inputs = _first_block_inputs(model, plan, batches)
+        del batches
+    for bi, block in _progress(enumerate(plan.blocks), len(plan.blocks), progress, f"{plan.method.label} blocks"):
+        pruner.prune_block(bi, block, inputs)
+        if inputs is not None and bi + 1 < len(plan.blocks):
+            inputs = _next_inputs(block, inputs)
+
+
+@torch.no_grad()
+def prune_oneshot(
+    model: nn.Module,
+    method: Any = "wanda",
+    sparsity: Any = 0.5,
+    *,
+    calibration: Any = "austen",
+    tokenizer: Any = None,
+    nsamples: int = 128,
+    seqlen: int | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    blocks: str | nn.Module | None = None,
+    targets: Targets | dict | None = None,
+    indivisible: str = "error",
+    measure_error: bool = True,
+    share_inputs: bool = True,
+    strict: bool = False,
+    progress: bool | None = None,
+) -> OneShotResult:
+    """Prune ``model`` in place, block by block, with a one-shot method; masks installed as ``<param>_mask``.
+
+    The pipeline of Wanda (Sun et al. 2023), SparseGPT (Frantar & Alistarh 2023) and DSnoT (Zhang
+    et al. 2024); see the module docstring. Works on Hugging Face models (GPT-2 with ``Conv1D``,
+    OPT, Llama, Mistral, Qwen2, BERT...), sparseforge's ``TinyGPT`` and any model of Linear layers.
+
+    Args:
+        model: the model; switched to eval mode during the call (restored after).
+        method: ``"magnitude"``, ``"magnitude-row"``, ``"wanda"``, ``"sparsegpt"``, ``"dsnot"``
+            (on Wanda), ``"dsnot+magnitude"``, ``"dsnot+sparsegpt"``, a dict or a
+            :class:`~.methods.OneShotMethod` (see :func:`~.methods.method_from_spec`).
+        sparsity: the target (:func:`~sparseforge.core.targets.parse_target`): a fraction in [0, 1)
+            (unstructured, exact count per layer), an N:M pattern (``"2:4"`` or ``NM(2, 4)``: keep 2
+            of every 4 consecutive inputs; the references count pruned weights) or a Target.
+        calibration: ``"austen"`` (default), ``"bible"``, ``"text:PATH"``, a token tensor, a
+            ``TextCorpus``, model inputs as a float tensor, or None (magnitude only, no error
+            measured). See :func:`~.calibration.load_calibration`.
+        tokenizer: for text sources: a Hugging Face tokenizer, ``"byte"`` or the ``TextCorpus``
+            the model was trained on.
+        nsamples: calibration windows (default 128, as the references).
+        seqlen: tokens per window (default: the model's context length, at most 2048).
+        seed: seed of the window draw (default 0).
+        batch_size: calibration windows per forward call (memory vs. speed; results do not depend on it
+            beyond float rounding). Default: ``max(1, 4096 // seqlen)`` windows (32 at seqlen 128).
+        blocks: the block list (path or module) if the automatic :func:`find_blocks` is not wanted.
+        targets: restrict the prunable layers further (:class:`~sparseforge.masking.Targets` or dict).
+        indivisible: N:M on a layer whose input dimension M does not divide: ``"error"`` (default)
+            or ``"skip"`` (left dense, listed in ``skipped``); ``"pad"`` (of :func:`prune_nm` and the
+            N:M training methods) is refused here.
+        measure_error: accumulate the Gram matrix of every layer's inputs to report the exact
+            reconstruction error (costs one ``in x in`` product per layer input; SparseGPT needs it anyway).
+        share_inputs: layers reading the same tensor share one statistics accumulator.
+        strict: make every skipped layer an error.
+        progress: show a progress bar (default: when stderr is a terminal).
+
+    Returns:
+        :class:`OneShotResult` with per-layer sparsity, reconstruction error and time, totals and peak memory.
+
+    Raises:
+        ConfigError: bad method, sparsity, calibration data, a model with no prunable layer, or a
+            model that already carries masks. LayerError: an N:M pattern that does not fit a layer
+            (with ``indivisible="error"``), a layer the method cannot prune.
+    """
+    t_start = time.perf_counter()
+    plan = _plan(model, method, sparsity, nsamples=nsamples, batch_size=batch_size, seed=seed, seqlen=seqlen,
+                 blocks=blocks, targets=targets, indivisible=indivisible, strict=strict)
+    device = _device_of(model)
+    t_cal = time.perf_counter()
+    calib = _calibration_data(model, plan.method, calibration, tokenizer=tokenizer, nsamples=nsamples, seqlen=seqlen,
+                              seed=seed, measure_error=measure_error)
+    calibration_seconds = time.perf_counter() - t_cal
+
     # all or nothing: a layer the method refuses (the last one, say) leaves every weight and
     # buffer as it was; only the weights about to change are copied (saved per layer)
     with transaction(model, tensors="journal") as txn:
-        masking = Masking(model, Targets(include=[re.escape(l.name) for l in kept_layers], types=None))
-        masking.skipped = skipped
-        by_module = {id(l.module): l for l in masking.layers}
-        results: list[LayerResult] = []
-        prune_seconds = 0.0
+        masking = Masking(model, Targets(include=[re.escape(l.name) for l in plan.layers], types=None))
+        masking.skipped = plan.skipped
+        pruner = _LayerPruner(plan, masking, txn, measure_error=measure_error, share_inputs=share_inputs, strict=strict)
         meter = peak_memory(device)
-        try:
-            model.eval()
-            if old_cache is not None:
-                config.use_cache = False
-            with meter:
-                inputs: list[_BlockInput] | None = None
-                if calib is not None:
-                    if batch_size is None:
-                        tokens_per_row = math.prod(calib.shape[1:]) if not calib.is_floating_point() else 1
-                        batch_size = max(1, 4096 // max(1, tokens_per_row)) if not calib.is_floating_point() else 1024
-                    batches = [calib[i : i + batch_size].to(device) for i in range(0, calib.shape[0], batch_size)]
-                    if block_list == [model]:
-                        inputs = [_BlockInput(b, (), {}, False) for b in batches]
-                    else:
-                        if len(block_list) > 1 and not _sequential_ok(model, block_list, batches[0][:1]):
-                            msg = (f"block 1 of {blocks_path} does not receive the output of block 0; pruned the model "
-                                   f"as one block instead (all statistics held at once)")
-                            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                            notes.append(msg)
-                            blocks_path, block_list = "", [model]
-                            inputs = [_BlockInput(b, (), {}, False) for b in batches]
-                        else:
-                            inputs = _capture_inputs(model, block_list[0], batches)
-                    del batches
-                for bi, block in _progress(enumerate(block_list), len(block_list), progress, f"{meth.label} blocks"):
-                    layers = [(n, by_module[id(m)]) for n, m in block.named_modules() if id(m) in by_module]
-                    if not layers:
-                        if inputs is not None and bi + 1 < len(block_list):
-                            inputs = [_BlockInput(_run_block(block, i), i.rest, i.kwargs, i.hidden_in_kwargs) for i in inputs]
-                        continue
-                    collector = None
-                    if inputs is not None:
-                        collector = _Collector(layers, meth.needs_gram or measure_error, share_inputs)
-                        try:
-                            for inp in inputs:
-                                collector.run(block, inp)
-                        finally:
-                            collector.remove()
-                    for rel, layer in layers:
-                        stats = collector.get(layer.qualname) if collector is not None else None
-                        if stats is not None and stats.n_tokens == 0:
-                            if meth.needs_data:
-                                reason = "received no calibration input (not called in the block's forward pass)"
-                                if strict:
-                                    raise LayerError(f"{layer.qualname}: {reason}")
-                                _drop_layer(masking, layer, reason)
-                                continue
-                            stats = None
-                        weight = layer.weight
-                        w = layer.canonical(weight.detach()).float()
-                        with _few_threads(w.numel(), w.device):
-                            t0 = time.perf_counter()
-                            mask, new_w = meth.prune(w, stats, pattern if isinstance(pattern, NM) else target,
-                                                     name=layer.qualname, layer_name=rel)
-                            dt = time.perf_counter() - t0
-                            err = reconstruction_error(w, new_w, stats.gram) if stats is not None and stats.gram is not None else None
-                        prune_seconds += dt
-                        txn.save(weight)
-                        weight.copy_(layer.from_canonical(new_w).to(weight.dtype))
-                        masking.set_mask(layer, mask, canonical=True)
-                        results.append(LayerResult(layer.qualname, bi, tuple(w.shape),
-                                                   1.0 - float(mask.sum()) / mask.numel(), err, dt))
-                    del collector
-                    if inputs is not None and bi + 1 < len(block_list):
-                        inputs = [_BlockInput(_run_block(block, i), i.rest, i.kwargs, i.hidden_in_kwargs) for i in inputs]
-                inputs = None
-        finally:
-            model.train(was_training)
-            if old_cache is not None:
-                config.use_cache = old_cache
+        with _calibration_mode(model), meter:
+            _prune_blocks(model, plan, pruner, calib, batch_size, device, progress)
         if not masking.layers:
             raise LayerError(f"no layer was pruned: {masking.skipped[:3]}")
-    pattern_name = f"{pattern.n}:{pattern.m}" if isinstance(pattern, NM) else "unstructured"
+    pattern = plan.target.pattern
     return OneShotResult(
-        method=meth.label, method_spec=repr(meth), pattern=pattern_name, target_sparsity=target, layers=results,
-        skipped=list(masking.skipped), masking=masking, blocks_path=blocks_path,
-        nsamples=0 if calib is None else int(calib.shape[0]),
+        model=model, method=plan.method.label, method_spec=repr(plan.method),
+        pattern=f"{pattern.n}:{pattern.m}" if isinstance(pattern, NM) else "unstructured",
+        target_sparsity=plan.target.sparsity, layers=pruner.results, skipped=list(masking.skipped), masking=masking,
+        blocks_path=plan.blocks_path, nsamples=0 if calib is None else int(calib.shape[0]),
         seqlen=None if calib is None or calib.is_floating_point() else int(calib.shape[1]),
-        wall_seconds=time.perf_counter() - t_start, prune_seconds=prune_seconds, calibration_seconds=calibration_seconds,
-        peak_memory_bytes=meter.bytes, peak_memory_source=meter.source, memory_at_start_bytes=meter.start_bytes,
-        notes=notes,
+        wall_seconds=time.perf_counter() - t_start, prune_seconds=pruner.prune_seconds,
+        calibration_seconds=calibration_seconds, peak_memory_bytes=meter.bytes, peak_memory_source=meter.source,
+        memory_at_start_bytes=meter.start_bytes, notes=plan.notes,
     )

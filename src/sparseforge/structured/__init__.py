@@ -14,28 +14,28 @@
 * :func:`.onnx.export_onnx` exports the shrunk model and checks it in onnxruntime.
 * :class:`StructuredPruner` / :func:`prune_structured` do all of it in one call with a
   :class:`StructuredReport`.
-* :func:`train_structured` trains a classifier to a target group sparsity with any of these
-  (dense, HESSO, one-shot + fine-tuning, group lasso, WGSEF) and returns the export (:mod:`.train`).
+
+Training a classifier to a target group sparsity with any of these (dense, HESSO, one-shot +
+fine-tuning, group lasso, WGSEF) is a runner: :func:`sparseforge.structured_train.train_structured`.
 """
 
 from . import hf as _hf  # noqa: F401  (imported for its side effect: registers the Hugging Face attention rule)
 from .graph import Cluster, DependencyGraph, Group, trace_groups
 from .importance import IMPORTANCES, group_importance
-from .pruner import LayerRow, StructuredPruner, StructuredReport, count_params_macs, prune_structured, select_groups
+from .pruner import (LayerRow, StructuredPruner, StructuredReport, StructuredResult, count_params_macs,
+                     prune_structured, select_groups)
 from .rules import Rule, find_rule, register_rule, unregister_rule
 from .hesso import DEFAULT_CRITERIA, HESSO
 from .hf import is_hf_attention, update_hf_config
 from .prox import GroupProx, group_lasso_prox, sef, sef_prox
 from .shrink import kept_indices, load_structured, read_structure, save_structured, shrink, zero_groups
-from .train import STRUCTURED_METHODS, StructuredTrainResult, run_structured, train_structured, zero_group_count
 
 __all__ = [
     "trace_groups", "DependencyGraph", "Group", "Cluster",
     "group_importance", "IMPORTANCES", "select_groups",
-    "StructuredPruner", "StructuredReport", "LayerRow", "prune_structured", "count_params_macs",
+    "StructuredPruner", "StructuredReport", "StructuredResult", "LayerRow", "prune_structured", "count_params_macs",
     "Rule", "register_rule", "unregister_rule", "find_rule",
     "is_hf_attention", "update_hf_config", "HESSO", "DEFAULT_CRITERIA",
     "GroupProx", "sef", "sef_prox", "group_lasso_prox",
     "kept_indices", "shrink", "zero_groups", "save_structured", "load_structured", "read_structure",
-    "train_structured", "StructuredTrainResult", "STRUCTURED_METHODS", "zero_group_count", "run_structured",
 ]

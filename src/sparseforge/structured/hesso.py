@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_int
+from ..errors import ConfigError, check_int, check_sparsity
 from .graph import DependencyGraph, trace_groups
 from .shrink import Kept, kept_indices, shrink
 from .trace import ELEMENTS
@@ -77,9 +77,7 @@ class HESSO:
                  graph: DependencyGraph | None = None) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
-        if isinstance(target_group_sparsity, bool) or not isinstance(target_group_sparsity, (int, float)) \
-                or not 0 <= target_group_sparsity < 1:
-            raise ConfigError(f"target_group_sparsity must be in [0, 1); got {target_group_sparsity!r}")
+        check_sparsity(target_group_sparsity, "target_group_sparsity")
         self.pruning_periods = check_int(pruning_periods, "pruning_periods", minimum=1)
         self.pruning_steps = check_int(pruning_steps, "pruning_steps", minimum=self.pruning_periods)
         self.start_pruning_step = check_int(start_pruning_step, "start_pruning_step", minimum=0)

@@ -46,7 +46,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_number, check_sparsity
 from .graph import DependencyGraph, trace_groups
 from .shrink import Kept, kept_indices, shrink
 from .trace import ELEMENTS
@@ -143,11 +143,8 @@ class GroupProx:
             raise ConfigError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
         if penalty not in ("sef", "group_lasso"):
             raise ConfigError(f"penalty must be 'sef' or 'group_lasso'; got {penalty!r}")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam <= 0:
-            raise ConfigError(f"lam must be a positive number; got {lam!r}")
-        if isinstance(target_group_sparsity, bool) or not isinstance(target_group_sparsity, (int, float)) \
-                or not 0 <= target_group_sparsity < 1:
-            raise ConfigError(f"target_group_sparsity must be in [0, 1); got {target_group_sparsity!r}")
+        check_number(lam, "lam", minimum=0.0, min_open=True)
+        check_sparsity(target_group_sparsity, "target_group_sparsity")
         if graph is None:
             if example_inputs is None:
                 raise ConfigError("GroupProx needs example_inputs (to trace the groups) or graph")

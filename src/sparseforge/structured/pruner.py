@@ -4,9 +4,9 @@
 
     import sparseforge as sf
     pruner = sf.StructuredPruner(model, example_inputs, sparsity=0.5, ignore=["classifier"])
-    small, report = pruner.prune()
-    print(report.table())
-    sf.structured.save_structured(small, pruner.kept, "out/")       # reload: load_structured("out/", factory)
+    result = pruner.prune()                 # result.model: the smaller model; result.report: the table
+    print(result.report.table())
+    sf.structured.save_structured(result.model, result.kept, "out/")  # reload: load_structured("out/", factory)
 
 Channel sparsity is the fraction of a cluster's groups that are removed (a cluster is, e.g.,
 all output channels of one conv with everything coupled to them; see :mod:`.graph`).
@@ -36,19 +36,22 @@ from torch import nn
 
 from ..utils import probe
 from ..errors import ConfigError, LayerError, check_int, check_sparsity
-from ..masking import is_hf_conv1d
+from ..tables import text_table
+from ..core.layout import is_hf_conv1d
+from ..results import Result
 from .graph import DependencyGraph, trace_groups
 from .importance import IMPORTANCES, group_importance
 from .shrink import Kept, kept_indices, shrink, zero_groups
 
-__all__ = ["StructuredPruner", "StructuredReport", "LayerRow", "prune_structured", "count_params_macs", "select_groups"]
+__all__ = ["StructuredPruner", "StructuredReport", "StructuredResult", "LayerRow", "prune_structured",
+           "count_params_macs", "select_groups"]
 
 SCOPES = ("layer", "global")
 
 
 @dataclass
 class LayerRow:
-    """One output dimension of one layer in the report."""
+    """One output dimension of one layer in the report (``layer``, also readable as ``name``)."""
 
     layer: str
     cluster: int
@@ -57,6 +60,11 @@ class LayerRow:
     requested: float
     achieved: float
     note: str = ""
+
+    @property
+    def name(self) -> str:
+        """The layer's module name (the name every per-layer record of the API has)."""
+        return self.layer
 
 
 @dataclass
@@ -87,9 +95,9 @@ class StructuredReport:
 
     def table(self) -> str:
         """A text table: one row per layer output, then totals, skipped layers and unknown ops."""
-        lines = [f"{'layer':48s} {'before':>7s} {'after':>7s} {'requested':>9s} {'achieved':>9s}  note"]
-        for r in self.rows:
-            lines.append(f"{r.layer[:48]:48s} {r.channels_before:7d} {r.channels_after:7d} {r.requested:9.3f} {r.achieved:9.3f}  {r.note}")
+        lines = [text_table(["layer", "before", "after", "requested", "achieved", "note"],
+                            [[r.layer, r.channels_before, r.channels_after, f"{r.requested:.3f}", f"{r.achieved:.3f}", r.note]
+                             for r in self.rows], align="lrrrrl")]
         pr = 1 - self.params_after / self.params_before if self.params_before else 0.0
         mr = 1 - self.macs_after / self.macs_before if self.macs_before else 0.0
         lines.append(f"params {self.params_before} -> {self.params_after} ({pr:.1%} fewer); "
@@ -224,6 +232,25 @@ def select_groups(graph: DependencyGraph, scores: torch.Tensor, sparsity: float,
     return sorted(removed), rows, notes
 
 
+@dataclass(frozen=True, kw_only=True)
+class StructuredResult(Result):
+    """What :meth:`StructuredPruner.prune` and :func:`prune_structured` return.
+
+    Attributes:
+        model: the shrunk model (a new one; the pruned model is not modified).
+        report: the :class:`StructuredReport` (requested vs achieved per layer, params, MACs).
+        layers: the report's rows (:class:`LayerRow`, ``name`` = module name).
+        skipped: ``(name, reason)`` of the layers the dependency graph left whole.
+        kept: the kept indices (for :func:`~sparseforge.structured.save_structured`).
+
+    Unpacking it as ``small, report`` still works for one release, with a ``DeprecationWarning``.
+    """
+
+    kept: Kept | None = None
+
+    _legacy_tuple = ("model", "report")
+
+
 class StructuredPruner:
     """Trace a model once, then score, select and physically remove coupled channel groups.
 
@@ -296,8 +323,8 @@ class StructuredPruner:
             self.select()
         return zero_groups(self.model, self.kept)  # type: ignore[arg-type]
 
-    def prune(self) -> tuple[nn.Module, StructuredReport]:
-        """Return ``(shrunk model, report)``; the original model is not modified."""
+    def prune(self) -> StructuredResult:
+        """Shrink a copy of the model; the :class:`StructuredResult` holds it (``.model``) and its ``.report``."""
         if self.kept is None:
             self.select()
         small = shrink(self.model, self.kept)  # type: ignore[arg-type]
@@ -309,9 +336,10 @@ class StructuredPruner:
                              "please report this model; use ignore=[...] on the layer named in the error") from e
         report = StructuredReport(self.rows, p0, p1, m0, m1, list(self.graph.skipped), dict(self.graph.unknown),
                                   list(self.notes))
-        return small, report
+        return StructuredResult(model=small, report=report, layers=list(report.rows), skipped=list(report.skipped),
+                                kept=self.kept)
 
 
-def prune_structured(model: nn.Module, example_inputs: Any, sparsity: float, **kwargs: Any) -> tuple[nn.Module, StructuredReport]:
+def prune_structured(model: nn.Module, example_inputs: Any, sparsity: float, **kwargs: Any) -> StructuredResult:
     """One call: ``StructuredPruner(model, example_inputs, sparsity=sparsity, **kwargs).prune()``."""
     return StructuredPruner(model, example_inputs, sparsity=sparsity, **kwargs).prune()

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..masking import is_hf_conv1d
+from ..core.layout import is_hf_conv1d
 from .trace import TraceContext
 
 __all__ = ["Rule", "register_rule", "find_rule", "unregister_rule", "RULES"]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, LayerError
-from ..fileio import atomic_path, atomic_write_text, read_json
+from ..fileio import atomic_dir, atomic_save_safetensors, load_safetensors, read_json
 from .graph import DependencyGraph, slab_dims
 from .trace import ELEMENTS
 from .rules import find_rule
@@ -197,25 +197,68 @@ def _apply_local(m: nn.Module, kept: Kept) -> None:
 
 
 # ------------------------------------------------------------------------------- save
+def _is_structured_folder(d: Path) -> bool:
+    return (d / "structure.json").is_file()
+
+
+def _untied_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict with each tied tensor once (under its first name); other shared storage copied."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[Any, ...]] = set()
+    storages: set[int] = set()
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu()
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and ident in seen:
+            continue  # the same tensor under a second name: load_structured restores the tie
+        seen.add(ident)
+        t = t.contiguous()
+        if t.numel() and (t.untyped_storage().data_ptr() in storages
+                          or t.untyped_storage().nbytes() != t.numel() * t.element_size()):
+            t = t.clone()  # safetensors refuses views of one storage
+        storages.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
+
+
 def save_structured(model: nn.Module, kept: Kept, directory: str | os.PathLike, *, extra: Mapping[str, Any] | None = None) -> Path:
     """Save a shrunk ``model`` to ``directory``: ``model.safetensors`` + ``structure.json``.
 
     ``kept`` is what :func:`kept_indices` returned for the shrink that produced ``model``.
     Reload with :func:`load_structured` and a factory that builds the original (unpruned)
-    architecture. Returns the directory.
-    """
-    from safetensors.torch import save_model
+    architecture. ``directory`` must be new, empty, or an earlier :func:`save_structured`
+    folder (replaced whole); the folder appears complete or not at all
+    (:func:`~sparseforge.fileio.atomic_dir`), so a failure keeps the previous one. Returns it.
 
+    Raises:
+        ConfigError: ``model`` is not a module, ``kept`` is malformed, ``extra`` is not
+            JSON-serialisable, or ``directory`` holds files of something else.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if not isinstance(kept, Mapping) or not all(
+            isinstance(k, tuple) and len(k) == 2 and isinstance(v, tuple) and len(v) == 2 and torch.is_tensor(v[1])
+            for k, v in kept.items()):
+        raise ConfigError("kept must map (tensor name, dim) -> (original size, kept index tensor), as "
+                          f"kept_indices() or StructuredPruner.kept return it; got {type(kept).__name__}")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise ConfigError(f"extra must be a mapping or None; got {type(extra).__name__}")
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    with atomic_path(d / "model.safetensors") as tmp:
-        save_model(model, str(tmp))  # handles tied (shared) tensors
+    if d.is_file() or (d.is_dir() and any(d.iterdir()) and not _is_structured_folder(d)):
+        raise ConfigError(f"directory {str(d)!r} exists and holds something other than a save_structured folder; "
+                          "choose a new or empty folder (an earlier save_structured folder is replaced)")
     desc = {
         "format": FORMAT,
         "kept": [{"key": k, "dim": dim, "size": n, "kept": idx.tolist()} for (k, dim), (n, idx) in sorted(kept.items())],
         "extra": dict(extra or {}),
     }
-    atomic_write_text(d / "structure.json", json.dumps(desc, indent=1))
+    try:
+        text = json.dumps(desc, indent=1)  # before anything is written
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"extra must hold JSON values only: {e}") from None
+    with atomic_dir(d) as tmp:
+        atomic_save_safetensors(_untied_tensors(model), tmp / "model.safetensors")
+        (tmp / "structure.json").write_text(text)
     return d
 
 
@@ -228,11 +271,23 @@ def read_structure(directory: str | os.PathLike) -> Kept:
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
         raise CheckpointError(f"{p}: format is {got!r}; expected {FORMAT!r}")
-    try:
-        return {(e["key"], int(e["dim"])): (int(e["size"]), torch.tensor(e["kept"], dtype=torch.long))
-                for e in desc["kept"]}
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{p}: malformed 'kept' entry ({type(e).__name__}: {e}); the file is corrupt") from None
+    entries = desc.get("kept")
+    if not isinstance(entries, list):
+        raise CheckpointError(f"{p}: 'kept' must be a list; the file is corrupt")
+    out: Kept = {}
+    for i, e in enumerate(entries):
+        ok = (isinstance(e, dict) and isinstance(e.get("key"), str) and isinstance(e.get("kept"), list)
+              and all(isinstance(e.get(f), int) and not isinstance(e.get(f), bool) for f in ("dim", "size"))
+              and all(isinstance(j, int) and not isinstance(j, bool) for j in e["kept"]))
+        if not ok:
+            raise CheckpointError(f"{p}: malformed 'kept' entry {i} ({str(e)[:120]}); the file is corrupt")
+        idx, size = e["kept"], e["size"]
+        # indices in range and strictly increasing: index_select must never see a foreign index
+        if e["dim"] < 0 or size < 1 or any(not 0 <= j < size for j in idx) or any(a >= b for a, b in zip(idx, idx[1:])):
+            raise CheckpointError(f"{p}: 'kept' entry {i} ({e['key']!r}) has indices outside [0, {size}) or out of "
+                                  "order, or a negative dim; the file is corrupt")
+        out[(e["key"], e["dim"])] = (size, torch.tensor(idx, dtype=torch.long))
+    return out
 
 
 def load_structured(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.Module:
@@ -241,8 +296,6 @@ def load_structured(directory: str | os.PathLike, factory: Callable[[], nn.Modul
     ``factory()`` must return the original, unpruned architecture (any weights: they are
     replaced). Its tensors are shrunk as recorded, then the saved weights are loaded strictly.
     """
-    from safetensors.torch import load_model
-
     if not callable(factory):
         raise ConfigError(f"factory must be a callable returning the unpruned model; got {factory!r}")
     kept = read_structure(directory)
@@ -251,13 +304,17 @@ def load_structured(directory: str | os.PathLike, factory: Callable[[], nn.Modul
         raise ConfigError(f"factory() must return an nn.Module; got {type(model).__name__}")
     _apply(model, kept, zero=False)
     weights = Path(directory) / "model.safetensors"
-    try:
-        missing, unexpected = load_model(model, str(weights), strict=False)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # safetensors' Rust panics derive from BaseException, not Exception
-        raise CheckpointError(f"cannot read {str(weights)!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
-                              "(missing, truncated or not a safetensors file)") from None
+    tensors = load_safetensors(weights, what="structured model weights")
+    own = model.state_dict()
+    present = {(v.data_ptr(), tuple(v.shape)) for k, v in own.items() if k in tensors}
+    # tied tensors are saved once (save_model): a missing key is fine if its storage was loaded under another name
+    missing = [k for k, v in own.items() if k not in tensors and (v.data_ptr(), tuple(v.shape)) not in present]
+    unexpected = [k for k in tensors if k not in own]
     if missing or unexpected:
         raise CheckpointError(f"saved weights do not match the rebuilt model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wrong = [k for k, t in tensors.items() if tuple(t.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise CheckpointError(f"{str(weights)!r}: {wrong[0]!r} has shape {tuple(tensors[wrong[0]].shape)} but the rebuilt "
+                              f"model expects {tuple(own[wrong[0]].shape)}; the file does not match structure.json")
+    model.load_state_dict(tensors, strict=False)
     return model

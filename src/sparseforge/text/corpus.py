@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_number
 from .austen import read_austen_novels
 
 __all__ = ["TOKENIZERS", "TextCorpus", "load_text_corpus"]
@@ -93,12 +93,8 @@ class TextCorpus:
 
 
 def _check_val_fraction(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"val_fraction must be a number in (0, 1); got {value!r}")
-    v = float(value)
-    if not 0.0 < v < 1.0:
-        raise ConfigError(f"val_fraction must be in (0, 1) (exclusive: both splits need text); got {v}")
-    return v
+    return float(check_number(value, "val_fraction", minimum=0.0, maximum=1.0, min_open=True, max_open=True,
+                              note=" (exclusive: both splits need text)"))
 
 
 def _split_document(title: str, text: str, val_fraction: float) -> tuple[str, str]:

@@ -57,25 +57,27 @@ each part's exact budget (:class:`PerLayer` allocation).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ..core.allocation import PerLayer
-from ..utils import preserved_modes
+from ..utils import call_model, preserved_modes
 from ..errors import ConfigError, LayerError, check_sparsity
 from ..masking import Targets
+from ..results import Result, renamed_keywords
 from ..transaction import transaction
 
 __all__ = [
     "KINDS", "base_scaling", "wide_width", "parallel_branches", "factorized_rank", "doped_rank",
     "SparseIFTLayer", "SparseWide", "SparseParallel", "SparseFactorized", "SparseDoped", "transform_layer",
-    "sparse_ift", "ift_layers", "ift_targets", "ift_budgets", "PerLayer", "ift_method", "IsoFlopRow", "IsoFlopReport",
-    "iso_flop_report",
+    "sparse_ift", "SparseIFTResult", "IFTLayer", "ift_layers", "ift_targets", "ift_budgets", "PerLayer", "ift_method",
 ]
 
 KINDS: tuple[str, ...] = ("wide", "parallel", "factorized", "doped")
@@ -385,74 +387,124 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def _select(model: nn.Module, include: Sequence[str], exclude: Sequence[str], first_layer: str,
-            last_layer: str) -> list[str]:
-    """Names of the layers to transform; an include entry naming an unsupported layer is an error."""
+#: sparse_ift's own defaults for the fields a dict ``targets`` leaves out: the stem and the head
+#: stay dense, as in the paper and the official code
+_TARGET_DEFAULTS = {"first_layer": "dense", "last_layer": "dense"}
+_OLD_TARGET_KEYWORDS = ("include", "exclude", "first_layer", "last_layer")
+
+
+def _targets(targets: Any, old: dict[str, Any]) -> Targets:
+    """One :class:`Targets` over Linear/Conv2d from ``targets`` or the deprecated include/exclude keywords."""
+    if old:
+        if targets is not None:
+            raise ConfigError(f"sparse_ift: pass targets= only; got targets= and the deprecated {sorted(old)}")
+        warnings.warn(f"sparse_ift({', '.join(f'{k}=' for k in old)}...) is deprecated; use "
+                      f"targets={{{', '.join(repr(k) + ': ...' for k in old)}}}", DeprecationWarning, stacklevel=4)
+        targets = {k: v for k, v in old.items() if v is not None}
+    if targets is None or isinstance(targets, dict):
+        spec = {**_TARGET_DEFAULTS, **(targets or {})}
+        for key in ("include", "exclude"):
+            if isinstance(spec.get(key), str):
+                spec[key] = (spec[key],)
+        t = Targets.from_spec(spec)
+    else:
+        t = Targets.from_spec(targets)
+    return t if t.types is not None else dataclasses.replace(t, types=_SUPPORTED)
+
+
+def _select(model: nn.Module, targets: Targets) -> tuple[list[str], list[tuple[str, str]]]:
+    """Names of the layers to transform and the skipped ones; an include entry naming an unsupported layer is an error."""
     names = dict(model.named_modules())
-    for p in include:
+    for p in targets.include:
         for n, m in names.items():
             if n and (n == p or re.fullmatch(p, n)) and not isinstance(m, _SUPPORTED) \
                     and isinstance(getattr(m, "weight", None), nn.Parameter):
-                raise LayerError(f"include entry {p!r} matches {n} ({type(m).__name__}); Sparse-IFT transforms "
-                                 "nn.Linear and nn.Conv2d only")
-    targets = Targets(types=_SUPPORTED, include=tuple(include), exclude=tuple(exclude), first_layer=first_layer,
-                      last_layer=last_layer)
+                raise LayerError(f"targets.include entry {p!r} matches {n} ({type(m).__name__}); Sparse-IFT "
+                                 "transforms nn.Linear and nn.Conv2d only")
     chosen = [l.name for l in targets.select(model)]
     for n in chosen:
         _check_layer(names[n], n)
-    return chosen
+    return chosen, list(targets.skipped)
 
 
-def sparse_ift(model: nn.Module, kind: str, sparsity: float, *, include: Sequence[str] = (),
-               exclude: Sequence[str] = (), first_layer: str = "dense", last_layer: str = "dense",
-               example_input: Any = None, inplace: bool = False, **options: Any) -> nn.Module:
+@dataclass(frozen=True)
+class IFTLayer:
+    """One transformed layer: its module name and the :class:`SparseIFTLayer` now in its place."""
+
+    name: str
+    module: SparseIFTLayer
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparseIFTResult(Result):
+    """What :func:`sparse_ift` returns.
+
+    Attributes:
+        model: the transformed model (a copy unless ``inplace=True``).
+        layers: one :class:`IFTLayer` per transformed layer, in module order.
+        skipped: ``(name, reason)`` of selected layers left dense (a weight tied to another module).
+        kind, sparsity: the transformation and its ``s``.
+    """
+
+    kind: str
+    sparsity: float
+
+
+@renamed_keywords(example_input="example_inputs")
+def sparse_ift(model: nn.Module, kind: str, sparsity: float, *, targets: Targets | dict | None = None,
+               example_inputs: Any = None, inplace: bool = False, **options: Any) -> SparseIFTResult:
     """Replace the model's ``nn.Linear`` / ``nn.Conv2d`` layers by a Sparse-IFT transformation.
 
     Args:
         model: the dense model.
         kind: ``"wide"``, ``"parallel"``, ``"factorized"`` or ``"doped"``.
         sparsity: ``s`` in ``[0, 1)``.
-        include / exclude: module names or regular expressions (full match), as in
-            :class:`~sparseforge.masking.Targets`.
-        first_layer / last_layer: the stem and the head stay ``"dense"`` (default, as in the
-            paper and the official code) or are transformed (``"sparse"``).
-        example_input: for ``"wide"``, a forward pass on it checks that the rewired widths fit.
+        targets: which layers (:class:`~sparseforge.masking.Targets` or a dict of its fields, as
+            everywhere: ``include``, ``exclude``, ``first_layer``, ``last_layer``); only Linear and
+            Conv2d layers are transformed. A dict's ``first_layer`` / ``last_layer`` default to
+            ``"dense"`` (the stem and the head stay dense, as in the paper and the official code);
+            a :class:`Targets` object is used as given.
+        example_inputs: for ``"wide"``, a forward pass on it checks that the rewired widths fit.
         inplace: modify ``model`` itself (default: a transformed deep copy).
-        options: passed to the layer class (``branch_norm``, ``uv_layer``).
+        options: passed to the layer class (``branch_norm``, ``uv_layer``). The old keywords
+            ``include``, ``exclude``, ``first_layer``, ``last_layer`` are deprecated aliases of
+            ``targets`` (they warn).
 
     Returns:
-        the transformed model; :func:`ift_layers` lists its transformed layers.
+        a :class:`SparseIFTResult`: ``.model`` the transformed model, ``.layers`` one
+        :class:`IFTLayer` per transformed layer.
     """
     _check_kind(kind)
     s = check_sparsity(sparsity)
-    if isinstance(include, str):
-        include = (include,)
-    if isinstance(exclude, str):
-        exclude = (exclude,)
+    old = {k: options.pop(k) for k in _OLD_TARGET_KEYWORDS if k in options}
+    selection = _targets(targets, old)
     if options and kind == "wide":
         raise ConfigError(f"Sparse Wide takes no options; got {sorted(options)}")
-    chosen = _select(model, include, exclude, first_layer, last_layer)
+    chosen, skipped = _select(model, selection)
     if not inplace:
-        return _transform(copy.deepcopy(model), kind, s, chosen, example_input, options)
-    # all or nothing in place: a layer refused at the end (or an example input the widened
-    # model cannot run) puts every replaced module back
-    with transaction(model, tensors="journal"):
-        return _transform(model, kind, s, chosen, example_input, options)
+        out = _transform(copy.deepcopy(model), kind, s, chosen, example_inputs, options)
+    else:
+        # all or nothing in place: a layer refused at the end (or an example input the widened
+        # model cannot run) puts every replaced module back
+        with transaction(model, tensors="journal"):
+            out = _transform(model, kind, s, chosen, example_inputs, options)
+    return SparseIFTResult(model=out, layers=[IFTLayer(n, out.get_submodule(n)) for n in chosen], skipped=skipped,
+                           kind=kind, sparsity=s)
 
 
-def _transform(out: nn.Module, kind: str, s: float, chosen: list[str], example_input: Any,
+def _transform(out: nn.Module, kind: str, s: float, chosen: list[str], example_inputs: Any,
                options: dict[str, Any]) -> nn.Module:
     if kind != "wide":
         for name in chosen:
             _set_module(out, name, transform_layer(out.get_submodule(name), kind, s, **options))
         return out
     _widen(out, chosen, s)
-    if example_input is not None:
+    if example_inputs is not None:
         try:
             with preserved_modes(out), torch.no_grad():
-                out(example_input)
+                call_model(out, example_inputs)
         except RuntimeError as e:
-            raise LayerError(f"Sparse Wide: the widened model does not run on example_input ({e}); the width rule "
+            raise LayerError(f"Sparse Wide: the widened model does not run on example_inputs ({e}); the width rule "
                              "supports chains of Linear/Conv2d layers (MLPs, plain CNNs), not residual networks") from None
     return out
 
@@ -550,103 +602,3 @@ def ift_method(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
     overall = 1.0 - sum(budgets.values()) / sum(sizes.values())
     return build_method(method, model, optimizer, sparsity=overall, allocation=PerLayer(values),
                         targets=ift_targets(model), **params)
-
-
-# --------------------------------------------------------------------------------- FLOP counter
-@dataclass
-class IsoFlopRow:
-    """One layer of the dense model next to what replaced it (FLOPs per sample)."""
-
-    name: str
-    kind: str
-    dense_flops: float
-    ift_flops: float
-    dense_params: int
-    ift_params: int
-    ift_nonzeros: int
-
-    @property
-    def ratio(self) -> float:
-        """``ift_flops / dense_flops``."""
-        return self.ift_flops / self.dense_flops if self.dense_flops else float("nan")
-
-
-@dataclass
-class IsoFlopReport:
-    """Dense vs transformed FLOPs side by side; :meth:`table` renders it."""
-
-    rows: list[IsoFlopRow]
-    source: str
-    totals: dict[str, float] = field(default_factory=dict)
-
-    def table(self) -> str:
-        """A plain-text table (FLOPs = 2 x weight multiply-adds per sample)."""
-        head = ["layer", "kind", "dense FLOPs", "IFT FLOPs", "ratio", "dense params", "IFT params", "IFT nonzeros"]
-        body = [[r.name, r.kind, f"{r.dense_flops:,.0f}", f"{r.ift_flops:,.0f}", f"{r.ratio:.4f}", f"{r.dense_params:,}",
-                 f"{r.ift_params:,}", f"{r.ift_nonzeros:,}"] for r in self.rows]
-        t = self.totals
-        body.append(["total", "", f"{t['dense_flops']:,.0f}", f"{t['ift_flops']:,.0f}", f"{t['ratio']:.4f}",
-                     f"{int(t['dense_params']):,}", f"{int(t['ift_params']):,}", f"{int(t['ift_nonzeros']):,}"])
-        widths = [max(len(x) for x in col) for col in zip(head, *body)]
-        line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-        return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body),
-                          f"IFT FLOPs counted from {self.source}"])
-
-    def __str__(self) -> str:
-        return self.table()
-
-
-def iso_flop_report(dense_model: nn.Module, ift_model: nn.Module, example_input: Any) -> IsoFlopReport:
-    """Per-layer FLOPs of ``dense_model`` next to its Sparse-IFT version ``ift_model``.
-
-    FLOPs of the transformed model are counted from the masks of its sparse parts (after
-    :func:`ift_method` or any method built on :func:`ift_targets`). Before masks exist, the
-    exact budgets (:func:`ift_budgets`) are used and :attr:`IsoFlopReport.source` says so. Rows
-    are the dense model's Linear/Conv2d layers; a transformed layer's row sums its parts.
-    BatchNorm and activation costs are not counted (the convention of :mod:`sparseforge.report`).
-    """
-    from ..report import sparsity_report
-
-    dense = sparsity_report(dense_model, example_input)
-    ift = sparsity_report(ift_model, example_input)
-    layers = ift_layers(ift_model)
-    budgets = ift_budgets(ift_model)
-    masked = {r.name for r in ift if r.masked}
-    missing = [n for n in budgets if f"{n}.weight" not in masked]
-    source = "masks" if not missing else "exact budgets (no masks yet)"
-    if missing and len(missing) != len(budgets):
-        raise ConfigError(f"only some Sparse-IFT parts have masks (missing {missing[:3]}); build the method with "
-                          "ift_method or ift_targets")
-    ift_rows = {r.name.removesuffix(".weight"): r for r in ift}
-    rows = []
-    for d in dense:
-        if d.dense_flops is None:
-            raise ConfigError(f"FLOPs of {d.name} are unknown; pass an example_input that runs the model")
-        name = d.name.removesuffix(".weight")
-        if name in layers:
-            parts = [(n, r) for n, r in ift_rows.items() if n.startswith(name + ".")]
-            flops = 0.0
-            nonzeros = 0
-            for n, r in parts:
-                if r.dense_flops is None:
-                    raise ConfigError(f"FLOPs of {n} are unknown; pass an example_input that runs the model")
-                if missing and n in budgets:
-                    kept = budgets[n]
-                    flops += r.dense_flops * kept / r.params
-                    nonzeros += kept
-                else:
-                    flops += r.sparse_flops
-                    nonzeros += r.nonzeros
-            rows.append(IsoFlopRow(name, layers[name].kind, d.dense_flops, flops, d.params,
-                                   sum(r.params for _, r in parts), nonzeros))
-        else:
-            r = ift_rows[name]
-            rows.append(IsoFlopRow(name, "dense", d.dense_flops, r.sparse_flops, d.params, r.params, r.nonzeros))
-    dsum = sum(r.dense_flops for r in rows)
-    isum = sum(r.ift_flops for r in rows)
-    totals = {"dense_flops": dsum, "ift_flops": isum, "ratio": isum / dsum if dsum else float("nan"),
-              "dense_params": sum(r.dense_params for r in rows), "ift_params": sum(r.ift_params for r in rows),
-              "ift_nonzeros": sum(r.ift_nonzeros for r in rows),
-              "dense_model_params": sum(p.numel() for p in dense_model.parameters()),
-              "ift_model_params": sum(p.numel() for p in ift_model.parameters())}
-    return IsoFlopReport(rows, source, totals)

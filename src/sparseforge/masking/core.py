@@ -40,401 +40,24 @@ Design (see DESIGN.md, "Contracts"):
 
 from __future__ import annotations
 
-import re
-import sys
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, LayerError
-from .transaction import transaction
+from ..errors import ConfigError, LayerError
+from ..transaction import transaction
+from .distributed import _reject_fsdp1, is_sharded, shard_like
+from .cache import FloatMaskCache
+from .layers import MASK_SUFFIX, MaskedLayer, find_masked_layers, mask_to
+from .state import finalize
+from .targets import Targets, check_targets_match
 
-
-__all__ = [
-    "MaskedLayer",
-    "Targets",
-    "Masking",
-    "is_hf_conv1d",
-    "is_default_target",
-    "find_masked_layers",
-    "mask_to",
-    "apply_masks",
-    "finalize",
-    "load_masked_state_dict",
-    "MASK_SUFFIX",
-    "check_targets_match",
-    "is_sharded",
-    "full_tensor",
-    "shard_like",
-]
-
-MASK_SUFFIX = "_mask"
+__all__ = ["Masking", "EXACT_OPTIMIZERS"]
 
 # the autograd engine: its queue_callback runs a function once the current backward pass ends
 _ENGINE = torch.autograd.Variable._execution_engine
-
-
-def is_sharded(t: torch.Tensor) -> bool:
-    """True if ``t`` is a ``DTensor`` (e.g. a weight sharded by FSDP2's ``fully_shard``)."""
-    # no DTensor can exist before torch.distributed.tensor is imported, and importing it here
-    # would cost every `import sparseforge.masking` half a second (it pulls in torch's compiler)
-    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
-    return dtensor is not None and isinstance(t, dtensor)
-
-
-def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself, or, for a ``DTensor``, the whole tensor gathered from its shards (a collective)."""
-    return t.full_tensor() if is_sharded(t) else t
-
-
-def shard_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """The full tensor ``t`` laid out like ``ref``: ``t`` itself unless ``ref`` is a ``DTensor``.
-
-    For a ``DTensor`` ``ref`` this is a collective: every rank receives its shard of rank 0's
-    ``t`` (``distribute_tensor`` scatters from rank 0), so masks cannot diverge across ranks.
-    """
-    if not is_sharded(ref):
-        return t
-    if is_sharded(t):
-        return t.redistribute(ref.device_mesh, ref.placements)
-    from torch.distributed.tensor import distribute_tensor
-
-    return distribute_tensor(t.to(ref.device), ref.device_mesh, ref.placements)
-
-
-def is_hf_conv1d(module: nn.Module) -> bool:
-    """True for Hugging Face ``transformers`` ``Conv1D`` (GPT-2 style, weight stored ``[in, out]``)."""
-    t = type(module)
-    return t.__name__ == "Conv1D" and t.__module__.startswith("transformers")
-
-
-DEFAULT_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def is_default_target(module: nn.Module) -> bool:
-    """True for the layers masked by default: Linear, Conv1d/2d/3d and Hugging Face ``Conv1D``."""
-    return isinstance(module, DEFAULT_TYPES) or is_hf_conv1d(module)
-
-
-@dataclass
-class MaskedLayer:
-    """One masked parameter: the module, its qualified name and the parameter name.
-
-    ``transposed`` is True when the stored weight is ``[in, out]`` (HF ``Conv1D``); patterns
-    always see the canonical ``[out, in, *kernel]`` layout through :meth:`canonical`.
-    """
-
-    name: str
-    module: nn.Module
-    param_name: str = "weight"
-    transposed: bool = False
-
-    @property
-    def qualname(self) -> str:
-        """``module.param`` name as in ``state_dict``."""
-        return f"{self.name}.{self.param_name}" if self.name else self.param_name
-
-    @property
-    def weight(self) -> nn.Parameter:
-        """The masked parameter."""
-        return getattr(self.module, self.param_name)
-
-    @property
-    def mask(self) -> torch.Tensor:
-        """The bool mask buffer (same layout as the stored weight)."""
-        return getattr(self.module, self.param_name + MASK_SUFFIX)
-
-    def canonical(self, t: torch.Tensor) -> torch.Tensor:
-        """View ``t`` (stored layout) in the canonical ``[out, in, *kernel]`` layout.
-
-        A ``DTensor`` shard (FSDP2) is gathered to the full tensor first: methods rank whole
-        layers, never one rank's shard.
-        """
-        t = full_tensor(t)
-        return t.t() if self.transposed else t
-
-    def from_canonical(self, t: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`canonical`."""
-        return t.t() if self.transposed else t
-
-    def stored_index(self, flat: torch.Tensor) -> torch.Tensor:
-        """Flat indices of the canonical layout -> flat indices of the (row-major) stored layout."""
-        if not self.transposed:
-            return flat
-        out, inp = self.canonical_shape  # canonical [out, in] is stored [in, out]
-        return (flat % inp) * out + flat // inp
-
-    @property
-    def canonical_shape(self) -> tuple[int, ...]:
-        """Weight shape in canonical layout (the full shape of a sharded weight)."""
-        shape = tuple(self.weight.shape)
-        return shape[::-1] if self.transposed else shape
-
-
-def mask_to(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The bool ``mask`` as 0/1 values of ``dtype`` (a new tensor).
-
-    Converts through a ``uint8`` view of the same bytes: in torch 2.13's CPU build the direct
-    ``bool -> float`` cast is not vectorized (0.13 ms for a 235k-entry mask, 0.02 ms this way),
-    and masks are converted at every mask update.
-    """
-    if mask.dtype == torch.bool and mask.is_contiguous() and not is_sharded(mask):
-        return mask.view(torch.uint8).to(dtype)
-    return mask.to(dtype)
-
-
-def _matches(pattern: str, name: str) -> bool:
-    return name == pattern or re.fullmatch(pattern, name) is not None
-
-
-@dataclass
-class Targets:
-    """Which parameters get masks.
-
-    Args:
-        types: module types whose ``weight`` is masked. Default: ``nn.Linear``,
-            ``nn.Conv1d/2d/3d`` and Hugging Face ``Conv1D``.
-        include: module names or regular expressions (full match); if given, only
-            matching modules of the selected types are masked.
-        exclude: module names or regular expressions (full match) never masked.
-        first_layer / last_layer: ``"sparse"`` (default) or ``"dense"``; the first and last
-            selected modules in ``named_modules()`` order.
-        strict_patterns: every include/exclude entry must match at least one module (default
-            True), so a typo fails loudly instead of silently masking everything.
-        params: names of the parameters masked on every selected module (default
-            ``("weight",)``); e.g. ``("weight", "bias")`` prunes biases too, as several
-            lottery-ticket codebases do. Each gets its own ``<param>_mask`` buffer, enforced
-            through training like a weight's. A selected module without one of them (a
-            ``Linear(..., bias=False)``) is an error naming the layer.
-        joint: score each module's parameters together (default False: each on its own):
-            one ranking and one exact count over the weight and the bias of a layer, at the
-            layer's sparsity, so "sparsity" means that of weights + biases. Global
-            allocations pool every parameter anyway. Unstructured patterns only.
-    """
-
-    types: tuple[type, ...] | None = None
-    include: Sequence[str] = ()
-    exclude: Sequence[str] = ()
-    first_layer: str = "sparse"
-    last_layer: str = "sparse"
-    strict_patterns: bool = True
-    params: Sequence[str] = ("weight",)
-    joint: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.params, str):
-            self.params = (self.params,)
-        self.params = tuple(self.params)
-        if not self.params or not all(isinstance(p, str) and p.isidentifier() for p in self.params):
-            raise ConfigError(f"targets.params must be a non-empty list of parameter names such as "
-                              f"['weight', 'bias']; got {list(self.params)!r}")
-        if len(set(self.params)) != len(self.params):
-            raise ConfigError(f"targets.params lists a parameter twice: {list(self.params)}")
-        if not isinstance(self.joint, bool):
-            raise ConfigError(f"targets.joint must be True or False; got {self.joint!r}")
-        if self.joint and len(self.params) < 2:
-            raise ConfigError(f"targets.joint=True scores a layer's parameters together; it needs two or more "
-                              f"targets.params (e.g. ['weight', 'bias']); got {list(self.params)}")
-        for f in ("first_layer", "last_layer"):
-            v = getattr(self, f)
-            if v not in ("sparse", "dense"):
-                raise ConfigError(f"targets.{f} must be 'sparse' or 'dense'; got {v!r}")
-        for f in ("include", "exclude"):
-            v = getattr(self, f)
-            if isinstance(v, str):
-                setattr(self, f, (v,))
-            for p in getattr(self, f):
-                try:
-                    re.compile(p)
-                except re.error as e:
-                    raise ConfigError(f"targets.{f}: {p!r} is not a valid regular expression ({e})") from None
-
-    def _type_ok(self, module: nn.Module) -> bool:
-        if self.types is None:
-            return is_default_target(module)
-        return isinstance(module, self.types) or (is_hf_conv1d(module) and any(t.__name__ == "Conv1D" for t in self.types))
-
-    def select(self, model: nn.Module) -> list[MaskedLayer]:
-        """Return the masked layers of ``model`` in module order; raise if none or a pattern misses."""
-        candidates = [(n, m) for n, m in model.named_modules() if self._type_ok(m) and isinstance(getattr(m, "weight", None), nn.Parameter)]
-        names = [n for n, _ in model.named_modules()]
-        if self.strict_patterns:
-            for f in ("include", "exclude"):
-                for p in getattr(self, f):
-                    if not any(_matches(p, n) for n in names):
-                        raise ConfigError(
-                            f"targets.{f} entry {p!r} matches no module of {type(model).__name__}; "
-                            f"module names look like {names[1:6]}"
-                        )
-        chosen = [
-            (n, m)
-            for n, m in candidates
-            if (not self.include or any(_matches(p, n) for p in self.include))
-            and not any(_matches(p, n) for p in self.exclude)
-        ]
-        if chosen and self.first_layer == "dense" and chosen[0][0] == candidates[0][0]:
-            chosen = chosen[1:]
-        if chosen and self.last_layer == "dense" and chosen[-1][0] == candidates[-1][0]:
-            chosen = chosen[:-1]
-        chosen = self._drop_tied(model, chosen)
-        if not chosen:
-            raise ConfigError(
-                f"no prunable layers in {type(model).__name__}: found {len(candidates)} candidate modules "
-                f"(types {self._type_names()}), include={list(self.include)}, exclude={list(self.exclude)}, "
-                f"first_layer={self.first_layer!r}, last_layer={self.last_layer!r}"
-            )
-        out = []
-        for n, m in chosen:
-            for pname in self.params:
-                if not isinstance(getattr(m, pname, None), nn.Parameter):
-                    what = "None (built with bias=False?)" if pname == "bias" and getattr(m, "bias", 0) is None else "absent"
-                    raise LayerError(
-                        f"layer {n or '(model)'!r} ({type(m).__name__}) has no parameter {pname!r} to mask (it is {what}); "
-                        f"targets.params={list(self.params)}: exclude the layer or drop {pname!r}")
-                out.append(MaskedLayer(n, m, pname, is_hf_conv1d(m) and pname == "weight"))
-        return out
-
-    def _drop_tied(self, model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
-        """Skip weights shared with another module (e.g. GPT-2's ``lm_head`` tied to the embedding).
-
-        Masking a tied weight would silently prune the other module too; such layers are
-        left dense and listed in :attr:`skipped` with the reason.
-        """
-        owners: dict[int, list[tuple[str, nn.Module]]] = {}
-        for name, module in model.named_modules(remove_duplicate=False):
-            p = module._parameters.get("weight")
-            if p is not None:
-                owners.setdefault(id(p), []).append((name, module))
-        self.skipped: list[tuple[str, str]] = []
-        kept, seen = [], set()
-        for name, module in chosen:
-            others = [(n, m) for n, m in owners.get(id(module.weight), []) if m is not module]
-            if others:
-                other, om = others[0]
-                self.skipped.append((name, f"weight is tied to {other} ({type(om).__name__}); left dense"))
-                continue
-            if id(module.weight) in seen:  # the same module reached under two names
-                continue
-            seen.add(id(module.weight))
-            kept.append((name, module))
-        return kept
-
-    def _type_names(self) -> list[str]:
-        types = self.types or DEFAULT_TYPES
-        return [t.__name__ for t in types] + ([] if self.types else ["transformers Conv1D"])
-
-    @classmethod
-    def from_spec(cls, spec: "Targets | dict | None") -> "Targets":
-        """Build from a recipe dict (keys: include, exclude, first_layer, last_layer, params, joint)."""
-        if spec is None:
-            return cls()
-        if isinstance(spec, Targets):
-            return spec
-        if not isinstance(spec, dict):
-            raise ConfigError(f"targets must be a mapping; got {type(spec).__name__}")
-        allowed = {"include", "exclude", "first_layer", "last_layer", "params", "joint"}
-        unknown = set(spec) - allowed
-        if unknown:
-            raise ConfigError(f"unknown targets key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-        return cls(**spec)
-
-
-def find_masked_layers(model: nn.Module) -> list[MaskedLayer]:
-    """Every parameter of ``model`` that has a ``<param>_mask`` buffer, in module order."""
-    out = []
-    for name, module in model.named_modules():
-        for bname, buf in module.named_buffers(recurse=False):
-            if bname.endswith(MASK_SUFFIX):
-                pname = bname[: -len(MASK_SUFFIX)]
-                if isinstance(getattr(module, pname, None), nn.Parameter):
-                    out.append(MaskedLayer(name, module, pname, is_hf_conv1d(module) and pname == "weight"))
-    return out
-
-
-@torch.no_grad()
-def apply_masks(model: nn.Module) -> None:
-    """Multiply every masked parameter of ``model`` by its mask (in place)."""
-    for layer in find_masked_layers(model):
-        layer.weight.mul_(layer.mask)
-
-
-@torch.no_grad()
-def finalize(model: nn.Module) -> nn.Module:
-    """Fold the masks into the weights and remove them: a plain model with exact zeros.
-
-    Returns ``model`` (modified in place). Any :class:`Masking` still attached to an
-    optimizer should be detached first (``method.finalize()`` does both).
-    """
-    layers = find_masked_layers(model)
-    with transaction(model, tensors="journal") as txn:  # all or nothing
-        for layer in layers:
-            txn.save(layer.weight)
-            layer.weight.mul_(layer.mask)
-            delattr(layer.module, layer.param_name + MASK_SUFFIX)
-    return model
-
-
-def load_masked_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True) -> list[MaskedLayer]:
-    """Load a ``state_dict`` that contains masks into a model that may not have them yet.
-
-    Mask buffers named in ``state_dict`` are registered first (checking that each belongs to
-    an existing parameter of the same shape), then the whole dict is loaded. Nothing is
-    modified if a check fails.
-    """
-    modules = dict(model.named_modules())
-    todo = []
-    for key, value in state_dict.items():
-        if not key.endswith(MASK_SUFFIX):
-            continue
-        mod_name, _, bname = key.rpartition(".")
-        pname = bname[: -len(MASK_SUFFIX)]
-        module = modules.get(mod_name)
-        param = getattr(module, pname, None) if module is not None else None
-        if not isinstance(param, nn.Parameter):
-            raise CheckpointError(f"checkpoint has mask {key!r} but the model has no parameter {mod_name}.{pname}")
-        if tuple(value.shape) != tuple(param.shape):
-            raise CheckpointError(
-                f"mask {key!r} has shape {tuple(value.shape)} but parameter {mod_name}.{pname} has shape {tuple(param.shape)}"
-            )
-        if value.dtype != torch.bool:
-            raise CheckpointError(f"mask {key!r} must be bool; got {value.dtype}")
-        todo.append((module, bname, value))
-    own_sd = model.state_dict()
-    own = set(own_sd.keys())
-    if strict:
-        missing = [k for k in own if k not in state_dict]
-        if missing:
-            raise CheckpointError(f"checkpoint is missing {len(missing)} key(s) of the model, e.g. {missing[:5]}")
-    # check shapes (and, if strict, unexpected keys) up front: torch's load_state_dict copies
-    # every matching tensor before it reports a mismatch, which would leave a half-loaded model
-    for key, value in state_dict.items():
-        if key.endswith(MASK_SUFFIX) and key not in own:
-            continue  # a mask checked above, registered below
-        if key in own_sd:
-            ref = own_sd[key]
-            if torch.is_tensor(value) and torch.is_tensor(ref) and tuple(value.shape) != tuple(ref.shape):
-                raise CheckpointError(
-                    f"checkpoint does not match the model: {key!r} has shape {tuple(value.shape)} "
-                    f"but the model's has shape {tuple(ref.shape)}"
-                )
-        elif strict:
-            raise CheckpointError(f"checkpoint does not match the model: unexpected key {key!r}")
-    own_tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    # all or nothing: torch's load_state_dict copies tensor by tensor, so a late failure
-    # (a dtype it cannot convert, say) must put back the tensors already copied
-    with transaction(model, tensors="journal") as txn:
-        txn.save(*(own_tensors[k] for k in state_dict if k in own_tensors))
-        for module, bname, value in todo:
-            if bname not in module._buffers:
-                module.register_buffer(bname, torch.ones_like(value, dtype=torch.bool, device=getattr(module, bname[: -len(MASK_SUFFIX)]).device))
-        try:
-            model.load_state_dict(state_dict, strict=strict)
-        except RuntimeError as e:
-            raise CheckpointError(f"checkpoint does not match the model: {e}") from None
-    return find_masked_layers(model)
 
 
 #: Optimizers whose update of a position with zero weight, zero gradient and zero state is
@@ -446,21 +69,6 @@ EXACT_OPTIMIZERS: frozenset[type] = frozenset({
 })
 
 
-def _reject_fsdp1(model: nn.Module) -> None:
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-    except ImportError:  # pragma: no cover
-        return
-    for name, module in model.named_modules():
-        if isinstance(module, FullyShardedDataParallel):
-            raise ConfigError(
-                f"module {name or '<root>'!r} is wrapped in FullyShardedDataParallel (FSDP1), whose flat "
-                "parameters hide the weight shapes masks need; shard with "
-                "torch.distributed.fsdp.fully_shard (FSDP2) instead, and build the optimizer and the sparsity "
-                "method after sharding"
-            )
-
-
 def _check_optimizer_holds(optimizer: Any, layers: Sequence[MaskedLayer]) -> None:
     groups = getattr(optimizer, "param_groups", None)
     if not isinstance(groups, list):
@@ -469,22 +77,6 @@ def _check_optimizer_holds(optimizer: Any, layers: Sequence[MaskedLayer]) -> Non
     missing = [l.qualname for l in layers if id(l.weight) not in params]
     if missing:
         raise ConfigError(f"optimizer does not hold the masked parameter(s) {missing[:5]}; build it from model.parameters()")
-
-
-def check_targets_match(model: nn.Module, existing: Sequence[MaskedLayer], targets: "Targets | dict") -> None:
-    """Refuse ``targets`` that leave out a layer the model already masks.
-
-    A model that carries masks (loaded from a checkpoint, pruned one-shot) keeps them: the
-    masked layers are reused as they are. Targets given explicitly must then agree with them,
-    or an excluded layer would stay masked (and be pruned) without a word.
-    """
-    selected = {(id(l.module), l.param_name) for l in Targets.from_spec(targets).select(model)}
-    outside = [l.qualname for l in existing if (id(l.module), l.param_name) not in selected]
-    if outside:
-        raise ConfigError(
-            f"targets leave out {len(outside)} layer(s) the model already masks ({outside[:5]}); "
-            f"a model that carries masks keeps them: fold them first with sparseforge.finalize(model), "
-            f"or pass targets that include them (or no targets)")
 
 
 class Masking:
@@ -511,6 +103,7 @@ class Masking:
     def __init__(self, model: nn.Module, targets: Targets | None = None, optimizer: torch.optim.Optimizer | None = None):
         _reject_fsdp1(model)
         self.model = model
+        self._cache = FloatMaskCache()  # before _shard_masks, which clears it
         existing = find_masked_layers(model)
         #: True if this object registered the mask buffers (False: reused from the model)
         self.registered_masks = not existing
@@ -544,7 +137,6 @@ class Masking:
         self._stale = True
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
-        self._cache: tuple | None = None
         self._grad_handles: list[Any] = []
         #: per layer index: (weak reference to the gradient masked in backward, its version then)
         self._masked: dict[int, tuple[weakref.ref, int]] = {}
@@ -592,12 +184,7 @@ class Masking:
         # weights and state now follow the new mask: refresh this layer's cached float mask
         # instead of dropping the cache, which would make the next step redo both for every layer
         i = next((j for j, l in enumerate(self.layers) if l is layer), None)
-        if self._cache is not None and i is not None:
-            key, masks = self._cache
-            key[4 * i: 4 * i + 4] = [w.dtype, w.device, id(buf), buf._version]
-            masks[i] = keep
-        else:
-            self._cache = None
+        self._cache.replace(i, w, buf, keep)
         # a gradient masked in backward with the old mask must be masked again before the next
         # step (a mask set between backward and step would otherwise let the step move, and
         # revive, the newly pruned weights)
@@ -664,14 +251,7 @@ class Masking:
                     hit[pos.to(v.device)] = True
                     v.masked_fill_(hit.view(w.shape), 0)
         i = next((j for j, l in enumerate(self.layers) if l is layer), None)
-        if self._cache is not None and i is not None:
-            key, masks = self._cache
-            # update the cached float mask in place only if it was current before this change
-            if key[4 * i + 2: 4 * i + 4] == [id(buf), version] and masks[i].is_contiguous():
-                masks[i].view(-1)[pos] = float(keep)
-                key[4 * i + 3] = buf._version
-            else:
-                self._cache = None
+        self._cache.set_positions(i, buf, version, pos, keep)
         # a gradient masked in backward with the old mask must be masked again (see set_mask)
         self._masked.pop(i, None)
 
@@ -704,11 +284,11 @@ class Masking:
                 v.masked_fill_(positions, 0)
 
     def _tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        # float copies of the masks, cached until a mask changes or the weights change dtype/device.
-        # This runs on every optimizer step, so it reads the parameter and buffer dicts directly
-        # (nn.Module.__getattr__ costs about a microsecond per lookup) and builds one flat key.
+        # the weights and the float copies of their masks (self._cache: FloatMaskCache says when
+        # a copy is out of date). This runs on every optimizer step, so it reads the parameter and
+        # buffer dicts directly (nn.Module.__getattr__ costs about a microsecond per lookup).
         weights: list[torch.Tensor] = []
-        key: list[Any] = []
+        bufs: list[torch.Tensor] = []
         for l in self.layers:
             mod = l.module
             w = mod._parameters.get(l.param_name)
@@ -718,14 +298,12 @@ class Masking:
             if m is None:
                 m = l.mask
             weights.append(w)
-            # a mask changed in place behind our back (model.load_state_dict, a copy_ by the
-            # user) bumps its version counter: the cached copy must follow it
-            key += (w.dtype, w.device, id(m), m._version)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, [mask_to(l.mask, w.dtype) for l, w in zip(self.layers, weights)])
+            bufs.append(m)
+        masks, rebuilt = self._cache.get(weights, bufs)
+        if rebuilt:
             self._stale = True
             self._masked.clear()  # masked with the old masks: redo
-        return weights, self._cache[1]
+        return weights, masks
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -795,7 +373,7 @@ class Masking:
             w, m = layer.weight, layer.mask
             if is_sharded(w) and not is_sharded(m):
                 setattr(layer.module, layer.param_name + MASK_SUFFIX, shard_like(m, w))
-                self._cache = None
+                self._cache.clear()
 
     # ----------------------------------------------------------------------------- optimizer
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -921,7 +499,7 @@ class Masking:
                 layer.mask.copy_(m.bool())
                 layer.weight.mul_(layer.mask)
                 self._zero_state(layer)
-        self._cache = None
+        self._cache.clear()
 
     def unregister(self) -> None:
         """Remove the mask buffers this object registered (used when a method's construction fails)."""
@@ -931,7 +509,7 @@ class Masking:
                 name = layer.param_name + MASK_SUFFIX
                 if name in layer.module._buffers:
                     delattr(layer.module, name)
-        self._cache = None
+        self._cache.clear()
 
     def finalize(self) -> nn.Module:
         """Detach from the optimizer, fold masks into weights and remove them (all or nothing)."""
@@ -952,11 +530,5 @@ class Masking:
         state["_masked"] = {}
         state["_hooked"], state["_queued_task"] = [], None
         state["optimizer"] = None
-        state["_cache"] = None
+        state["_cache"] = FloatMaskCache()
         return state
-
-
-def iter_parameters_with_masks(model: nn.Module) -> Iterable[tuple[str, torch.Tensor, torch.Tensor]]:
-    """Yield ``(qualname, weight, mask)`` for every masked parameter."""
-    for layer in find_masked_layers(model):
-        yield layer.qualname, layer.weight, layer.mask

@@ -7,10 +7,10 @@
     sparseforge prune path/to/hf-folder --method dsnot+wanda --sparsity 0.6 \\
         --calibration tokens.pt --nsamples 64 --seqlen 256 --out pruned/x
 
-:func:`run_prune` loads the model (:func:`~.io.load_model`), draws the calibration windows
-(:func:`~.calibration.load_calibration`), prunes with :func:`~.sequential.prune_oneshot`, writes
+:func:`run_prune` loads the model (:func:`~sparseforge.oneshot.io.load_model`), draws the calibration windows
+(:func:`~sparseforge.oneshot.calibration.load_calibration`), prunes with :func:`~sparseforge.oneshot.sequential.prune_oneshot`, writes
 the sparsity report while the masks are installed (``report.json``, ``report.txt``), folds the
-masks into exact zeros, saves the model in its input's layout (:func:`~.io.save_pruned`) and
+masks into exact zeros, saves the model in its input's layout (:func:`~sparseforge.oneshot.io.save_pruned`) and
 writes ``summary.json``: the command, wall time of each phase, peak memory, per-layer sparsity,
 reconstruction error and time, the N:M check and the files written.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import ConfigError, check_int
-from ..fileio import atomic_write_text
+from ..fileio import atomic_dir, atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -43,13 +43,13 @@ _TOKEN_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 def resolve_calibration(spec: str) -> Any:
-    """The ``--calibration`` value as :func:`~.calibration.load_calibration` takes it.
+    """The ``--calibration`` value as :func:`~sparseforge.oneshot.calibration.load_calibration` takes it.
 
     ``austen`` / ``bible`` / ``text:PATH`` pass through; ``none`` is None (magnitude only); a path
-    ending in ``.pt``, ``.pth`` or ``.safetensors`` is a tokenized tensor (:func:`~.io.load_tokens`);
+    ending in ``.pt``, ``.pth`` or ``.safetensors`` is a tokenized tensor (:func:`~sparseforge.oneshot.io.load_tokens`);
     any other existing file is text (``text:PATH``).
     """
-    from .io import load_tokens
+    from ..oneshot.io import load_tokens
 
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"--calibration must be austen, bible, text:PATH, a token file (.pt/.safetensors), "
@@ -90,7 +90,7 @@ def _tokenizer_from_arg(arg: str | None, loaded: Any) -> Any:
 
 def _nm_violations(model: torch.nn.Module, names: Sequence[str], n: int, m: int) -> int:
     from ..lm import nm_violations
-    from ..masking import is_hf_conv1d
+    from ..core.layout import is_hf_conv1d
 
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
@@ -127,13 +127,13 @@ def run_prune(
 
     Args:
         model: ``"minilm"``, ``"austen-gpt"``, a Hugging Face folder or a sparseforge model folder
-            (:func:`~.io.load_model`).
+            (:func:`~sparseforge.oneshot.io.load_model`).
         out: output folder; must be new or empty unless ``overwrite``.
         method: ``magnitude``, ``magnitude-row``, ``wanda``, ``sparsegpt``, ``dsnot`` (on Wanda) or
             ``dsnot+X`` (X one of magnitude, magnitude-row, wanda, sparsegpt).
         sparsity: fraction of zeros per layer in [0, 1) (float or its string), or ``"N:M"`` (N kept of M).
         calibration: see :func:`resolve_calibration`.
-        nsamples, seqlen, seed, batch_size, indivisible: as in :func:`~.sequential.prune_oneshot`
+        nsamples, seqlen, seed, batch_size, indivisible: as in :func:`~sparseforge.oneshot.sequential.prune_oneshot`
             (``seqlen`` defaults to the model's context length, at most 2048).
         tokenizer: ``"byte"`` or a Hugging Face tokenizer folder, for text calibration of a model
             that brings no tokenizer of its own.
@@ -158,10 +158,13 @@ def run_prune(
     from ..core.patterns import NM
     from ..masking import finalize
     from ..report import sparsity_report
-    from .calibration import load_calibration
-    from .io import load_model, save_pruned
-    from .methods import SparseGPT, method_from_spec, parse_target, resolve_target
-    from .sequential import _context_length, prune_oneshot
+    from ..core.targets import parse_target_text
+    from ..oneshot.calibration import load_calibration
+    from ..oneshot.io import load_model, save_pruned
+    from ..oneshot.base import oneshot_target
+    from ..oneshot.registry import method_from_spec
+    from ..oneshot.sparsegpt import SparseGPT
+    from ..oneshot.sequential import _context_length, prune_oneshot
 
     t0 = time.perf_counter()
     # validate everything cheap before the model is loaded
@@ -171,7 +174,9 @@ def run_prune(
             raise ConfigError(f"--preserve-zeros applies to sparsegpt only (the one method that updates weights); "
                               f"{meth.label} never turns a zero weight nonzero")
         meth = dataclasses.replace(meth, preserve_zeros=True)
-    pattern, target = resolve_target(parse_target(sparsity, "--sparsity"), "--sparsity")
+    # parsed once here; prune_oneshot and every layer's rule receive this object
+    target = oneshot_target(parse_target_text(sparsity, "--sparsity"), "--sparsity")
+    pattern = target.pattern
     check_int(nsamples, "--nsamples", minimum=1)
     if seqlen is not None:
         check_int(seqlen, "--seqlen", minimum=1)
@@ -179,6 +184,10 @@ def run_prune(
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise ConfigError(f"--out {str(out)!r} exists and is not an empty folder; pass --overwrite or another --out")
+    if overwrite and out.is_dir() and any(out.iterdir()) and not (out / "summary.json").is_file():
+        # --overwrite replaces the folder whole: never one that holds another command's files
+        raise ConfigError(f"--out {str(out)!r} holds files that sparseforge prune did not write (no summary.json); "
+                          "--overwrite only replaces an earlier prune output: choose another --out")
     calib_source = resolve_calibration(calibration)
     if calib_source is None and meth.needs_data:
         raise ConfigError(f"method {meth.label} needs calibration data; --calibration none works with magnitude only")
@@ -211,7 +220,7 @@ def run_prune(
                               f"use --seqlen {ctx} or less")
     t_calib = time.perf_counter()
 
-    result = prune_oneshot(net, meth, pattern if isinstance(pattern, NM) else target,
+    result = prune_oneshot(net, meth, target,
                            calibration=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, batch_size=batch_size,
                            indivisible=indivisible, measure_error=measure_error, progress=progress)
     t_pruned = time.perf_counter()
@@ -226,29 +235,31 @@ def run_prune(
     params = dict(net.named_parameters())
     weight_zeros = {n: int((params[n] == 0).sum()) for n in names}
 
-    out.mkdir(parents=True, exist_ok=True)
-    files = save_pruned(loaded, out)
-    report.to_json(out / "report.json")
-    atomic_write_text(out / "report.txt", report.table() + "\n")
-    t_saved = time.perf_counter()
+    # every file goes into a temporary folder that then replaces --out whole: a failure or a kill
+    # leaves the previous output (or none), never a mix
+    with atomic_dir(out) as tmp:
+        files = save_pruned(loaded, tmp)
+        report.to_json(tmp / "report.json")
+        atomic_write_text(tmp / "report.txt", report.table() + "\n")
+        t_saved = time.perf_counter()
 
-    summary: dict[str, Any] = {
-        "command": list(command) if command is not None else None,
-        "model": str(model), "model_kind": loaded.kind, "output": str(out),
-        "calibration": {"source": calibration, "nsamples": 0 if calib is None else int(calib.shape[0]),
-                        "seqlen": None if calib is None else int(calib.shape[1]), "seed": seed},
-        # prune_oneshot got ready windows, so its own calibration time is 0: the phase times are under "seconds"
-        **{k: v for k, v in result.to_dict().items() if k not in ("layers", "calibration_seconds", "wall_seconds")},
-        "layers": [{**l.to_dict(), "weight_zeros": weight_zeros[l.name]} for l in result.layers],
-        "nm_violations": nm_bad,
-        "seconds": {"load": t_loaded - t0, "calibration": t_calib - t_loaded, "prune": t_pruned - t_calib,
-                    "save": t_saved - t_pruned, "total": t_saved - t0},
-        "files": sorted([*files, "report.json", "report.txt", "summary.json"]),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+        summary: dict[str, Any] = {
+            "command": list(command) if command is not None else None,
+            "model": str(model), "model_kind": loaded.kind, "output": str(out),
+            "calibration": {"source": calibration, "nsamples": 0 if calib is None else int(calib.shape[0]),
+                            "seqlen": None if calib is None else int(calib.shape[1]), "seed": seed},
+            # prune_oneshot got ready windows, so its own calibration time is 0: the phase times are under "seconds"
+            **{k: v for k, v in result.to_dict().items() if k not in ("layers", "calibration_seconds", "wall_seconds")},
+            "layers": [{**l.to_dict(), "weight_zeros": weight_zeros[l.name]} for l in result.layers],
+            "nm_violations": nm_bad,
+            "seconds": {"load": t_loaded - t0, "calibration": t_calib - t_loaded, "prune": t_pruned - t_calib,
+                        "save": t_saved - t_pruned, "total": t_saved - t0},
+            "files": sorted([*files, "report.json", "report.txt", "summary.json"]),
+            "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads()},
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
     if return_model:
         summary["model_object"] = net
     return summary

@@ -41,13 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, check_int
-from .graph import DependencyGraph, trace_groups
-from .hesso import HESSO
-from .prox import GroupProx
-from .pruner import StructuredPruner, count_params_macs
-from .shrink import Kept, kept_indices, shrink
-from .trace import ELEMENTS
+from .errors import ConfigError, check_int, check_number
+from .structured.graph import DependencyGraph, trace_groups
+from .structured.hesso import HESSO
+from .structured.prox import GroupProx
+from .structured.pruner import StructuredPruner, count_params_macs
+from .structured.shrink import Kept, kept_indices, shrink
+from .structured.trace import ELEMENTS
 
 __all__ = ["STRUCTURED_METHODS", "StructuredTrainResult", "train_structured", "zero_group_count", "run_structured"]
 
@@ -142,10 +142,7 @@ def _hold_zero_fn(model: nn.Module, kept: Kept) -> Callable[[], None]:
 
 
 def _check_fraction(value: Any, name: str, *, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < 1 if low_open else 0 <= value < 1):
-        allowed = "(0, 1)" if low_open else "[0, 1)"
-        raise ConfigError(f"{name} must be a number in {allowed}; got {value!r}")
-    return float(value)
+    return float(check_number(value, name, minimum=0.0, maximum=1.0, min_open=low_open, max_open=True))
 
 
 def train_structured(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, method: str, epochs: int,
@@ -177,7 +174,7 @@ def train_structured(model: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
     Raises:
         ConfigError: unknown method, bad numbers, or a proximal method without ``lam``.
     """
-    from ..train import iterate_batches
+    from .train import iterate_batches
 
     if method not in STRUCTURED_METHODS:
         raise ConfigError(f"method must be one of {list(STRUCTURED_METHODS)}; got {method!r}")
@@ -186,9 +183,11 @@ def train_structured(model: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
     s = _check_fraction(target_group_sparsity, "target_group_sparsity")
     if method != "dense" and s == 0:
         raise ConfigError(f"method {method!r} needs target_group_sparsity > 0; got 0 (use method='dense')")
-    if method in ("group_lasso", "wgsef") and (lam is None or isinstance(lam, bool) or not isinstance(lam, (int, float))
-                                               or lam <= 0):
-        raise ConfigError(f"method {method!r} needs lam > 0 (the penalty strength); got {lam!r}")
+    if method in ("group_lasso", "wgsef"):
+        try:
+            check_number(lam, "lam", minimum=0.0, min_open=True)
+        except ConfigError:
+            raise ConfigError(f"method {method!r} needs lam > 0 (the penalty strength); got {lam!r}") from None
     if method == "hesso":
         _check_fraction(hesso_warmup, "hesso_warmup")
         _check_fraction(hesso_pruning, "hesso_pruning", low_open=True)
@@ -292,9 +291,9 @@ def run_structured(*, model: str, dataset: str, method: str, epochs: int, seed: 
     sample of both, group counts (total, target, zeroed, left by the prox alone), the extra
     training arguments, history, time.
     """
-    from ..data import load_dataset
-    from ..models import build_model
-    from .shrink import load_structured, save_structured
+    from .data import load_dataset
+    from .models import build_model
+    from .structured.shrink import load_structured, save_structured
 
     if method == "oneshot" and init_from is None:
         raise ConfigError("method 'oneshot' prunes a trained model: pass init_from (a dense run's folder)")
