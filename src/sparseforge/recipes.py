@@ -149,8 +149,11 @@ def _check_method(spec: dict[str, Any]) -> None:
         raise ConfigError(f"method.name must be a string; got {mname!r}")
     cls, implied = method_class(mname)
     _check_keys(spec, method_parameters(mname) | {"name"}, f"method ({mname})")
-    # an explicit list of levels (IMP's schedule) fixes the final sparsity by itself; N:M methods default to 2:4
-    if (mname != "dense" and "sparsity" not in spec and "pattern" not in spec
+    # an explicit list of levels (IMP's schedule) or an Erdős–Rényi epsilon (SET, RigL, static)
+    # fixes the final sparsity by itself; N:M methods default to 2:4
+    alloc = spec.get("allocation")
+    by_epsilon = "epsilon" in spec or (isinstance(alloc, dict) and "epsilon" in alloc)
+    if (mname != "dense" and "sparsity" not in spec and "pattern" not in spec and not by_epsilon
             and getattr(cls, "default_target", None) is None and not isinstance(spec.get("schedule"), list)):
         raise ConfigError(f"method ({mname}) needs 'sparsity' (a fraction of zeros in [0, 1), or N:M such as '2:4')")
     for k, v in spec.items():

@@ -111,6 +111,8 @@ class Masking:
         self.registered_masks = not existing
         #: layers that matched the targets but were left dense, with the reason
         self.skipped: list[tuple[str, str]] = []
+        #: score each module's masked parameters together (Targets.joint)
+        self.joint = bool(targets is not None and Targets.from_spec(targets).joint)
         if existing:
             if targets is not None:
                 check_targets_match(model, existing, targets)

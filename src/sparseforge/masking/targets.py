@@ -9,7 +9,7 @@ from typing import Sequence
 from torch import nn
 
 from ..core.layout import is_hf_conv1d
-from ..errors import ConfigError
+from ..errors import ConfigError, LayerError
 from .layers import MaskedLayer
 
 __all__ = ["DEFAULT_TYPES", "is_default_target", "Targets", "check_targets_match"]
@@ -41,6 +41,15 @@ class Targets:
             selected modules in ``named_modules()`` order.
         strict_patterns: every include/exclude entry must match at least one module (default
             True), so a typo fails loudly instead of silently masking everything.
+        params: names of the parameters masked on every selected module (default
+            ``("weight",)``); e.g. ``("weight", "bias")`` prunes biases too, as several
+            lottery-ticket codebases do. Each gets its own ``<param>_mask`` buffer, enforced
+            through training like a weight's. A selected module without one of them (a
+            ``Linear(..., bias=False)``) is an error naming the layer.
+        joint: score each module's parameters together (default False: each on its own):
+            one ranking and one exact count over the weight and the bias of a layer, at the
+            layer's sparsity, so "sparsity" means that of weights + biases. Global
+            allocations pool every parameter anyway. Unstructured patterns only.
     """
 
     types: tuple[type, ...] | None = None
@@ -49,8 +58,23 @@ class Targets:
     first_layer: str = "sparse"
     last_layer: str = "sparse"
     strict_patterns: bool = True
+    params: Sequence[str] = ("weight",)
+    joint: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.params, str):
+            self.params = (self.params,)
+        self.params = tuple(self.params)
+        if not self.params or not all(isinstance(p, str) and p.isidentifier() for p in self.params):
+            raise ConfigError(f"targets.params must be a non-empty list of parameter names such as "
+                              f"['weight', 'bias']; got {list(self.params)!r}")
+        if len(set(self.params)) != len(self.params):
+            raise ConfigError(f"targets.params lists a parameter twice: {list(self.params)}")
+        if not isinstance(self.joint, bool):
+            raise ConfigError(f"targets.joint must be True or False; got {self.joint!r}")
+        if self.joint and len(self.params) < 2:
+            raise ConfigError(f"targets.joint=True scores a layer's parameters together; it needs two or more "
+                              f"targets.params (e.g. ['weight', 'bias']); got {list(self.params)}")
         for f in ("first_layer", "last_layer"):
             v = getattr(self, f)
             if v not in ("sparse", "dense"):
@@ -99,7 +123,17 @@ class Targets:
                 f"(types {self._type_names()}), include={list(self.include)}, exclude={list(self.exclude)}, "
                 f"first_layer={self.first_layer!r}, last_layer={self.last_layer!r}"
             )
-        return [MaskedLayer(n, m, "weight", is_hf_conv1d(m)) for n, m in chosen]
+        out = []
+        for n, m in chosen:
+            for pname in self.params:
+                if not isinstance(getattr(m, pname, None), nn.Parameter):
+                    what = "None (built with bias=False?)" if pname == "bias" and getattr(m, "bias", 0) is None else "absent"
+                    raise LayerError(
+                        f"layer {n or '(model)'!r} ({type(m).__name__}) has no parameter {pname!r} to mask (it is {what}); "
+                        f"targets.params={list(self.params)}: exclude the layer or drop {pname!r}")
+                # only an HF Conv1D's weight is stored transposed; its bias is 1-D
+                out.append(MaskedLayer(n, m, pname, is_hf_conv1d(m) and pname == "weight"))
+        return out
 
     def _drop_tied(self, model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
         """Skip weights shared with another module (e.g. GPT-2's ``lm_head`` tied to the embedding).
@@ -132,14 +166,14 @@ class Targets:
 
     @classmethod
     def from_spec(cls, spec: "Targets | dict | None") -> "Targets":
-        """Build from a recipe dict (keys: include, exclude, first_layer, last_layer)."""
+        """Build from a recipe dict (keys: include, exclude, first_layer, last_layer, params, joint)."""
         if spec is None:
             return cls()
         if isinstance(spec, Targets):
             return spec
         if not isinstance(spec, dict):
             raise ConfigError(f"targets must be a mapping; got {type(spec).__name__}")
-        allowed = {"include", "exclude", "first_layer", "last_layer"}
+        allowed = {"include", "exclude", "first_layer", "last_layer", "params", "joint"}
         unknown = set(spec) - allowed
         if unknown:
             raise ConfigError(f"unknown targets key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -153,8 +187,8 @@ def check_targets_match(model: nn.Module, existing: Sequence[MaskedLayer], targe
     masked layers are reused as they are. Targets given explicitly must then agree with them,
     or an excluded layer would stay masked (and be pruned) without a word.
     """
-    selected = {id(l.module) for l in Targets.from_spec(targets).select(model)}
-    outside = [l.qualname for l in existing if id(l.module) not in selected]
+    selected = {(id(l.module), l.param_name) for l in Targets.from_spec(targets).select(model)}
+    outside = [l.qualname for l in existing if (id(l.module), l.param_name) not in selected]
     if outside:
         raise ConfigError(
             f"targets leave out {len(outside)} layer(s) the model already masks ({outside[:5]}); "

@@ -51,9 +51,9 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..core.allocation import Allocation, allocation_from_spec, global_sparsities
+from ..core.allocation import Allocation, allocation_from_spec, global_sparsities, implied_sparsity
 from ..core.init import init_scale_factors
-from ..core.patterns import NM, Pattern, Unstructured, num_pruned, topk_mask
+from ..core.patterns import NM, Pattern, Unstructured, num_pruned, pattern_from_spec, topk_mask
 from ..core.rng import stream_generator
 from ..core.steps import STEP_KEYS
 from ..core.targets import Target, parse_target, target_from_args
@@ -189,7 +189,9 @@ class SparsityMethod:
         optimizer: optimizer over ``model.parameters()``; may be attached later with :meth:`attach`.
         sparsity: the target (:func:`~sparseforge.core.targets.parse_target`): a global
             fraction of zeros in [0, 1), an N:M pattern (``"2:4"``, ``NM(2, 4)``) or a
-            :class:`~sparseforge.core.targets.Target`.
+            :class:`~sparseforge.core.targets.Target`; None when the allocation sets every
+            layer's density itself (ER/ERK by ``epsilon``): the global sparsity is then derived
+            from the masked layers.
         pattern: what a fractional ``sparsity`` counts: ``"unstructured"`` (default),
             ``"block:1x4"``, ``"channel"`` or a Pattern. An N:M pattern here is a deprecated
             alias of ``sparsity="N:M"`` (warns).
@@ -267,9 +269,10 @@ class SparsityMethod:
     ) -> None:
         v = SparsityMethod._check_params.__func__(type(self), {  # type: ignore[attr-defined]
             "sparsity": sparsity, "pattern": pattern, "allocation": allocation, "overrides": overrides, "seed": seed})
-        self.target: Target = v["target"]
-        self.pattern = self.target.pattern
-        self.sparsity = self.target.sparsity
+        # None until the masked layers are known when an epsilon allocation defines the sparsity
+        self.target: Target | None = v["target"]
+        self.pattern = v["pattern"]
+        self.sparsity = None if self.target is None else self.target.sparsity
         self.allocation = v["allocation"]
         #: per-layer targets from ``overrides``: (layer-name pattern, target), first match wins
         self.overrides: tuple[tuple[str, Target], ...] = v["overrides"]
@@ -302,17 +305,36 @@ class SparsityMethod:
         when a recipe is validated; relations between steps are then checked at construction.
         """
         owner = cls.__name__
-        target = target_from_args(p.get("sparsity"), p.get("pattern"), owner=owner, default=cls.default_target)
-        if not isinstance(target.pattern, cls.supported_patterns):
-            allowed = ", ".join(t.__name__ for t in cls.supported_patterns)
-            raise ConfigError(f"{owner} does not support pattern {target.pattern.name!r}; allowed: {allowed}")
         spec = p.get("allocation")
         allocation = allocation_from_spec(spec if spec is not None else cls.default_allocation)
-        if allocation.needs_scores and not isinstance(target.pattern, Unstructured):
-            raise ConfigError(f"global allocation supports only the unstructured pattern; got {target.pattern.name!r}")
+        target: Target | None
+        if allocation.defines_sparsity:
+            # ER/ERK by epsilon fixes every layer's density: the global sparsity is an output
+            # (derived once the masked layers are known, in _allocate), so no target is given
+            eps = getattr(allocation, "epsilon", None)
+            if p.get("sparsity") is not None:
+                raise ConfigError(f"{owner}: allocation {allocation.name!r} with epsilon={eps} sets every layer's "
+                                  f"density itself; give sparsity or epsilon, not both (got sparsity={p['sparsity']!r})")
+            pattern = pattern_from_spec(p.get("pattern"))
+            if isinstance(pattern, NM):
+                raise ConfigError(f"{owner}: N:M {pattern.n}:{pattern.m} fixes the sparsity, and so does allocation "
+                                  f"{allocation.name!r} with epsilon={eps}; give sparsity or epsilon, not both")
+            if p.get("overrides"):
+                raise ConfigError(f"{owner}: overrides set layers' sparsities, but allocation {allocation.name!r} with "
+                                  f"epsilon={eps} sets every layer's density itself; use a global sparsity with "
+                                  "overrides, or epsilon without them")
+            target = None
+        else:
+            target = target_from_args(p.get("sparsity"), p.get("pattern"), owner=owner, default=cls.default_target)
+            pattern = target.pattern
+        if not isinstance(pattern, cls.supported_patterns):
+            allowed = ", ".join(t.__name__ for t in cls.supported_patterns)
+            raise ConfigError(f"{owner} does not support pattern {pattern.name!r}; allowed: {allowed}")
+        if allocation.needs_scores and not isinstance(pattern, Unstructured):
+            raise ConfigError(f"global allocation supports only the unstructured pattern; got {pattern.name!r}")
         check_int(p.get("seed", 0), "seed")
-        overrides = parse_overrides(p.get("overrides"), target, allocation, owner)
-        return {"target": target, "allocation": allocation, "overrides": overrides}
+        overrides = () if target is None else parse_overrides(p.get("overrides"), target, allocation, owner)
+        return {"target": target, "pattern": pattern, "allocation": allocation, "overrides": overrides}
 
     @classmethod
     def parameter_defaults(cls) -> dict[str, Any]:
@@ -357,7 +379,54 @@ class SparsityMethod:
         """The masked layers, in model order."""
         return self.masking.layers
 
+    def _joint_groups(self) -> list[list[int]]:
+        """Indices of the masked layers, grouped by module when parameters are scored jointly
+        (``Targets(joint=True)``); one layer per group otherwise. In model order."""
+        if not getattr(self.masking, "joint", False):
+            return [[i] for i in range(len(self.layers))]
+        groups: dict[int, list[int]] = {}
+        for i, l in enumerate(self.layers):
+            groups.setdefault(id(l.module), []).append(i)
+        return list(groups.values())
+
+    def _set_implied_sparsity(self, sparsity: float) -> None:
+        """Record the global sparsity an ``epsilon`` allocation gives (an output, not an input)."""
+        self.sparsity = sparsity
+        self.target = Target(self.pattern, sparsity)
+
     def _allocate(self) -> list[float]:
+        groups = self._joint_groups()
+        if any(len(g) > 1 for g in groups):
+            if not isinstance(self.pattern, Unstructured):
+                raise ConfigError(f"targets.joint=True scores a layer's parameters together: unstructured pattern only; "
+                                  f"got {self.pattern.name!r}")
+            # the split is computed over each module's first parameter (its weight); the others
+            # share its sparsity, applied to the count over all of them (_joint_masks)
+            primary = [self.layers[g[0]] for g in groups]
+            shapes = [l.canonical_shape for l in primary]
+            if self.allocation.needs_scores or isinstance(self.pattern, NM):
+                return [self.sparsity] * len(self.layers)
+            # an override names a module: it sets the sparsity of all its parameters together
+            fixed = match_overrides(self.overrides, [l.name for l in primary])
+            free = [k for k in range(len(groups)) if k not in fixed]
+            split = self.allocation.sparsities([shapes[k] for k in free], self.sparsity) if free else []
+            per = [0.0] * len(groups)
+            for k, sp in zip(free, split):
+                per[k] = sp
+            for k, t in fixed.items():
+                per[k] = t.sparsity
+            sizes = [sum(self.layers[i].weight.numel() for i in g) for g in groups]
+            if self.allocation.defines_sparsity:  # counted over every parameter of each group
+                self._set_implied_sparsity(sum(num_pruned(sp, n) for sp, n in zip(per, sizes)) / sum(sizes))
+            out = [0.0] * len(self.layers)
+            for k, (g, sp, n) in enumerate(zip(groups, per, sizes)):
+                if num_pruned(sp, n) >= n:
+                    how = "its override" if k in fixed else f"{self.allocation.name} allocation at sparsity {self.sparsity}"
+                    raise LayerError(f"{self.layers[g[0]].qualname}: {how} gives this layer sparsity {sp:.6g}, "
+                                     f"which would remove all {n} weights and biases")
+                for i in g:
+                    out[i] = sp
+            return out
         shapes = [l.canonical_shape for l in self.layers]
         if isinstance(self.pattern, NM):
             return [self.pattern.sparsity] * len(shapes)
@@ -374,6 +443,8 @@ class SparsityMethod:
             out[i] = s
         for i, t in fixed.items():
             out[i] = t.sparsity
+        if self.allocation.defines_sparsity:
+            self._set_implied_sparsity(implied_sparsity(shapes, out))
         for i, (layer, s) in enumerate(zip(self.layers, out)):
             n = self.pattern.units(layer.canonical_shape)
             if num_pruned(s, n) >= n:
@@ -389,6 +460,11 @@ class SparsityMethod:
         ``eligible_only``, positions pruned now get score ``-inf`` so they stay pruned.
         """
         scores = [s.float() for s in scores]
+        groups = self._joint_groups()
+        if (any(len(g) > 1 for g in groups) and not self.allocation.needs_scores
+                and isinstance(self.pattern, Unstructured)):
+            return self._joint_masks(groups, scores, self.layer_sparsity if sparsities is None else sparsities,
+                                     eligible_only)
         if eligible_only and sparsities is not None and isinstance(self.pattern, Unstructured):
             return [self._shrink(layer, s, sp) for layer, s, sp in zip(self.layers, scores, sparsities)]
         if eligible_only:
@@ -413,6 +489,32 @@ class SparsityMethod:
             else:
                 masks.append(self.pattern.mask(s, sp, layer.qualname))
         return masks
+
+    def _joint_masks(self, groups: list[list[int]], scores: list[torch.Tensor], sparsities: Sequence[float],
+                     eligible_only: bool) -> list[torch.Tensor]:
+        """Unstructured masks with one ranking and one exact count per group of parameters.
+
+        A group (a module's weight and bias under ``Targets(joint=True)``) keeps
+        ``n - round(s n)`` of its ``n`` pooled entries at its first member's sparsity ``s``
+        (ties: as :func:`~sparseforge.core.patterns.topk_mask` over the weight's entries,
+        then the bias's). With ``eligible_only`` only kept positions can be kept.
+        """
+        out: list[torch.Tensor | None] = [None] * len(self.layers)
+        for g in groups:
+            flat = torch.cat([scores[i].reshape(-1).cpu() for i in g])
+            n = flat.numel()
+            keep = n - num_pruned(sparsities[g[0]], n)
+            if eligible_only:
+                current = torch.cat([self.layers[i].canonical(self.layers[i].mask).reshape(-1).cpu() for i in g])
+                mask = current.clone() if keep >= int(current.sum()) else topk_mask(flat, keep, eligible=current)
+            else:
+                mask = topk_mask(flat, keep)
+            start = 0
+            for i in g:
+                k = scores[i].numel()
+                out[i] = mask[start:start + k].reshape(scores[i].shape).to(scores[i].device)
+                start += k
+        return out  # type: ignore[return-value]
 
     def _shrink(self, layer: MaskedLayer, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         """Unstructured mask at ``sparsity`` that only drops currently kept positions.

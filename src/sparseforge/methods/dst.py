@@ -2,9 +2,25 @@
 
 On each update step every layer drops ``int(f(t) n_active)`` of its active weights and regrows
 the same number among the positions not kept after the drop (a just-dropped position may be
-regrown), so every layer's nonzero count stays constant. Regrown weights start at zero with
-zeroed optimizer state (RigL's default ``grow_init='zeros'``, ``initial_acc_scale=0``); a
-weight dropped and regrown in the same update keeps its value and its state.
+regrown), so every layer's nonzero count stays constant. Regrown weights start with zeroed
+optimizer state (RigL's ``initial_acc_scale=0``; the SciPy SET code zeroes their momentum too)
+and at a value chosen by ``grow_init`` (:data:`GROW_INITS`):
+
+* ``"zeros"`` (default, RigL's default ``grow_init='zeros'``; the Keras SET code also
+  regrows at 0, the value stored under the mask);
+* ``"normal"``: ``N(0, grow_std)``, ``grow_std = 0.1`` by default: the authors' SciPy SET code
+  (``np.random.randn() / 10``);
+* ``"random_normal"``: ``N(0, std(w)) / grow_divisor``, RigL's ``random_normal[_d]`` (the std
+  is taken over the layer's active weights at the update; RigL's code takes it over the whole
+  weight variable);
+* ``"random_uniform"``: ``U(-mean|w|, mean|w|) / grow_divisor``, RigL's ``random_uniform[_d]``
+  (mean over the active weights);
+* ``"glorot_uniform"``: ``U(-l, l)``, ``l = sqrt(6 / (fan_in + fan_out))`` of the layer, as
+  the ECMLPKDD 2019 SET tutorial code (``set_mlp_sequential.py``; that code takes the fans of
+  the *next* layer, an off-by-one not reproduced here).
+
+A weight dropped and regrown in the same update keeps its value and its state. All values
+come from the method's seeded generator, so every rank draws the same ones.
 
 * :class:`RigL` (Evci et al. 2020, "Rigging the Lottery: Making All Tickets Winners";
   ``google-research/rigl``, ``SparseRigLOptimizerBase``): drop the smallest ``|w|`` (plus
@@ -29,6 +45,17 @@ weight dropped and regrown in the same update keeps its value and its state.
 Each update emits ``before_topology_update`` (the network as trained) and
 ``after_topology_update`` (:data:`~sparseforge.methods.base.EVENTS`), so a loop can measure
 the network on either side of the change whatever the order of its own hooks.
+
+Sparsity by ``epsilon`` (Mocanu et al.): ``SET(model, opt, epsilon=13, update_interval=...)``
+gives every layer density ``min(1, epsilon (n_in + n_out) / (n_in n_out))`` (ER; ERK likewise
+with ``allocation="erk"``) and derives the overall sparsity from them. ``sampling="exact"``
+(default) draws each layer's initial mask with exactly that count;
+``sampling="with_replacement"`` draws ``round(density n)`` positions uniformly *with
+replacement* (the uncapped ``epsilon`` density with ``epsilon``, so ``epsilon (n_in + n_out)``
+draws, as the authors' SciPy code), so a layer keeps the distinct positions drawn: fewer than
+drawn, and a small output layer that ER would make dense stays sparse and evolves (784-1000-
+1000-1000-10 at ``epsilon = 13``: 13130 draws over 10000 positions keep about 73 %). The
+per-layer sparsities then record what was drawn.
 
 Both track the *in-time over-parameterization* rate of Liu et al. 2021 ("Do We Actually
 Need Dense Over-Parameterization? In-Time Over-Parameterization in Sparse Training", ICML):
@@ -66,14 +93,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.allocation import ER, ERK, implied_sparsity
 from ..core.init import check_init_scale
 from ..core.patterns import Unstructured, random_mask, topk_mask
 from ..core.schedules import Constant, CosineDecay, Schedule
 from ..errors import CheckpointError, ConfigError, check_fraction, check_number
-from ..masking import MaskedLayer
+from ..masking import MaskedLayer, is_sharded
 from .base import SparsityMethod, step_param
 
-__all__ = ["DynamicSparse", "SET", "RigL"]
+__all__ = ["DynamicSparse", "SET", "RigL", "GROW_INITS", "SAMPLINGS"]
+
+#: values of regrown weights (``grow_init``), with whose convention each follows
+GROW_INITS: dict[str, str] = {
+    "zeros": "0 (RigL default; SET Keras code)",
+    "normal": "N(0, grow_std) (SET SciPy code: N(0, 1) / 10)",
+    "random_normal": "N(0, std of the layer's active weights) / grow_divisor (RigL)",
+    "random_uniform": "U(-mean|w|, mean|w|) / grow_divisor over the active weights (RigL)",
+    "glorot_uniform": "U(-l, l), l = sqrt(6 / (fan_in + fan_out)) (SET ECMLPKDD 2019 tutorial code)",
+}
+#: how the initial masks are drawn (``sampling``)
+SAMPLINGS = ("exact", "with_replacement")
 
 _FOREVER = 2**62  # "update until training stops" for constant drop fractions
 
@@ -113,7 +152,16 @@ class DynamicSparse(SparsityMethod):
             are), ``"unit"`` (sparse initialisation of Evci et al. 2022: each output unit's
             kept weights times ``sqrt(fan_in / kept fan_in)``) or ``"layer"`` (times
             ``1 / sqrt(density)``); see :mod:`sparseforge.core.init`. Applied once to the
-            initial weights; regrown weights start at zero either way.
+            initial weights; regrown weights follow ``grow_init``.
+        epsilon: Erdős–Rényi parameter instead of ``sparsity``: each layer's density is
+            ``min(1, epsilon * raw)`` under the ``"er"`` or ``"erk"`` allocation (the
+            method's default allocation unless another is given), and the overall sparsity
+            follows (:attr:`sparsity`).
+        sampling: ``"exact"`` (default) or ``"with_replacement"`` (the SET SciPy code's
+            initial masks; see the module docstring).
+        grow_init: value of regrown weights, one of :data:`GROW_INITS` (default ``"zeros"``).
+        grow_std: standard deviation for ``grow_init="normal"`` (default 0.1).
+        grow_divisor: divisor for ``"random_normal"`` / ``"random_uniform"`` (default 1).
     """
 
     supported_patterns = (Unstructured,)
@@ -131,14 +179,21 @@ class DynamicSparse(SparsityMethod):
         """Topology updates stop at ``end_fraction`` of the run's ``total_steps``."""
         return {"total_steps": total_steps}
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float | None = None,
                  drop_fraction: float = 0.3, decay: str | None = None, update_interval: int = 100,
                  end: int | None = None, total_steps: int | None = None, begin: int = 0,
-                 end_fraction: float | None = None, init_scale: str = "dense", **kwargs: Any) -> None:
+                 end_fraction: float | None = None, init_scale: str = "dense", epsilon: float | None = None,
+                 sampling: str = "exact", grow_init: str = "zeros", grow_std: float = 0.1, grow_divisor: float = 1.0,
+                 **kwargs: Any) -> None:
         v = DynamicSparse._check_params.__func__(type(self), {  # type: ignore[attr-defined]
             "init_scale": init_scale, "drop_fraction": drop_fraction, "decay": decay, "update_interval": update_interval,
-            "end": end, "total_steps": total_steps, "begin": begin, "end_fraction": end_fraction})
+            "end": end, "total_steps": total_steps, "begin": begin, "end_fraction": end_fraction, "epsilon": epsilon,
+            "allocation": kwargs.get("allocation"), "sampling": sampling, "grow_init": grow_init, "grow_std": grow_std,
+            "grow_divisor": grow_divisor})
+        kwargs.update(v["base_params"])
         self.init_scale = init_scale
+        self.grow_init, self.grow_std, self.grow_divisor = grow_init, float(grow_std), float(grow_divisor)
+        self.sampling = sampling
         self.drop_fraction = float(drop_fraction)
         self.update_interval = update_interval
         self.total_steps = total_steps
@@ -160,9 +215,21 @@ class DynamicSparse(SparsityMethod):
 
     @classmethod
     def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
-        """Drop fraction, its decay and the update steps; returns the decay and the last update step."""
+        """Drop fraction, its decay and the update steps, regrowth values, initial sampling and
+        ``epsilon``; returns the decay, the last update step and (by ``epsilon``) the allocation."""
         check_init_scale(p.get("init_scale", "dense"))
         check_fraction(p.get("drop_fraction", 0.3), "drop_fraction")
+        grow_init = p.get("grow_init", "zeros")
+        if grow_init not in GROW_INITS:
+            raise ConfigError(f"grow_init must be one of {list(GROW_INITS)}; got {grow_init!r}")
+        check_number(p.get("grow_std", 0.1), "grow_std", minimum=0.0, min_open=True)
+        check_number(p.get("grow_divisor", 1.0), "grow_divisor", minimum=0.0, min_open=True)
+        sampling = p.get("sampling", "exact")
+        if sampling not in SAMPLINGS:
+            raise ConfigError(f"sampling must be one of {list(SAMPLINGS)}; got {sampling!r}")
+        base_params = {}
+        if p.get("epsilon") is not None:
+            base_params["allocation"] = cls._epsilon_allocation(p["epsilon"], p.get("allocation"))
         step_param(p, "update_interval", minimum=1)
         begin = step_param(p, "begin")
         total_steps = step_param(p, "total_steps", minimum=1)
@@ -175,24 +242,67 @@ class DynamicSparse(SparsityMethod):
         if not end_given and p.get("total_steps") is None:
             if decay != "constant":
                 raise ConfigError(f"{cls.__name__} with decay={decay!r} needs end= (last update step) or total_steps=")
-            return {"decay": decay, "end": _FOREVER}
+            return {"decay": decay, "end": _FOREVER, "base_params": base_params}
         if not end_given:
             if total_steps is None:  # a recipe spec: resolved before construction
-                return {"decay": decay, "end": None}
+                return {"decay": decay, "end": None, "base_params": base_params}
             end = int(check_fraction(end_fraction if end_fraction is not None else cls.default_end_fraction,
                                      "end_fraction") * total_steps)
         end = step_param({"end": end}, "end", minimum=1)
         if end is not None and begin is not None and end <= begin:
             raise ConfigError(f"end must be > begin; got begin={begin}, end={end}")
-        return {"decay": decay, "end": end}
+        return {"decay": decay, "end": end, "base_params": base_params}
+
+    @classmethod
+    def _epsilon_allocation(cls, epsilon: Any, allocation: Any) -> ER | ERK:
+        """``allocation`` (a name, None for the default) by ``epsilon``: ER or ERK only."""
+        kind = cls.default_allocation if allocation is None else allocation
+        if isinstance(kind, str) and kind.lower() in ("er", "erk"):
+            return ER(epsilon=epsilon) if kind.lower() == "er" else ERK(epsilon=epsilon)
+        raise ConfigError(f"epsilon={epsilon!r} sets densities by the Erdős–Rényi rule: it needs allocation "
+                          f"'er' or 'erk'; got allocation={allocation!r}")
 
     @torch.no_grad()
     def init_masks(self) -> None:
-        """Random masks with exact per-layer counts (the allocation's sparsities)."""
-        scores = [torch.rand(l.canonical_shape, generator=self.generator) for l in self.layers]
-        self.set_masks(self.masks_from_scores(scores))
+        """Random masks: exact per-layer counts (the allocation's sparsities), or drawn with replacement."""
+        if self.sampling == "with_replacement":
+            self._init_with_replacement()
+        else:
+            scores = [torch.rand(l.canonical_shape, generator=self.generator) for l in self.layers]
+            self.set_masks(self.masks_from_scores(scores))
         self.rescale_init()
         self._reset_tracking()
+
+    def _init_with_replacement(self) -> None:
+        """Masks of ``round(density n)`` positions drawn uniformly with replacement per layer.
+
+        With an ``epsilon`` allocation the uncapped density ``epsilon * raw`` is drawn (SET's
+        ``epsilon (n_in + n_out)`` draws). The per-layer and overall sparsities are set to
+        what the drawn masks hold.
+        """
+        shapes = [l.canonical_shape for l in self.layers]
+        groups = self._joint_groups()  # a weight and its bias share one draw under Targets(joint=True)
+        if self.allocation.defines_sparsity:
+            densities = self.allocation.epsilon_densities([shapes[g[0]] for g in groups])
+        else:
+            densities = [1.0 - self.layer_sparsity[g[0]] for g in groups]
+        masks: list[torch.Tensor] = [torch.empty(0)] * len(self.layers)
+        for g, d in zip(groups, densities):
+            n = sum(math.prod(shapes[i]) for i in g)
+            draws = int(math.floor(d * n + 0.5))
+            if draws < 1:
+                raise ConfigError(f"{self.layers[g[0]].qualname}: sampling='with_replacement' draws round({d:.4g} * {n}) "
+                                  "= 0 positions: the layer would be empty; raise epsilon or lower the sparsity")
+            flat = torch.zeros(n, dtype=torch.bool)
+            flat[torch.randint(0, n, (draws,), generator=self.generator)] = True
+            start = 0
+            for i in g:
+                k = math.prod(shapes[i])
+                masks[i] = flat[start:start + k].view(shapes[i])
+                start += k
+        self.set_masks(masks)
+        self.layer_sparsity = [1.0 - float(m.sum()) / m.numel() for m in masks]
+        self._set_implied_sparsity(implied_sparsity(shapes, self.layer_sparsity))
 
     def _reset_tracking(self) -> None:
         """Start the explored positions at the current masks, with no regrowth counted yet."""
@@ -329,7 +439,11 @@ class DynamicSparse(SparsityMethod):
             fresh = grown.nonzero().squeeze(1)
             fresh = torch.masked_select(fresh, ~flat.index_select(0, fresh))  # not active before
             pruned = torch.masked_select(dropped, ~grown.index_select(0, dropped))  # not regrown at once
+            if self.grow_init != "zeros":
+                values = self.grow_values(layer, active, fresh.numel())
             self.masking.change_positions(layer, prune=pruned, grow=fresh)
+            if self.grow_init != "zeros" and fresh.numel():
+                self._write_grown(layer, fresh, values)
             fresh_cpu = fresh.cpu()
             self.explored[i].view(-1)[fresh_cpu] = True
             if self.last_grown[i] is not None:
@@ -340,6 +454,42 @@ class DynamicSparse(SparsityMethod):
         self.masking.broadcast()
         self.last_update = {"step": t + 1, "drop_fraction": frac, "skipped_step": self.skip_step, "layers": stats}
         self.emit("after_topology_update", drop_fraction=frac, layers=stats)
+
+    def grow_values(self, layer: MaskedLayer, active: torch.Tensor, n: int) -> torch.Tensor:
+        """``n`` values for newly grown weights of ``layer`` by :attr:`grow_init` (float32, CPU).
+
+        ``active`` holds the layer's active positions before the update (canonical flat
+        indices): RigL's scale statistics are taken over their weights.
+        """
+        g = self.generator
+        if self.grow_init == "normal":
+            return torch.randn(n, generator=g) * self.grow_std
+        if self.grow_init == "glorot_uniform":
+            shape = layer.canonical_shape
+            field = math.prod(shape[2:]) if len(shape) > 2 else 1
+            fan_in = (shape[1] if len(shape) > 1 else 1) * field
+            limit = math.sqrt(6.0 / (fan_in + shape[0] * field))
+            return (torch.rand(n, generator=g) * 2 - 1) * limit
+        w = self.active_weights(layer, active).float().cpu()
+        if self.grow_init == "random_normal":
+            std = float(w.std()) if w.numel() > 1 else 0.0
+            return torch.randn(n, generator=g) * std / self.grow_divisor
+        mean = float(w.abs().mean()) if w.numel() else 0.0  # random_uniform
+        return (torch.rand(n, generator=g) * 2 - 1) * mean / self.grow_divisor
+
+    def _write_grown(self, layer: MaskedLayer, fresh: torch.Tensor, values: torch.Tensor) -> None:
+        """Set the weights at the canonical flat positions ``fresh`` to ``values`` (their optimizer
+        state was zeroed when they were grown)."""
+        w = layer.weight
+        if is_sharded(w):
+            raise ConfigError(f"{layer.qualname}: grow_init={self.grow_init!r} needs an unsharded weight to write regrown values; "
+                              "use grow_init='zeros' with FSDP2")
+        values = values.to(device=w.device, dtype=w.dtype)
+        if w.is_contiguous():
+            w.data.view(-1)[layer.stored_index(fresh).to(w.device)] = values
+        else:
+            cw = layer.canonical(w.data)
+            cw[torch.unravel_index(fresh.to(w.device), cw.shape)] = values
 
     def extra_state(self) -> dict[str, Any]:
         """Schedule window (for reports), explored positions (bool per weight) and regrowth counts, by layer."""
@@ -387,7 +537,7 @@ class RigL(DynamicSparse):
     name = "rigl"
     grow_needs_grads = True
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float | None = None,
                  skip_step: bool = True, drop_noise: float = 1e-5, **kwargs: Any) -> None:
         RigL._check_params({"skip_step": skip_step, "drop_noise": drop_noise})
         self.skip_step = skip_step
@@ -423,7 +573,7 @@ class SET(DynamicSparse):
     default_decay = "constant"
     default_end_fraction = 1.0
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float | None = None,
                  update_interval: int, zeta: float | None = None, **kwargs: Any) -> None:
         SET._check_params({"zeta": zeta})
         if zeta is not None:

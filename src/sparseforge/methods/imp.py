@@ -20,6 +20,12 @@ list of levels. Defaults follow ``open_lth`` LeNet: ``p = 0.2``, global ranking
 through ``targets``. If an ``lr_scheduler`` is passed, its state at step ``k`` is restored at
 every rewind, so each round replays the same learning-rate schedule.
 
+Per-layer rates: ``layer_rates={"fc3": 0.5}`` prunes the named modules at that multiple of
+the per-round fraction, each on its own (layer-wise): Frankle & Carbin 2019 prune LeNet's
+output layer at half the rate of the others (10 % per round against 20 %). The remaining
+layers follow the schedule (ranked globally or layer-wise, by ``allocation``) over their own
+count. Needs a geometric or linear schedule.
+
 Controls (Frankle & Carbin 2019, Sec. 2): ``score="random"`` prunes at random (seeded, exact
 counts, among the kept weights) to the same levels; ``reinit="random"`` trains each round's
 mask from a fresh random initialisation (each module's ``reset_parameters``, seeded) instead
@@ -44,11 +50,13 @@ loop that evaluates after that step sees the rewound, untrained network. Listen 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from ..core.allocation import global_sparsities
 from ..core.patterns import num_pruned
 from ..core.schedules import GeometricLevels, LevelSchedule, levels_from_spec
 from ..core.targets import parse_target
@@ -82,6 +90,10 @@ class IMP(SparsityMethod):
             ``rewind_step=0``.
         lr_scheduler: optional scheduler whose state at ``rewind_step`` is restored at every rewind.
         allocation: ``"global"`` (default) or ``"uniform"`` (layer-wise, as in the 2019 LeNet runs).
+        layer_rates: optional ``{module name: multiplier}``; a named layer is pruned on its own
+            at ``multiplier * fraction`` per round (geometric: of its remaining weights,
+            linear: of its original count), e.g. ``{"fc3": 0.5}`` for Frankle & Carbin's
+            output layer at half rate.
     Round 0 runs ``steps_per_round`` steps; each later round restarts at step ``k`` and runs
     ``steps_per_round - k`` steps, so the run takes :attr:`total_steps`
     ``= steps_per_round + rounds * (steps_per_round - k)`` optimizer steps, with
@@ -113,9 +125,10 @@ class IMP(SparsityMethod):
                  sparsity: float | None = None, steps_per_round: int,
                  schedule: str | Sequence[float] | LevelSchedule = "geometric", fraction: float | None = None,
                  rewind_step: int = 0, score: str = "magnitude", reinit: str | Callable[[nn.Module], Any] | None = None,
-                 lr_scheduler: Any = None, **kwargs: Any) -> None:
+                 lr_scheduler: Any = None, layer_rates: dict[str, float] | None = None, **kwargs: Any) -> None:
         v = IMP._check_params({"sparsity": sparsity, "steps_per_round": steps_per_round, "schedule": schedule,
-                               "fraction": fraction, "rewind_step": rewind_step, "score": score, "reinit": reinit})
+                               "fraction": fraction, "rewind_step": rewind_step, "score": score, "reinit": reinit,
+                               "layer_rates": layer_rates})
         self.levels = v["levels"]
         self.fraction = getattr(self.levels, "fraction", None)
         if reinit == "random":
@@ -124,6 +137,12 @@ class IMP(SparsityMethod):
                     raise ConfigError(
                         f"reinit='random': module {mname or '(model)'!r} ({type(module).__name__}) has parameters of "
                         "its own but no reset_parameters(); pass reinit=fn(model) that re-initialises the model")
+        self.layer_rates: dict[str, float] = v["layer_rates"]
+        modules = {n for n, _ in model.named_modules()}
+        typos = sorted(set(self.layer_rates) - modules)
+        if typos:  # refused before any mask is registered
+            raise ConfigError(f"layer_rates names {typos}, which are not modules of {type(model).__name__}; "
+                              f"module names look like {sorted(modules - {''})[:6]}")
         self.steps_per_round = steps_per_round
         self.rewind_step = rewind_step
         self.score = score
@@ -135,6 +154,43 @@ class IMP(SparsityMethod):
         self._pending_sched_restore = False
         super().__init__(model, optimizer, sparsity=self.levels.final, **kwargs)
         self.rounds = self.levels.rounds
+        if self.layer_rates:
+            names = {l.name for l in self.layers}
+            unknown = sorted(set(self.layer_rates) - names)
+            if unknown:
+                self.masking.unregister()
+                raise ConfigError(f"layer_rates names {unknown}, which are not masked layers; masked layers: {sorted(names)}")
+
+    @staticmethod
+    def _check_layer_rates(rates: Any, levels: LevelSchedule) -> dict[str, float]:
+        """``layer_rates`` as ``{name: multiplier}``: numbers > 0 that keep each layer's rate below 1."""
+        if rates is None:
+            return {}
+        if not isinstance(rates, dict):
+            raise ConfigError(f"layer_rates must be a mapping {{module name: multiplier}}; got {rates!r}")
+        kind = type(levels).__name__
+        if kind not in ("GeometricLevels", "LinearLevels"):
+            raise ConfigError("layer_rates scales the per-round fraction: it needs schedule='geometric' or 'linear', "
+                              f"not an explicit level list ({list(levels.values)})")
+        out = {}
+        for name, r in rates.items():
+            r = check_number(r, f"layer_rates[{name!r}]", minimum=0.0, min_open=True)
+            if levels.fraction * r >= 1.0:
+                raise ConfigError(f"layer_rates[{name!r}] = {r} times fraction {levels.fraction} prunes "
+                                  f"{levels.fraction * r:.3g} per round; it must stay below 1")
+            if kind == "LinearLevels" and levels.rounds * levels.fraction * r >= 1.0:
+                raise ConfigError(f"layer_rates[{name!r}] = {r}: {levels.rounds} linear rounds of "
+                                  f"{levels.fraction * r:.3g} would prune the whole layer")
+            out[str(name)] = float(r)
+        return out
+
+    def layer_level(self, name: str, r: int) -> float:
+        """Sparsity of layer ``name`` after the ``r``-th pruning (its own rate, or the schedule's level)."""
+        rate = self.layer_rates.get(name)
+        if rate is None or r == 0:
+            return self.round_sparsity(r)
+        f = self.levels.fraction * rate
+        return 1.0 - (1.0 - f) ** r if type(self.levels).__name__ == "GeometricLevels" else r * f
 
     @classmethod
     def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
@@ -171,8 +227,9 @@ class IMP(SparsityMethod):
             raise ConfigError(f"reinit={reinit!r} trains each round from a fresh initialisation, "
                               f"rewind_step={p.get('rewind_step')} rewinds to that step's weights: use one of them "
                               "(reinit with rewind_step=0)")
+        layer_rates = cls._check_layer_rates(p.get("layer_rates"), levels)
         # the base class checks the final level as the method's target
-        return {"levels": levels, "base_params": {"sparsity": levels.final}}
+        return {"levels": levels, "layer_rates": layer_rates, "base_params": {"sparsity": levels.final}}
 
     @staticmethod
     def num_rounds(sparsity: float, fraction: float) -> int:
@@ -227,7 +284,9 @@ class IMP(SparsityMethod):
             scores = [torch.rand(l.canonical_shape, generator=self.generator) for l in self.layers]
         else:
             scores = [l.canonical(l.weight.detach().abs()) for l in self.layers]
-        if self.allocation.needs_scores:
+        if self.layer_rates:
+            masks = self._masks_with_rates(scores, target)
+        elif self.allocation.needs_scores:
             total = sum(l.weight.numel() for l in self.layers)
             saved, self.sparsity = self.sparsity, num_pruned(target, total) / total
             try:
@@ -241,6 +300,28 @@ class IMP(SparsityMethod):
             masks = self.masks_from_scores(scores, per_layer, eligible_only=True)
         self.set_masks(masks)
         self._restart()
+
+    def _masks_with_rates(self, scores: list[torch.Tensor], target: float) -> list[torch.Tensor]:
+        """Masks when some layers have their own rate: those on their own, the rest by the schedule."""
+        masks: list[torch.Tensor | None] = [None] * len(self.layers)
+        rest = []
+        for i, layer in enumerate(self.layers):
+            if layer.name in self.layer_rates:
+                masks[i] = self._shrink(layer, scores[i].float(), self.layer_level(layer.name, self.round))
+            else:
+                rest.append(i)
+        if rest and self.allocation.needs_scores:
+            kept = [torch.where(self.layers[i].canonical(self.layers[i].mask), scores[i].float(),
+                                torch.full_like(scores[i].float(), -math.inf)) for i in rest]
+            total = sum(k.numel() for k in kept)
+            sps = global_sparsities(kept, num_pruned(target, total) / total)
+            for i, k, sp in zip(rest, kept, sps):
+                masks[i] = self.pattern.mask(k, sp, self.layers[i].qualname)
+        else:
+            for i in rest:
+                masks[i] = self._shrink(self.layers[i], scores[i].float(), target)
+        self.layer_sparsity = [1.0 - float(m.sum()) / m.numel() for m in masks]
+        return masks
 
     @torch.no_grad()
     def _restart(self) -> None:

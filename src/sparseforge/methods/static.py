@@ -75,7 +75,7 @@ class StaticSparse(SparsityMethod):
         return params.get("score", "random") in GRADIENT_SCORES
     default_allocation = "erk"
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, sparsity: float | None = None,
                  score: str = "random", data: tuple[Any, Any] | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                  allocation: Any = None, init_scale: str = "dense", **kwargs: Any) -> None:

@@ -157,21 +157,22 @@ def _per_sample(macs_total: int, batch: int) -> int | float:
     return flops // batch if flops % batch == 0 else flops / batch
 
 
-def _totals(rows: list[LayerReport], total_params: int) -> dict[str, Any]:
+def _totals(rows: list[LayerReport], total_params: int, flopless: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     masked = [r for r in rows if r.masked]
     prunable = sum(r.params for r in masked)
     kept = sum(r.nonzeros for r in masked)
     # every parameter without a mask counts as nonzero: reports read masks, not values
     nonzeros = kept + (total_params - prunable)
-    unknown = [r.name for r in rows if r.dense_flops is None or r.sparse_flops is None]
+    unknown = [r.name for r in rows if (r.dense_flops is None or r.sparse_flops is None) and r.name not in flopless]
+    counted = [r for r in rows if r.name not in flopless]
     return {
         "total_params": total_params,
         "prunable_params": prunable,
         "nonzeros": nonzeros,
         "global_sparsity": _sparsity(kept, prunable),
         "overall_sparsity": _sparsity(nonzeros, total_params),
-        "dense_flops": None if unknown else sum(r.dense_flops for r in rows),  # type: ignore[misc]
-        "sparse_flops": None if unknown else sum(r.sparse_flops for r in rows),  # type: ignore[misc]
+        "dense_flops": None if unknown else sum(r.dense_flops for r in counted),  # type: ignore[misc]
+        "sparse_flops": None if unknown else sum(r.sparse_flops for r in counted),  # type: ignore[misc]
         "flops_unknown": unknown,
         "masked_layers": len(masked),
         "mask_violations": sum(r.mask_violations for r in rows),
@@ -284,7 +285,10 @@ def sparsity_report(model: nn.Module | Result, example_inputs: Any = None, *, mo
         )
     # materialized layers hold their weights in buffers: count them as the parameters they were
     total_params = sum(p.numel() for p in model.parameters()) + materialized_params
-    totals = _totals(rows, total_params)
+    # a masked bias (or other non-weight parameter) has no FLOPs of its own (FLOPs count the
+    # weights' multiply-adds, as for every unmasked bias): not applicable rather than unknown
+    flopless = {q for q, _, p, _, ml in entries if ml is not None and p != "weight"}
+    totals = _totals(rows, total_params, flopless)
     totals["skipped"] = [f"{name}: {reason}" for name, reason in skipped]
     totals["notes"] = list(notes) + (["weights stay dense; the forward pass applies the masks"] if forward_masked else [])
     return Report(layers=rows, totals=totals, mode=mode)
