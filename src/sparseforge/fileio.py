@@ -89,8 +89,8 @@ def load_torch(path: str | os.PathLike, *, what: str = "checkpoint", param: str 
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message says "Weights only load failed", suggests weights_only=False (never
-        # here) and names the refused global on a later line: keep only that line
+        # torch's message says "Weights only load failed", advises turning the safe mode off
+        # (never here) and names the refused global on a later line: keep only that line
         detail = next((ln.strip() for ln in str(e).splitlines()[1:] if "global" in ln.lower()), "")
         if detail:
             raise CheckpointError(
@@ -192,7 +192,7 @@ def read_json(path: str | os.PathLike, *, what: str = "JSON file", param: str = 
 def first_sentence(e: BaseException) -> str:
     """The first sentence of ``e``'s message (the type's name if it has none), for one-line errors."""
     # the libraries' own messages run to several sentences of advice (torch's suggests
-    # weights_only=False): keep the first sentence, which says what is wrong
+    # turning its safe mode off): keep the first sentence, which says what is wrong
     text = str(e).strip()
     if not text:
         return type(e).__name__

@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .errors import ConfigError, LayerError, check_number
+from .utils import check_module
 from .masking import MASK_SUFFIX, MaskedLayer, Targets
 from .results import LegacyMapping, Result
 from .transaction import transaction
@@ -159,8 +160,7 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
         LayerError: a layer whose rank is too large, or a masked layer whose pruned weights
             are not zero (apply the masks first).
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_module(model)
     check_number(rank, "rank", integer=True, minimum=1)
     check_number(alpha, "alpha", minimum=0.0, min_open=True)
     existing = lora_layers(model)
@@ -203,8 +203,7 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, targets: T
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The ``A`` and ``B`` parameters of every adapter in ``model`` (what the optimizer trains)."""
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_module(model)
     return [t for p in lora_layers(model).values() for t in (p.A, p.B)]
 
 
@@ -216,8 +215,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     after ``add_lora(freeze_base=True)``: call ``requires_grad_(True)`` to train the model
     further). Pruned positions stay exactly zero.
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_module(model)
     adapted = lora_layers(model)
     if not adapted:
         raise ConfigError(f"{type(model).__name__} has no LoRA adapters to merge (add_lora() adds them)")

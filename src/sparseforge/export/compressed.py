@@ -64,6 +64,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..utils import check_module
 from ..fileio import atomic_path, first_sentence, require_file
 from ..masking import MASK_SUFFIX, load_masked_state_dict
 from ..results import Result
@@ -285,8 +286,7 @@ def save_compressed(
         CheckpointError: a masked parameter holds nonzero values at pruned positions (they
             would be lost; call :func:`sparseforge.masking.apply_masks` first).
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_module(model)
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {list(FORMATS)}; got {format!r}")
     user_meta = _check_user_metadata(metadata)
@@ -733,8 +733,7 @@ def load_compressed(model: nn.Module, path: str | os.PathLike, *, strict: bool =
             key with both shapes); inconsistent encodings (bitmask/values counts, CSR indices
             out of range); data bytes that fail the content checksum.
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_module(model)
     if not isinstance(strict, bool):
         raise ConfigError(f"strict must be True or False; got {strict!r:.80}")
     h = _read_header(path)
@@ -768,8 +767,7 @@ def compressed_size_report(model: nn.Module | None, path: str | os.PathLike) -> 
         and ``tensors``: key -> ``{encoding, shape, dtype, dense_bytes, stored_bytes, ratio}``
         (``stored_bytes / dense_bytes``).
     """
-    if model is not None and not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module or None; got {type(model).__name__}")
+    check_module(model, allow_none=True)
     h = _read_header(path)
     if model is not None:
         _check_model(h, model, strict=True)

@@ -37,7 +37,7 @@ from ..errors import ConfigError, LayerError, check_int, check_number
 from ..kernels.ops import _bsr_linear_op, _csr_linear_op, _csr_spmm_t_op  # noqa: F401 (registered ops, old import path)
 from ..masking import Targets
 from ..results import Result, renamed_keywords
-from ..utils import probe
+from ..utils import check_module, probe
 from .autotune import MaterializeDecision, decide_layer, format_materialize_decisions, layer_candidates
 from .sparse_layers import DTYPES, KERNELS, SparseConv2d, SparseLinear
 from .sparse_layers import _SparseWeight as _SparseWeight  # imported from here before the split
@@ -183,8 +183,7 @@ def materialize(
         layer in module order. (Unpacking it as ``model, decisions`` still works for one release,
         with a ``DeprecationWarning``.)
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_module(model)
     if kernel != "auto" and kernel not in KERNELS:
         raise ConfigError(f"kernel must be 'auto' or one of {list(KERNELS)}; got {kernel!r}")
     want_dtype = _check_dtype(dtype)

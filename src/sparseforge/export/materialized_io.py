@@ -119,8 +119,7 @@ def save_materialized(
         if decisions is None:
             decisions = model.layers
         model = model.model
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_module(model)
     if base_model is not None and not (isinstance(base_model, dict) and isinstance(base_model.get("name"), str)
                                        and isinstance(base_model.get("kwargs", {}), dict)):
         raise ConfigError(f"base_model must be {{'name': str, 'kwargs': dict}}; got {base_model!r}")

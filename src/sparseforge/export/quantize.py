@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, LayerError
+from ..utils import check_module
 from ..masking import Targets
 from ..results import LegacyMapping, Result
 
@@ -161,8 +162,7 @@ def quantize_weights(model: nn.Module, bits: int = 8, group_size: int | None = N
         a :class:`QuantizeResult`: ``.model``, ``.layers`` (one :class:`QuantizedWeight` per
         layer) and ``.weights`` (the same by module name).
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_module(model)
     _check(bits, group_size)
     selection = Targets.from_spec(targets)
     layers = selection.select(model)

@@ -41,6 +41,7 @@ from torch import nn
 from ..core.patterns import NM
 from ..core.targets import INDIVISIBLE, Target
 from ..errors import ConfigError, LayerError, check_int
+from ..utils import check_module
 from ..masking import MASK_SUFFIX, MaskedLayer, Masking, Targets, find_masked_layers, is_hf_conv1d
 from ..results import Result
 from ..tables import text_table
@@ -611,8 +612,7 @@ def _plan(model: nn.Module, method: Any, sparsity: Any, *, nsamples: Any, batch_
     meth: OneShotMethod = method_from_spec(method)
     target = oneshot_target(sparsity)  # parsed once; every layer's rule gets this object
     _check_options(nsamples, batch_size, seed, seqlen, indivisible)
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_module(model)
     existing = find_masked_layers(model)
     if existing:
         raise ConfigError(f"model already carries masks ({existing[0].qualname}{MASK_SUFFIX}, ...); "

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, LayerError
+from ..utils import check_module
 from ..fileio import atomic_dir, atomic_save_safetensors, load_safetensors, read_json
 from .graph import DependencyGraph, slab_dims
 from .trace import ELEMENTS
@@ -234,8 +235,7 @@ def save_structured(model: nn.Module, kept: Kept, directory: str | os.PathLike, 
         ConfigError: ``model`` is not a module, ``kept`` is malformed, ``extra`` is not
             JSON-serialisable, or ``directory`` holds files of something else.
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_module(model)
     if not isinstance(kept, Mapping) or not all(
             isinstance(k, tuple) and len(k) == 2 and isinstance(v, tuple) and len(v) == 2 and torch.is_tensor(v[1])
             for k, v in kept.items()):
